@@ -1,0 +1,114 @@
+"""Files a run leaves in its workdir: metrics.jsonl, synthetic.npz/png, results.json, progress.png."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write (a reader never sees a half-written file)."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only JSON lines; on resume, drops the lines of iterations after the checkpoint being resumed."""
+
+    def __init__(self, path: Path, keep_up_to: int):
+        self.path = Path(path)
+        if self.path.exists():
+            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _iteration(ln) <= keep_up_to]
+            tmp = Path(str(self.path) + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+def _iteration(line: str) -> int:
+    try:
+        return int(json.loads(line).get("iteration", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a torn last line from a killed process is dropped
+
+
+def read_metrics(path: Path) -> list[dict]:
+    out = []
+    if Path(path).exists():
+        for ln in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(ln))
+            except ValueError:
+                pass
+    return out
+
+
+def save_synthetic(workdir: Path, method, images, class_names) -> None:
+    """synthetic.npz (pixels in [0, 1], labels; IDC also its decoded set) and a per-class grid PNG."""
+    from sm_jax.models import denormalize
+
+    pixels = np.asarray(method.to_pixels(images), np.float32)  # (C, ipc, 32, 32, 3)
+    c, ipc = pixels.shape[:2]
+    arrays = {"images": pixels.reshape(-1, *pixels.shape[2:]), "labels": np.repeat(np.arange(c), ipc),
+              "class_names": np.asarray(class_names)}
+    decoded = np.asarray(method.decode(images))
+    if decoded.shape[1] != ipc:
+        dec = np.clip(np.asarray(denormalize(decoded)), 0, 1).astype(np.float32)
+        arrays["decoded_images"] = dec.reshape(-1, *dec.shape[2:])
+        arrays["decoded_labels"] = np.repeat(np.arange(c), dec.shape[1])
+    tmp = Path(workdir) / "synthetic.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, Path(workdir) / "synthetic.npz")
+    save_grid(Path(workdir) / "synthetic.png", pixels, class_names)
+
+
+def save_grid(path: Path, pixels: np.ndarray, class_names, max_cols: int = 10, scale: int = 2) -> None:
+    """A grid PNG: one row per class (at most `max_cols` images), class names on the left."""
+    from PIL import Image, ImageDraw
+
+    c, n = pixels.shape[:2]
+    cols = min(n, max_cols)
+    h = w = pixels.shape[2] * scale
+    label_w, pad = 80, 2
+    canvas = Image.new("RGB", (label_w + cols * (w + pad), c * (h + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for ci in range(c):
+        draw.text((4, ci * (h + pad) + h // 2 - 6), str(class_names[ci])[:12], fill="black")
+        for j in range(cols):
+            tile = Image.fromarray((pixels[ci, j] * 255).round().astype(np.uint8)).resize((w, h), Image.NEAREST)
+            canvas.paste(tile, (label_w + j * (w + pad), ci * (h + pad)))
+    canvas.save(path)
+
+
+def plot_progress(workdir: Path) -> None:
+    """progress.png: matching loss per iteration and evaluation accuracy against iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(Path(workdir) / "metrics.jsonl")
+    steps = [r for r in records if "loss_all" in r]
+    evals = [r for r in records if "eval" in r and r["eval"].get("accuracy_mean") is not None]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if steps:
+        its = [r["iteration"] for r in steps]
+        ax1.plot(its, [r["loss_all"] for r in steps], label="whole-class term")
+        if any(r["loss_subset"] for r in steps):
+            ax1.plot(its, [r["loss_subset"] for r in steps], label="subset term")
+        ax1.legend()
+    ax1.set(xlabel="iteration", ylabel="matching loss", title="condensation")
+    if evals:
+        ax2.errorbar([r["iteration"] for r in evals], [100 * r["eval"]["accuracy_mean"] for r in evals],
+                     yerr=[100 * r["eval"]["accuracy_std"] for r in evals], marker="o", capsize=3)
+    ax2.set(xlabel="iteration", ylabel="test accuracy (%)", title="evaluation")
+    fig.tight_layout()
+    fig.savefig(Path(workdir) / "progress.png", dpi=100)
+    plt.close(fig)

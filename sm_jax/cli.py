@@ -1,0 +1,110 @@
+"""Command-line front ends (experiments/*.py are thin wrappers around these)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sm_jax.config import METHODS, PRESETS, make_config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like the other user errors
+        self.exit(2, f"error: {message}\n")
+
+
+def condense_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m experiments.cifar10",
+                description="Condense CIFAR-10 with DC, DSA or IDC (+ subset matching), then evaluate.")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--ipc", type=int, required=True, help="stored images per class")
+    p.add_argument("--preset", default="paper", help=f"budget preset: {', '.join(PRESETS)} (default paper)")
+    p.add_argument("--subset-k", type=int, default=2, help="subsets per class K (1 = the base method; default 2)")
+    p.add_argument("--subset-lambda", type=float, help="lambda_0 of the subset term (default 1.0)")
+    p.add_argument("--subset-only", action="store_true", help="optimise the subset term alone")
+    p.add_argument("--subset-batch-real", type=int, help="real images per subset term (default: --batch-real)")
+    p.add_argument("--iterations", type=int, help="condensation iterations (0 = evaluate the initial set)")
+    p.add_argument("--outer-loop", type=int, help="matching steps per iteration")
+    p.add_argument("--inner-loop", type=int, help="network training per matching step (epochs DC/DSA, steps IDC)")
+    p.add_argument("--batch-real", type=int, help="real images per class per matching step")
+    p.add_argument("--lr-img", type=float, help="synthetic-image learning rate")
+    p.add_argument("--eval-epochs", type=int)
+    p.add_argument("--eval-models", type=int)
+    p.add_argument("--eval-every", type=int, help="evaluate every N iterations (0 = only at the end)")
+    p.add_argument("--eval-parallel", type=int, help="evaluation networks trained together (vmapped)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--data-dir", help="TFDS data dir, image-folder archive/directory, or official CIFAR-10 archive")
+    p.add_argument("--workdir", help="run directory (default runs/<method>_ipc<N>_k<K>_s<seed>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--norm")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    workdir = args.workdir or f"runs/{args.method}_ipc{args.ipc}_k{args.subset_k}_s{args.seed}"
+    return make_config(args.method, args.ipc, args.preset, subset_k=args.subset_k, subset_lambda=args.subset_lambda,
+                       subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
+                       iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
+                       batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
+                       eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
+                       checkpoint_every=args.checkpoint_every, data_dir=args.data_dir, workdir=workdir,
+                       seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
+
+
+def _guard(fn):
+    """Runs fn(); user errors become one line on stderr and exit code 2; Ctrl-C exits 130 after saving."""
+    from sm_jax.experiment import USER_ERRORS, RunError
+
+    try:
+        return fn()
+    except (*USER_ERRORS, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def condense_main(argv=None) -> None:
+    args = condense_parser().parse_args(argv)
+
+    def go():
+        from sm_jax.experiment import Run
+
+        cfg = config_from_args(args)
+        results = Run(cfg, progress=not args.no_progress).execute()
+        summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations")}
+        print(json.dumps({"workdir": cfg.workdir, **summary}))
+
+    _guard(go)
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m experiments.evaluate",
+                description="Evaluate the synthetic set of a checkpoint with its method's protocol.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, help="checkpoint iteration (default: latest)")
+    p.add_argument("--eval-models", type=int)
+    p.add_argument("--eval-epochs", type=int)
+    p.add_argument("--data-dir", help="override the data source recorded in the checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def evaluate_main(argv=None) -> None:
+    args = evaluate_parser().parse_args(argv)
+    for name in ("eval_models", "eval_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            print(f"error: --{name.replace('_', '-')} must be >= 0", file=sys.stderr)
+            sys.exit(2)
+
+    def go():
+        from sm_jax.experiment import evaluate_checkpoint
+
+        out = evaluate_checkpoint(args.workdir, args.step, args.eval_models, args.eval_epochs, args.data_dir,
+                                  progress=not args.no_progress)
+        print(json.dumps(out))
+
+    _guard(go)

@@ -1,0 +1,176 @@
+"""One frozen config per run, with presets reproducing the papers and a reduced CPU budget."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+METHODS = ("dc", "dsa", "idc")
+PRESETS = ("paper", "cpu")
+
+# DC/DSA (outer_loop, inner_loop) by ipc, from the official code.
+_DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration (one line, user-facing)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that determines a run.
+
+    For DC/DSA, one iteration = a fresh network, then `outer_loop` matching steps, each followed (except the
+    last) by `inner_loop` epochs of network training on the synthetic set. For IDC, one iteration = a fresh
+    network, then `outer_loop` matching steps, each followed (except the last) by `inner_loop` network
+    steps on real data (IDC's 100 inner steps x 32 net steps).
+    """
+
+    method: str = "dc"
+    ipc: int = 10
+    # subset matching
+    subset_k: int = 2
+    subset_lambda: float = 1.0
+    subset_only: bool = False
+    subset_batch_real: int = 0  # real images per (class, subset) term; 0 = batch_real
+    # condensation budget
+    iterations: int = 1000
+    outer_loop: int = 10
+    inner_loop: int = 50
+    batch_real: int = 256
+    batch_train: int = 256
+    max_syn_per_class: int = 0  # IDC: decoded images matched per class per step (128); 0 = all
+    factor: int = 1  # IDC multi-formation factor (2); 1 = no decoding
+    init: str = "noise"  # 'noise' | 'real' | 'idc'
+    lr_img: float = 0.1
+    momentum_img: float = 0.5
+    lr_net: float = 0.01
+    momentum_net: float = 0.0
+    weight_decay_net: float = 0.0
+    # network
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+    # evaluation
+    eval_epochs: int = 300
+    eval_models: int = 20
+    eval_every: int = 0
+    eval_batch: int = 256
+    eval_lr: float = 0.01
+    eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
+    # bookkeeping
+    checkpoint_every: int = 100
+    seed: int = 0
+    data_dir: str | None = None
+    workdir: str = "runs/default"
+    preset: str = "paper"
+
+    @property
+    def subset_real(self) -> int:
+        return self.subset_batch_real or self.batch_real
+
+    @property
+    def syn_per_class(self) -> int:
+        """Synthetic images per class that are matched and evaluated (decoded ones for IDC)."""
+        return self.ipc * self.factor ** 2
+
+    @property
+    def use_subsets(self) -> bool:
+        return self.subset_k > 1 and (self.subset_only or self.subset_lambda != 0)
+
+    def replace(self, **kw) -> "Config":
+        return dataclasses.replace(self, **kw)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def identity(self) -> dict[str, Any]:
+        """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
+        skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
+                "data_dir", "workdir", "preset", "iterations"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def paper_preset(method: str, ipc: int) -> dict[str, Any]:
+    """The published budget of `method` at `ipc` (METHOD.md); IDC uses the subset-matching paper's 200 iterations."""
+    if method in ("dc", "dsa"):
+        outer, inner = _DC_LOOPS.get(ipc, (10, 50))
+        return dict(iterations=1000, outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
+                    factor=1, init="noise" if method == "dc" else "real", lr_img=0.1, momentum_img=0.5,
+                    lr_net=0.01, momentum_net=0.0, weight_decay_net=0.0, max_syn_per_class=0,
+                    eval_epochs=300 if method == "dc" else 1000, eval_models=20, eval_batch=256,
+                    checkpoint_every=50)
+    return dict(iterations=200, outer_loop=100, inner_loop=32, batch_real=64, batch_train=64, factor=2,
+                init="idc", lr_img=5e-3 * ipc / 10, momentum_img=0.5, lr_net=0.01, momentum_net=0.9,
+                weight_decay_net=5e-4, max_syn_per_class=128, eval_epochs=1000, eval_models=20, eval_batch=64,
+                checkpoint_every=10)
+
+
+def cpu_preset(method: str, ipc: int) -> dict[str, Any]:
+    """A reduced budget that finishes on 2 CPU cores in minutes (same algorithm, fewer/smaller steps)."""
+    p = paper_preset(method, ipc)
+    if method in ("dc", "dsa"):
+        p.update(iterations=10, outer_loop=min(p["outer_loop"], 5), inner_loop=min(p["inner_loop"], 10),
+                 batch_real=32, eval_epochs=150 if method == "dc" else 200, eval_models=3, checkpoint_every=5)
+    else:
+        p.update(iterations=6, outer_loop=10, inner_loop=4, batch_real=32, eval_epochs=100, eval_models=3,
+                 checkpoint_every=2)
+    return p
+
+
+_PRESETS = {"paper": paper_preset, "cpu": cpu_preset}
+
+
+def make_config(method: str, ipc: int, preset: str = "paper", **overrides: Any) -> Config:
+    """Resolves preset then explicit overrides (None values are ignored) and validates.
+
+    Raises:
+      ConfigError: for an unknown method/preset or invalid values.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if not isinstance(ipc, int) or ipc < 1:
+        raise ConfigError(f"--ipc must be a positive integer, got {ipc}")
+    fields = dict(_PRESETS[preset](method, ipc), method=method, ipc=ipc, preset=preset)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = Config(**fields)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raises ConfigError naming the first invalid field."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.ipc < 1:
+        raise ConfigError(f"--ipc must be >= 1, got {cfg.ipc}")
+    if cfg.subset_k < 1:
+        raise ConfigError(f"--subset-k must be >= 1, got {cfg.subset_k}")
+    if cfg.syn_per_class % cfg.subset_k:
+        what = f"{cfg.syn_per_class} decoded images" if cfg.factor > 1 else f"ipc {cfg.ipc}"
+        raise ConfigError(f"--subset-k {cfg.subset_k} does not divide the per-class synthetic count ({what})")
+    if cfg.subset_only and cfg.subset_k < 2:
+        raise ConfigError("--subset-only needs --subset-k >= 2")
+    for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
+                 "max_syn_per_class", "inner_loop"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",
+                 "eval_parallel"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.subset_lambda < 0:
+        raise ConfigError(f"--subset-lambda must be >= 0, got {cfg.subset_lambda}")
+    if cfg.init not in ("noise", "real", "idc"):
+        raise ConfigError(f"unknown init {cfg.init!r}; choose noise, real or idc")
+    if cfg.norm not in ("instancenorm", "layernorm", "none"):
+        raise ConfigError(f"unknown norm {cfg.norm!r}; choose instancenorm, layernorm or none")
+    if cfg.factor > 1 and 32 % cfg.factor:
+        raise ConfigError(f"--factor {cfg.factor} must divide the image size 32")

@@ -1,0 +1,62 @@
+"""The evaluation protocol: fresh networks trained on the synthetic set, accuracy on the test set."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sm_jax.models import init_params, normalize
+from sm_jax.training import TrainProtocol, accuracy, train_on_set
+
+
+def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1):
+    """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
+
+    Args:
+      method: a methods.GradientMatching (model, apply_fn).
+      proto: the training protocol.
+      test_x: (N, 32, 32, 3) uint8 test images; test_y: (N,) labels.
+      parallel: networks per call (the vmapped width).
+    Returns:
+      fn(x (M, 32, 32, 3) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
+    """
+    tx_ = normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
+    ty_ = jnp.asarray(test_y, jnp.int32)
+
+    def one(x, y, key):
+        k_init, k_train = jax.random.split(key)
+        params = train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
+        return accuracy(method.apply_fn, params, tx_, ty_)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
+                 models: int, epochs: int | None = None, parallel: int = 1,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
+
+    Args:
+      method: the run's method (its eval protocol is used).
+      images: (C, n, 32, 32, 3) decoded, normalised synthetic images.
+      key: evaluation key; network i uses fold_in(key, i), so results do not depend on `parallel`.
+      models: number of networks; epochs: override of the protocol's epochs.
+      progress: called with the number of networks finished after each chunk.
+    Returns:
+      (models,) float accuracies in [0, 1].
+    """
+    proto = method.eval_protocol(epochs)
+    x = images.reshape(-1, *images.shape[2:])
+    y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
+    parallel = max(1, min(parallel, models))
+    fn = make_evaluator(method, proto, test_x, test_y, parallel)
+    accs = []
+    for start in range(0, models, parallel):
+        ids = np.arange(start, start + parallel)
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
+        accs.extend(np.asarray(fn(x, y, keys)).tolist())
+        if progress is not None:
+            progress(min(start + parallel, models))
+    return np.asarray(accs[:models], np.float64)

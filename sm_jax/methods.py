@@ -1,0 +1,336 @@
+"""DC, DSA and IDC behind one interface, each with optional subset matching.
+
+A method owns: how the synthetic set is initialised and stored, how it is decoded into the images that
+are matched and evaluated, the matching distance and augmentation, what one condensation iteration does,
+and its evaluation protocol. `METHODS[name](config, num_classes)` builds one.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sm_jax import augmentation as aug
+from sm_jax.config import Config, ConfigError
+from sm_jax.data import Dataset
+from sm_jax.matching import DISTANCES, lambda_schedule, make_partition, matching_losses, sample_rows
+from sm_jax.models import init_params, make_model, normalize
+from sm_jax.training import TrainProtocol, apply_lr, sgd, train_on_set, train_step
+
+
+class Context(NamedTuple):
+    """Device-resident constants of a run (the dataset and the fixed subset partitions)."""
+
+    train_x: jax.Array  # (N, 32, 32, 3) uint8
+    train_y: jax.Array  # (N,) int32
+    class_idx: jax.Array  # (C, M) int32 indices into train_x, -1 padded
+    real_part: jax.Array  # (C, K, M/K) int32 indices into train_x, -1 padded
+    syn_part: jax.Array  # (C, K, n/K) int32 indices into a class's decoded synthetic images
+
+
+class CondenseState(NamedTuple):
+    images: jax.Array  # (C, ipc, 32, 32, 3): normalised (DC/DSA) or [0, 1] pixels (IDC)
+    opt_state: Any  # image optimiser state
+    iteration: jax.Array  # int32 scalar: iterations completed
+
+
+def make_partitions(cfg: Config, class_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The run's fixed subset partitions, drawn once from the run seed.
+
+    Args:
+      cfg: run config (subset_k, seed, syn_per_class).
+      class_idx: (C, M) training indices per class, -1 padded.
+    Returns:
+      real_part (C, K, ceil(M/K)) and syn_part (C, K, n/K) int32.
+    """
+    rng = np.random.default_rng([cfg.seed, 0x5B5E7])
+    real = np.stack([make_partition(rng, row[row >= 0], cfg.subset_k) for row in class_idx])
+    syn = np.stack([make_partition(rng, np.arange(cfg.syn_per_class), cfg.subset_k) for _ in class_idx])
+    return real, syn
+
+
+def make_context(cfg: Config, data: Dataset, partitions=None) -> Context:
+    """Puts the dataset and the partitions (fresh, or restored from a checkpoint) on the device."""
+    class_idx = data.class_indices()
+    counts = (class_idx >= 0).sum(1)
+    if counts.min() < cfg.batch_real:
+        raise ConfigError(f"--batch-real {cfg.batch_real} exceeds the smallest class ({counts.min()} images)")
+    real_part, syn_part = partitions if partitions is not None else make_partitions(cfg, class_idx)
+    if cfg.use_subsets and (real_part >= 0).sum(-1).min() < cfg.subset_real:
+        raise ConfigError(f"real subsets hold {(real_part >= 0).sum(-1).min()} images, fewer than the "
+                         f"{cfg.subset_real} drawn per subset term")
+    return Context(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.asarray(class_idx),
+                   jnp.asarray(real_part), jnp.asarray(syn_part))
+
+
+def real_batch(ctx: Context, idx: jax.Array) -> jax.Array:
+    """Normalised float images for integer indices of any shape: (...,) -> (..., 32, 32, 3)."""
+    return normalize(ctx.train_x[idx].astype(jnp.float32) / 255.0)
+
+
+class GradientMatching:
+    """DC (Zhao et al. 2021): noise init, layer-wise cosine distance, no augmentation."""
+
+    name = "dc"
+    distance = "cosine"
+    match_policy: aug.Policy = aug.NO_POLICY
+    net_policy: aug.Policy = aug.NO_POLICY
+    eval_policy: aug.Policy = aug.NO_POLICY
+
+    def __init__(self, cfg: Config, num_classes: int = 10):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.model = make_model(num_classes, cfg.width, cfg.depth, cfg.norm)
+        self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
+        self.dist = DISTANCES[self.distance]
+
+    # --- the synthetic set ------------------------------------------------------------------------------
+    def apply_fn(self, params, x):
+        return self.model.apply({"params": params}, x)
+
+    def init_images(self, data: Dataset, key: jax.Array) -> jax.Array:
+        """Initial stored images (C, ipc, 32, 32, 3) as the config's `init` says."""
+        c, ipc = data.num_classes, self.cfg.ipc
+        if self.cfg.init == "noise":
+            return jax.random.normal(key, (c, ipc, 32, 32, 3), jnp.float32)
+        idx = data.class_indices()
+        if self.cfg.init == "real":
+            picks = [jax.random.choice(k, row[row >= 0], (ipc,), replace=False)
+                     for k, row in zip(jax.random.split(key, c), idx)]
+            return normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
+        return idc_init(data.train_x, idx, ipc, self.cfg.factor)
+
+    def decode(self, images: jax.Array) -> jax.Array:
+        """Stored images -> the normalised images that are matched and evaluated: (C, n, 32, 32, 3)."""
+        return images
+
+    def to_pixels(self, images: jax.Array) -> jax.Array:
+        """Stored images -> [0, 1] pixels for saving and viewing."""
+        from sm_jax.models import denormalize
+        return jnp.clip(denormalize(images), 0.0, 1.0)
+
+    def init_state(self, images: jax.Array) -> CondenseState:
+        return CondenseState(images, self.img_tx.init(images), jnp.zeros((), jnp.int32))
+
+    # --- matching -----------------------------------------------------------------------------------------
+    def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
+        """The synthetic images of the whole-class term (IDC caps their number)."""
+        return syn
+
+    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam):
+        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets at once.
+
+        Returns:
+          (grads like images, (loss_all (C,), loss_sub (C, K))).
+        """
+        cfg = self.cfg
+        c = images.shape[0]
+        k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
+        real_all = real_sub = None
+        if not cfg.subset_only:
+            idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
+            real_all = real_batch(ctx, idx)  # (C, B, 32, 32, 3)
+        if cfg.use_subsets:
+            k = ctx.real_part.shape[1]
+            keys = jax.random.split(k_sub, c * k).reshape(c, k)
+            idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
+            real_sub = real_batch(ctx, idx)  # (C, K, Bs, 32, 32, 3)
+        sub_weight = 1.0 if cfg.subset_only else lam
+
+        def loss_fn(images):
+            syn = self.decode(images)  # (C, n, 32, 32, 3)
+            syn_all = self.select_syn(syn, k_syn) if real_all is not None else None
+            syn_sub = syn[jnp.arange(c)[:, None, None], ctx.syn_part] if real_sub is not None else None
+            la, ls = matching_losses(self.apply_fn, self.dist, self.match_policy, params, real_all, syn_all,
+                                     real_sub, syn_sub, k_aug)
+            return la.sum() + sub_weight * ls.sum(), (la, ls)
+
+        grads, aux = jax.grad(loss_fn, has_aux=True)(images)
+        return grads, aux
+
+    # --- one iteration ------------------------------------------------------------------------------------
+    def lam(self, iteration):
+        return lambda_schedule(self.cfg.subset_lambda, iteration, self.cfg.iterations)
+
+    def update_images(self, images, opt_state, grads):
+        updates, opt_state = self.img_tx.update(grads, opt_state, images)
+        return optax.apply_updates(images, updates), opt_state
+
+    def net_protocol(self) -> TrainProtocol:
+        cfg = self.cfg
+        return TrainProtocol(epochs=cfg.inner_loop, batch=cfg.batch_train, lr=cfg.lr_net, momentum=cfg.momentum_net,
+                             weight_decay=cfg.weight_decay_net, policy=self.net_policy)
+
+    def prepare(self, images):
+        """Start-of-iteration transform of the stored images (IDC clamps them)."""
+        return images
+
+    def net_init(self, params):
+        return None
+
+    def train_net(self, params, net_state, images, ctx: Context, key):
+        """Inner-loop network training between matching steps: DC/DSA train on the (detached) synthetic set."""
+        syn = jax.lax.stop_gradient(self.decode(images))
+        x = syn.reshape(-1, *syn.shape[2:])
+        y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
+        return train_on_set(self.apply_fn, params, x, y, key, self.net_protocol()), net_state
+
+    def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
+        """One condensation iteration: a fresh network, outer_loop matching steps with network training between.
+
+        Pure; jit at the call site (donating `state`).
+        Returns:
+          (new state, metrics dict of scalars).
+        """
+        cfg = self.cfg
+        k_net, k_loop = jax.random.split(key)
+        params = init_params(self.model, k_net)
+        lam = self.lam(state.iteration)
+        images = self.prepare(state.images)
+
+        def outer(carry, step):
+            images, opt_state, params, net_state = carry
+            k_match, k_train = jax.random.split(jax.random.fold_in(k_loop, step))
+            grads, (la, ls) = self.match(images, params, ctx, k_match, lam)
+            images, opt_state = self.update_images(images, opt_state, grads)
+            params, net_state = jax.lax.cond(
+                step < cfg.outer_loop - 1,
+                lambda p, s: self.train_net(p, s, images, ctx, k_train),
+                lambda p, s: (p, s), params, net_state)
+            metrics = {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
+            return (images, opt_state, params, net_state), metrics
+
+        carry = (images, state.opt_state, params, self.net_init(params))
+        (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["lambda"] = jnp.asarray(0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam))
+        return CondenseState(images, opt_state, state.iteration + 1), metrics
+
+    # --- evaluation ---------------------------------------------------------------------------------------
+    def eval_protocol(self, epochs: int | None = None) -> TrainProtocol:
+        e = self.cfg.eval_epochs if epochs is None else epochs
+        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
+                             weight_decay=5e-4, policy=self.eval_policy, milestones=((e // 2 + 1, 0.1),),
+                             reset_momentum_at_milestones=True)
+
+
+class DSA(GradientMatching):
+    """DSA (Zhao & Bilen 2021): real init; siamese augmentation in matching, augmentation in training."""
+
+    name = "dsa"
+    match_policy = aug.DSA_POLICY
+    net_policy = aug.DSA_POLICY
+    eval_policy = aug.DSA_POLICY
+
+
+def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int = 2) -> jax.Array:
+    """IDC's init: the first factor^2 * ipc images of each class, subsampled by `factor` and tiled.
+
+    Block k (row-major) of stored image j holds real image k * ipc + j of the class.
+    Returns:
+      (C, ipc, 32, 32, 3) float32 in [0, 1].
+    """
+    n = factor * factor * ipc
+    out = []
+    for row in class_idx:
+        row = row[row >= 0]
+        if len(row) < n:
+            raise ConfigError(f"IDC init needs {n} images per class, a class has {len(row)}")
+        small = train_x[row[:n]][:, ::factor, ::factor].astype(np.float32) / 255.0  # (f*f*ipc, h, w, 3)
+        h, w = small.shape[1:3]
+        blocks = small.reshape(factor, factor, ipc, h, w, 3)  # (block row, block col, image, ...)
+        out.append(blocks.transpose(2, 0, 3, 1, 4, 5).reshape(ipc, factor * h, factor * w, 3))
+    return jnp.asarray(np.stack(out))
+
+
+def idc_decode(images: jax.Array, factor: int = 2) -> jax.Array:
+    """Each stored image -> its factor^2 crops (row-major), upsampled bilinearly (align_corners False).
+
+    Args:
+      images: (C, ipc, H, W, 3).
+    Returns:
+      (C, factor^2 * ipc, H, W, 3), crop-major: index = crop * ipc + image.
+    """
+    if factor == 1:
+        return images
+    c, ipc, h, w, ch = images.shape
+    s = h // factor
+    crops = images.reshape(c, ipc, factor, s, factor, s, ch).transpose(0, 2, 4, 1, 3, 5, 6)
+    crops = crops.reshape(c, factor * factor * ipc, s, s, ch)
+    return jax.image.resize(crops, (c, factor * factor * ipc, h, w, ch), "bilinear", antialias=False)
+
+
+class IDC(GradientMatching):
+    """IDC (Kim et al. 2022): multi-formation, mse over conv kernels, per-class image steps, real-data net training."""
+
+    name = "idc"
+    distance = "mse"
+    match_policy = aug.IDC_MATCH_POLICY
+    net_policy = aug.IDC_NET_POLICY
+    eval_policy = aug.IDC_EVAL_POLICY
+
+    def decode(self, images):
+        return normalize(idc_decode(images, self.cfg.factor))
+
+    def to_pixels(self, images):
+        return jnp.clip(images, 0.0, 1.0)
+
+    def prepare(self, images):
+        return jnp.clip(images, 0.0, 1.0)
+
+    def select_syn(self, syn, key):
+        cap = self.cfg.max_syn_per_class
+        if not cap or syn.shape[1] <= cap:
+            return syn
+        keys = jax.random.split(key, syn.shape[0])
+        idx = jax.vmap(lambda k: jax.random.choice(k, syn.shape[1], (cap,), replace=False))(keys)
+        return jnp.take_along_axis(syn, idx[:, :, None, None, None], axis=1)
+
+    def update_images(self, images, opt_state, grads):
+        # IDC steps the optimiser once per class; class c's loss depends only on images[c], so the joint
+        # gradient holds each class's gradient in its own slice. Replay the C momentum steps in order.
+        def one(carry, c):
+            images, opt_state = carry
+            mask = (jnp.arange(images.shape[0]) == c).astype(grads.dtype)[:, None, None, None, None]
+            updates, opt_state = self.img_tx.update(grads * mask, opt_state, images)
+            return (optax.apply_updates(images, updates), opt_state), None
+
+        (images, opt_state), _ = jax.lax.scan(one, (images, opt_state), jnp.arange(images.shape[0]))
+        return images, opt_state
+
+    def net_init(self, params):
+        return sgd(self.cfg.momentum_net, self.cfg.weight_decay_net).init(params)
+
+    def train_net(self, params, net_state, images, ctx, key):
+        """inner_loop SGD steps on random real batches, per-sample color+crop, then CutMix (p 0.5)."""
+        cfg = self.cfg
+        tx = sgd(cfg.momentum_net, cfg.weight_decay_net)
+        n = ctx.train_x.shape[0]
+
+        def step(carry, s):
+            params, opt_state = carry
+            k_idx, k_step = jax.random.split(jax.random.fold_in(key, s))
+            idx = jax.random.randint(k_idx, (cfg.batch_train,), 0, n)
+            x, y = real_batch(ctx, idx), ctx.train_y[idx]
+            params, opt_state, _ = train_step(self.apply_fn, tx, params, opt_state, x, y,
+                                              jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy, 0.5)
+            return (params, opt_state), None
+
+        (params, net_state), _ = jax.lax.scan(step, (params, net_state), jnp.arange(cfg.inner_loop))
+        return params, net_state
+
+    def eval_protocol(self, epochs=None):
+        e = self.cfg.eval_epochs if epochs is None else epochs
+        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
+                             weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=0.5,
+                             milestones=((2 * e // 3, 0.2), (5 * e // 6, 0.2)), reset_momentum_at_milestones=False)
+
+
+METHODS: dict[str, type[GradientMatching]] = {"dc": GradientMatching, "dsa": DSA, "idc": IDC}
+
+
+def make_method(cfg: Config, num_classes: int = 10) -> GradientMatching:
+    return METHODS[cfg.method](cfg, num_classes)

@@ -1,0 +1,152 @@
+"""Network training loops shared by condensation (inner loops) and evaluation: pure, scan-based."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sm_jax.augmentation import Policy, augment, cutmix
+from sm_jax.models import cross_entropy
+
+Params = Any
+
+
+def sgd(momentum: float = 0.0, weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """PyTorch-semantics SGD direction (d = g + wd*p; buf = m*buf + d), WITHOUT the learning rate.
+
+    The learning rate is applied by `apply_lr` so that schedules and momentum resets stay explicit.
+    """
+    parts = []
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if momentum:
+        parts.append(optax.trace(decay=momentum))
+    return optax.chain(*parts) if parts else optax.identity()
+
+
+def apply_lr(params: Params, updates: Params, lr) -> Params:
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates)
+
+
+def reset_momentum(opt_state, reset) -> Any:
+    """Zeroes the momentum buffers where `reset` (a traced bool) holds, as re-creating torch's optimizer does."""
+    def fix(s):
+        if isinstance(s, optax.TraceState):
+            return optax.TraceState(trace=jax.tree.map(lambda t: jnp.where(reset, jnp.zeros_like(t), t), s.trace))
+        return s
+    return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
+
+
+def train_step(apply_fn: Callable, tx: optax.GradientTransformation, params: Params, opt_state, x: jax.Array,
+               y: jax.Array, w: jax.Array, key: jax.Array, lr, policy: Policy = (), cutmix_prob: float = 0.0):
+    """One SGD step on a (possibly padded) batch.
+
+    Args:
+      x: (B, H, W, 3) normalised images; y: (B,) labels; w: (B,) 1 for real rows, 0 for padding.
+      key: augmentation / CutMix key.
+      lr: learning rate (scalar, may be traced).
+      policy: per-sample augmentation policy (op chosen once per batch).
+      cutmix_prob: probability of CutMix for this batch (0 disables it).
+    Returns:
+      (params, opt_state, loss).
+    """
+    k_aug, k_mix = jax.random.split(key)
+    x = augment(k_aug, policy, x)
+    if cutmix_prob > 0:
+        x, partner, lam = cutmix(k_mix, x, w > 0, cutmix_prob)
+        y2 = y[partner]
+    else:
+        y2, lam = y, 1.0
+
+    def loss_fn(p):
+        logits = apply_fn(p, x)
+        return lam * cross_entropy(logits, y, w) + (1.0 - lam) * cross_entropy(logits, y2, w)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return apply_lr(params, updates, lr), opt_state, loss
+
+
+def epoch_batches(key: jax.Array, n: int, batch: int):
+    """A shuffled epoch as padded batches (the last one partial, as torch's DataLoader with drop_last=False).
+
+    Returns:
+      (idx (steps, batch) int32, weight (steps, batch) float32).
+    """
+    steps = -(-n // batch)
+    perm = jax.random.permutation(key, n)
+    pad = steps * batch - n
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, batch)
+    w = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))]).reshape(steps, batch)
+    return idx.astype(jnp.int32), w.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProtocol:
+    """How a network is trained on a (synthetic) set: the evaluation protocol of a method."""
+
+    epochs: int
+    batch: int
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    policy: Policy = ()
+    cutmix_prob: float = 0.0
+    milestones: tuple[tuple[int, float], ...] = ()  # (first epoch at the reduced lr, lr factor)
+    reset_momentum_at_milestones: bool = True
+
+
+def lr_at_epoch(proto: TrainProtocol, epoch) -> jax.Array:
+    lr = jnp.asarray(proto.lr, jnp.float32)
+    for e, g in proto.milestones:
+        lr = jnp.where(epoch >= e, lr * g, lr)
+    return lr
+
+
+def train_on_set(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
+                 proto: TrainProtocol) -> Params:
+    """Trains `params` on (x, y) for proto.epochs epochs (pure; jit at the call site).
+
+    Args:
+      x: (N, H, W, 3) normalised images; y: (N,) int32 labels.
+    Returns:
+      trained params.
+    """
+    tx = sgd(proto.momentum, proto.weight_decay)
+    n = x.shape[0]
+    milestones = jnp.asarray([e for e, _ in proto.milestones] or [-1], jnp.int32)
+
+    def epoch_fn(carry, epoch):
+        params, opt_state = carry
+        k = jax.random.fold_in(key, epoch)
+        idx, w = epoch_batches(jax.random.fold_in(k, 0), n, proto.batch)
+        lr = lr_at_epoch(proto, epoch)
+        if proto.reset_momentum_at_milestones:
+            opt_state = reset_momentum(opt_state, jnp.any(epoch == milestones))
+
+        def step_fn(carry, inp):
+            params, opt_state = carry
+            i, wi, s = inp
+            params, opt_state, _ = train_step(apply_fn, tx, params, opt_state, x[i], y[i], wi,
+                                              jax.random.fold_in(k, s + 1), lr, proto.policy, proto.cutmix_prob)
+            return (params, opt_state), None
+
+        (params, opt_state), _ = jax.lax.scan(step_fn, (params, opt_state), (idx, w, jnp.arange(idx.shape[0])))
+        return (params, opt_state), None
+
+    (params, _), _ = jax.lax.scan(epoch_fn, (params, tx.init(params)), jnp.arange(proto.epochs))
+    return params
+
+
+def accuracy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, chunk: int = 1000) -> jax.Array:
+    """Top-1 accuracy (fraction) of `params` on normalised x (N, H, W, 3), in chunks to bound memory."""
+    n = x.shape[0]
+    steps = -(-n // chunk)
+    pad = steps * chunk - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, chunk, *x.shape[1:])
+    yp = jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)]).reshape(steps, chunk)
+    correct = jax.lax.map(lambda xy: jnp.sum(jnp.argmax(apply_fn(params, xy[0]), -1) == xy[1]), (xp, yp))
+    return correct.sum() / n

@@ -1,0 +1,110 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sm_jax import augmentation as aug
+from sm_jax.matching import (class_match, cosine_distance, lambda_schedule, make_partition, matching_losses,
+                             mse_distance, sample_rows)
+from sm_jax.models import init_params, make_model
+
+
+def test_cosine_distance_hand_computed():
+    # dense kernel (in=2, out=2): rows per OUTPUT unit are the columns
+    a = {"fc": {"kernel": jnp.array([[1.0, 0.0], [0.0, 1.0]]), "bias": jnp.array([5.0, 5.0])}}
+    b = {"fc": {"kernel": jnp.array([[1.0, 1.0], [1.0, -1.0]]), "bias": jnp.array([-1.0, 3.0])}}
+    # output 0: a=(1,0), b=(1,1) -> cos = 1/sqrt2; output 1: a=(0,1), b=(1,-1) -> cos = -1/sqrt2
+    expected = (1 - 1 / (np.sqrt(2) + 1e-6)) + (1 + 1 / (np.sqrt(2) + 1e-6))
+    np.testing.assert_allclose(cosine_distance(a, b), expected, rtol=1e-6)
+
+
+def test_cosine_conv_rows_are_output_channels():
+    k = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))  # HWIO
+    scale = jnp.array([1.0, 2.0, 3.0, 4.0])  # per-output-channel scaling keeps each row's direction
+    assert float(cosine_distance({"k": k}, {"k": k * scale})) < 1e-5
+    in_scale = jnp.array([1.0, 5.0])[None, None, :, None]  # per-input scaling changes directions
+    assert float(cosine_distance({"k": k}, {"k": k * in_scale})) > 1e-2
+
+
+def test_mse_distance_conv_kernels_only_and_a_sum():
+    a = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.zeros(2)}, "fc": {"kernel": jnp.zeros((4, 2))}}
+    b = {"conv": {"kernel": jnp.zeros((3, 3, 1, 2)), "bias": jnp.ones(2)}, "fc": {"kernel": jnp.ones((4, 2))}}
+    assert float(mse_distance(a, b)) == 18.0
+
+
+def small_net():
+    model = make_model(num_classes=3, width=8)
+    params = init_params(model, jax.random.key(0))
+    return (lambda p, x: model.apply({"params": p}, x)), params
+
+
+@pytest.mark.parametrize("dist,policy", [(mse_distance, aug.IDC_MATCH_POLICY), (cosine_distance, aug.DSA_POLICY)])
+def test_loss_zero_for_identical_batches(dist, policy):
+    apply_fn, params = small_net()
+    x = jax.random.normal(jax.random.key(1), (5, 32, 32, 3))
+    d = class_match(apply_fn, dist, policy, params, x, x, jnp.int32(1), jax.random.key(2))
+    if dist is mse_distance:
+        assert float(d) == 0.0
+    else:  # only the 1e-6 in the denominator separates it from 0
+        assert 0.0 <= float(d) < 1e-3
+
+
+def test_real_gradient_is_constant_and_syn_gradient_flows():
+    apply_fn, params = small_net()
+    real = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
+    syn = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    f = lambda r, s: class_match(apply_fn, mse_distance, (), params, r, s, jnp.int32(0), jax.random.key(0))
+    g_real, g_syn = jax.grad(f, argnums=(0, 1))(real, syn)
+    assert float(jnp.abs(g_real).max()) == 0.0
+    assert float(jnp.abs(g_syn).max()) > 0.0
+
+
+def test_vmapped_matching_equals_python_loop():
+    apply_fn, params = small_net()
+    c, k = 3, 2
+    real_all = jax.random.normal(jax.random.key(1), (c, 6, 32, 32, 3))
+    syn_all = jax.random.normal(jax.random.key(2), (c, 4, 32, 32, 3))
+    real_sub = jax.random.normal(jax.random.key(3), (c, k, 5, 32, 32, 3))
+    syn_sub = syn_all.reshape(c, k, 2, 32, 32, 3)
+    key = jax.random.key(4)
+    for dist in (cosine_distance, mse_distance):
+        la, ls = matching_losses(apply_fn, dist, aug.DSA_POLICY, params, real_all, syn_all, real_sub, syn_sub, key)
+        k_all, k_sub = jax.random.split(key)
+        keys_all = jax.random.split(k_all, c)
+        keys_sub = jax.random.split(k_sub, c * k).reshape(c, k)
+        for ci in range(c):
+            ref = class_match(apply_fn, dist, aug.DSA_POLICY, params, real_all[ci], syn_all[ci], jnp.int32(ci),
+                              keys_all[ci])
+            np.testing.assert_allclose(la[ci], ref, rtol=2e-4, atol=1e-5)
+            for ki in range(k):
+                ref = class_match(apply_fn, dist, aug.DSA_POLICY, params, real_sub[ci, ki], syn_sub[ci, ki],
+                                  jnp.int32(ci), keys_sub[ci, ki])
+                np.testing.assert_allclose(ls[ci, ki], ref, rtol=2e-4, atol=1e-5)
+
+
+def test_lambda_schedule_decays_linearly_to_zero():
+    assert lambda_schedule(2.0, 0, 100) == 2.0
+    assert lambda_schedule(2.0, 25, 100) == 1.5
+    assert lambda_schedule(2.0, 100, 100) == 0.0
+
+
+def test_partition_disjoint_covering_and_seeded():
+    members = np.arange(100, 111)  # 11 items into 3 subsets: sizes 4, 4, 3
+    part = make_partition(np.random.default_rng(0), members, 3)
+    assert part.shape == (3, 4)
+    flat = part[part >= 0]
+    assert sorted(flat.tolist()) == members.tolist()
+    assert (part >= 0).sum(1).tolist() == [4, 4, 3]
+    np.testing.assert_array_equal(part, make_partition(np.random.default_rng(0), members, 3))
+    assert not np.array_equal(part, make_partition(np.random.default_rng(1), members, 3))
+    with pytest.raises(ValueError):
+        make_partition(np.random.default_rng(0), members, 12)
+
+
+def test_sample_rows_without_replacement_from_valid_members():
+    members = jnp.array([7, 3, 9, -1, -1, 11])
+    for s in range(10):
+        rows = np.asarray(sample_rows(jax.random.key(s), members, 4))
+        assert sorted(rows.tolist()) == [3, 7, 9, 11]
+    seen = {tuple(np.asarray(sample_rows(jax.random.key(s), members, 2)).tolist()) for s in range(40)}
+    assert len(seen) > 6  # random, not a fixed choice

@@ -1,0 +1,139 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sm_jax.config import ConfigError, make_config
+from sm_jax.methods import IDC, idc_decode, idc_init, make_context, make_method, make_partitions
+
+
+def tiny_cfg(method, ipc=2, **kw):
+    base = dict(iterations=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8, width=8, eval_epochs=2,
+                eval_models=1, subset_batch_real=3)
+    base.update(kw)
+    return make_config(method, ipc, "cpu", **base)
+
+
+def test_idc_init_against_hand_built_blocks():
+    # class 0 images have constant value i (image index), class 1 values 100 + i
+    train_x = np.concatenate([np.full((8, 32, 32, 3), i, np.uint8) for i in range(8)] * 1)
+    train_x = np.stack([np.full((32, 32, 3), v, np.uint8) for v in list(range(8)) + list(range(100, 108))])
+    class_idx = np.array([np.arange(8), np.arange(8, 16)])
+    out = np.asarray(idc_init(train_x, class_idx, ipc=2, factor=2)) * 255
+    assert out.shape == (2, 2, 32, 32, 3)
+    # stored image j: block (r, c) holds real image (2r + c) * ipc + j
+    for ci, base in [(0, 0), (1, 100)]:
+        for j in range(2):
+            for r in range(2):
+                for c in range(2):
+                    block = out[ci, j, 16 * r:16 * (r + 1), 16 * c:16 * (c + 1)]
+                    np.testing.assert_allclose(block, base + (2 * r + c) * 2 + j, atol=1e-4)
+
+
+def test_idc_init_subsamples_every_other_pixel():
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    out = np.asarray(idc_init(train_x, np.array([np.arange(4)]), ipc=1, factor=2))
+    np.testing.assert_allclose(out[0, 0, :16, 16:], train_x[1, ::2, ::2] / 255.0, atol=1e-6)
+
+
+def torch_bilinear_up2(img):
+    """Reference: torch's F.interpolate(scale 2, bilinear, align_corners=False) written out in numpy."""
+    s = img.shape[0]
+    out = np.zeros((2 * s, 2 * s, img.shape[2]))
+    for o in range(2 * s):
+        src = max((o + 0.5) / 2 - 0.5, 0.0)
+        i0 = int(np.floor(src)); i1 = min(i0 + 1, s - 1); t = src - i0
+        for p in range(2 * s):
+            srcp = max((p + 0.5) / 2 - 0.5, 0.0)
+            j0 = int(np.floor(srcp)); j1 = min(j0 + 1, s - 1); u = srcp - j0
+            out[o, p] = ((1 - t) * (1 - u) * img[i0, j0] + (1 - t) * u * img[i0, j1]
+                         + t * (1 - u) * img[i1, j0] + t * u * img[i1, j1])
+    return out
+
+
+def test_idc_decode_quarters_upsampled_like_torch():
+    x = jax.random.uniform(jax.random.key(0), (2, 3, 32, 32, 3))
+    dec = np.asarray(idc_decode(x, 2))
+    assert dec.shape == (2, 12, 32, 32, 3)
+    xs = np.asarray(x)
+    for q, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for j in range(3):  # crop-major order: index = q * ipc + j
+            ref = torch_bilinear_up2(xs[1, j, 16 * r:16 * r + 16, 16 * c:16 * c + 16])
+            np.testing.assert_allclose(dec[1, q * 3 + j], ref, atol=1e-5)
+
+
+def test_idc_per_class_steps_replay_sequential_momentum():
+    cfg = tiny_cfg("idc", ipc=1, lr_img=0.1)
+    m = IDC(cfg, num_classes=3)
+    images = jax.random.uniform(jax.random.key(0), (3, 1, 32, 32, 3))
+    grads = jax.random.normal(jax.random.key(1), images.shape)
+    state = m.init_state(images)
+    new, _ = m.update_images(images, state.opt_state, grads)
+    # by hand: buf <- 0.5 buf + g_c (g_c = class c's slice only); x <- x - lr buf, for c = 0, 1, 2
+    x, buf = np.asarray(images).copy(), np.zeros(images.shape)
+    for c in range(3):
+        g = np.zeros(images.shape); g[c] = np.asarray(grads)[c]
+        buf = 0.5 * buf + g
+        x = x - 0.1 * buf
+    np.testing.assert_allclose(new, x, atol=1e-5)
+    # class 0 moved three times (its own step and the stale momentum of two later steps)
+    np.testing.assert_allclose(new[0], np.asarray(images)[0] - 0.1 * 1.75 * np.asarray(grads)[0], atol=1e-5)
+
+
+def test_partitions_disjoint_covering(tiny_data):
+    cfg = tiny_cfg("idc", ipc=1, subset_k=2)
+    real, syn = make_partitions(cfg, tiny_data.class_indices())
+    assert real.shape == (3, 2, 8) and syn.shape == (3, 2, 2)
+    for c in range(3):
+        assert sorted(real[c].ravel().tolist()) == np.flatnonzero(tiny_data.train_y == c).tolist()
+        assert sorted(syn[c].ravel().tolist()) == [0, 1, 2, 3]
+    r2, s2 = make_partitions(cfg, tiny_data.class_indices())
+    np.testing.assert_array_equal(real, r2)
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa", "idc"])
+def test_iteration_runs_and_keeps_partitions(method, tiny_data):
+    cfg = tiny_cfg(method, subset_k=2)
+    m = make_method(cfg, 3)
+    ctx = make_context(cfg, tiny_data)
+    before = jax.tree.map(np.asarray, ctx)
+    state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
+    images0 = np.asarray(state.images)
+    step = jax.jit(m.iteration)
+    for it in range(2):
+        state, metrics = step(state, ctx, jax.random.fold_in(jax.random.key(1), it))
+    assert int(state.iteration) == 2
+    assert np.isfinite(np.asarray(state.images)).all()
+    assert not np.allclose(np.asarray(state.images), images0)
+    assert float(metrics["loss_subset"]) > 0 and float(metrics["lambda"]) == pytest.approx(0.5)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(ctx)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_lambda_zero_and_k1_are_the_base_method(tiny_data):
+    outs = []
+    for kw in (dict(subset_k=1), dict(subset_k=2, subset_lambda=0.0)):
+        cfg = tiny_cfg("dsa", **kw)
+        m = make_method(cfg, 3)
+        state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
+        state, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
+        assert float(metrics["loss_subset"]) == 0.0
+        outs.append(np.asarray(state.images))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_subset_only_skips_the_whole_class_term(tiny_data):
+    cfg = tiny_cfg("dc", subset_k=2, subset_only=True)
+    m = make_method(cfg, 3)
+    state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
+    _, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
+    assert float(metrics["loss_all"]) == 0.0 and float(metrics["loss_subset"]) > 0
+
+
+def test_k_must_divide_the_synthetic_count():
+    with pytest.raises(ConfigError, match="does not divide"):
+        make_config("dc", 10, "cpu", subset_k=3)
+    with pytest.raises(ConfigError, match="does not divide"):
+        make_config("idc", 1, "cpu", subset_k=3)  # 4 decoded images
+    assert make_config("idc", 1, "cpu", subset_k=4).syn_per_class == 4

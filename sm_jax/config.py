@@ -115,11 +115,11 @@ def cpu_preset(method: str, ipc: int) -> dict[str, Any]:
     """A reduced budget that finishes on 2 CPU cores in minutes (same algorithm, fewer/smaller steps)."""
     p = paper_preset(method, ipc)
     if method in ("dc", "dsa"):
-        p.update(iterations=10, outer_loop=min(p["outer_loop"], 5), inner_loop=min(p["inner_loop"], 10),
-                 batch_real=32, eval_epochs=150 if method == "dc" else 200, eval_models=3, checkpoint_every=5)
+        p.update(iterations=6, outer_loop=min(p["outer_loop"], 3), inner_loop=min(p["inner_loop"], 5),
+                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2)
     else:
-        p.update(iterations=6, outer_loop=10, inner_loop=4, batch_real=32, eval_epochs=100, eval_models=3,
-                 checkpoint_every=2)
+        p.update(iterations=4, outer_loop=8 if ipc < 10 else 6, inner_loop=3, batch_real=32,
+                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,31 @@ def _state_tree(state: CondenseState, partitions) -> dict[str, Any]:
 def _diff(a: dict, b: dict) -> str:
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return ", ".join(f"{k}: {a.get(k)!r} (checkpoint) vs {b.get(k)!r} (now)" for k in keys[:4])
+
+
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C into a flag checked between iterations (so the state, the iteration count and
+    metrics.jsonl stay consistent); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 class Run:
@@ -134,22 +160,25 @@ class Run:
         it = start
         t_run = time.time()
         try:
-            while it < cfg.iterations:
-                t0 = time.time()
-                state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))
-                metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
-                it += 1
-                metrics_log.write({"iteration": it, **metrics, "seconds": time.time() - t0,
-                                   "wall_time": time.time() - t_run})
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss_all'] + metrics['lambda'] * metrics['loss_subset']:.3g}")
-                if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-                    ckpt.save(it, _state_tree(state, partitions), self.meta(it))
-                if cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.iterations:
-                    ev = self.evaluate(state)
-                    metrics_log.write({"iteration": it, "eval": ev})
-                    self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
+            with _DeferredInterrupt() as interrupt:
+                while it < cfg.iterations:
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+                    t0 = time.time()
+                    state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))
+                    metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
+                    it += 1
+                    metrics_log.write({"iteration": it, **metrics, "seconds": time.time() - t0,
+                                       "wall_time": time.time() - t_run})
+                    if bar:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{metrics['loss_all'] + metrics['lambda'] * metrics['loss_subset']:.3g}")
+                    if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
+                        ckpt.save(it, _state_tree(state, partitions), self.meta(it))
+                    if cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.iterations:
+                        ev = self.evaluate(state)
+                        metrics_log.write({"iteration": it, "eval": ev})
+                        self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
         except KeyboardInterrupt:
             if bar:
                 bar.close()

@@ -29,3 +29,27 @@ def cifar_cache(tmp_path_factory):
     if not SHARED_DATA.exists():
         pytest.skip("shared CIFAR-10 copy not present")
     return tmp_path_factory.mktemp("cache")
+
+
+def write_image_folder_archive(path: Path, data: Dataset, fmt: str = "PNG") -> Path:
+    """Writes `data` as an image-folder .tar.gz ({train,test}/{class}/NNNN.png) under one top folder."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w:gz") as tf:
+        for split, xs, ys in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                buf = io.BytesIO()
+                Image.fromarray(x).save(buf, fmt)
+                info = tarfile.TarInfo(f"top/{split}/{data.class_names[y]}/{i:04d}.{fmt.lower()}")
+                info.size = buf.tell()
+                buf.seek(0)
+                tf.addfile(info, buf)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tiny_data, tmp_path_factory) -> Path:
+    return write_image_folder_archive(tmp_path_factory.mktemp("data") / "tiny.tar.gz", tiny_data)

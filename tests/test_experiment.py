@@ -1,0 +1,169 @@
+"""The CLI as users run it: artifacts, resume after SIGKILL / Ctrl-C, evaluate, and one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--batch-real", "4",
+        "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    cache = tmp_path_factory.mktemp("env")
+    e.update(SM_JAX_CACHE=str(cache / "data"), SM_JAX_OFFLINE="1", JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(cache / "xla"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONPATH=str(ROOT))
+    return e
+
+
+def cli(env, *args, module="experiments.cifar10", timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def popen(env, *args):
+    return subprocess.Popen([sys.executable, "-m", "experiments.cifar10", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(proc, workdir, min_step, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps and max(steps) >= min_step:
+            return max(steps)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def assert_one_line_error(res, pattern):
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    err = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and pattern in err[0], res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def finished(env, tiny_archive, tmp_path_factory):
+    """An uninterrupted run: the reference for resume and the source for evaluate."""
+    wd = tmp_path_factory.mktemp("runs") / "ref"
+    res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
+              "--eval-models", 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return wd, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_artifacts(finished):
+    wd, summary = finished
+    for name in ("config.json", "metrics.jsonl", "results.json", "synthetic.npz", "synthetic.png", "progress.png"):
+        assert (wd / name).exists(), name
+    syn = np.load(wd / "synthetic.npz")
+    assert syn["images"].shape == (6, 32, 32, 3) and syn["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert syn["images"].min() >= 0 and syn["images"].max() <= 1
+    res = json.loads((wd / "results.json").read_text())
+    assert len(res["accuracies"]) == 2 and all(0 <= a <= 1 for a in res["accuracies"])
+    assert res["accuracy_mean"] == pytest.approx(np.mean(res["accuracies"]))
+    assert res["accuracy_mean"] == summary["accuracy_mean"]
+    assert res["config"]["method"] == "dc" and "jax" in res["versions"] and res["data_source"].startswith("folder:")
+    lines = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss_all" in r]
+    assert [r["iteration"] for r in steps] == list(range(1, 13))
+    assert steps[0]["lambda"] == 1.0 and steps[-1]["lambda"] == pytest.approx(1 / 12)
+    assert {"loss_subset", "grad_norm", "wall_time"} <= set(steps[0])
+    assert json.loads((wd / "config.json").read_text())["subset_k"] == 2
+
+
+def test_sigint_and_sigkill_resume_bit_identical(env, tiny_archive, finished, tmp_path):
+    ref, _ = finished
+    wd = tmp_path / "resumed"
+    args = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
+            "--eval-models", 0]
+    proc = popen(env, *args)  # Ctrl-C after the first periodic checkpoint: saves, exits 130
+    wait_for_checkpoint(proc, wd, 3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: saved a checkpoint at iteration" in out
+    saved = int(out.split("saved a checkpoint at iteration")[1].split()[0])
+    assert (wd / "checkpoints" / str(saved)).is_dir()
+    proc = popen(env, *args)  # resumes, then is killed without warning after a later checkpoint
+    wait_for_checkpoint(proc, wd, max(saved + 1, 6))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (wd / "results.json").exists()
+    res = cli(env, *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed" in res.stdout
+    a, b = np.load(ref / "synthetic.npz"), np.load(wd / "synthetic.npz")
+    np.testing.assert_array_equal(a["images"], b["images"])  # bit-identical to the uninterrupted run
+    its = [json.loads(ln)["iteration"] for ln in (wd / "metrics.jsonl").read_text().splitlines()
+           if "loss_all" in ln]
+    assert its == list(range(1, 13))  # no duplicated or lost metric lines
+
+
+def test_evaluate_roundtrip(env, finished):
+    wd, _ = finished
+    res = cli(env, "--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--no-progress",
+              module="experiments.evaluate")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["step"] == 12 and len(out["accuracies"]) == 1 and 0 <= out["accuracies"][0] <= 1
+    assert (wd / "eval_step12.json").exists()
+    res = cli(env, "--workdir", wd, "--step", 6, "--eval-models", 1, "--eval-epochs", 1, "--no-progress",
+              module="experiments.evaluate")
+    assert res.returncode == 2 and "no checkpoint 6" in res.stderr  # max_to_keep dropped it
+
+
+def test_bad_input_one_line_errors(env, tiny_archive, finished, tmp_path):
+    wd, _ = finished
+    d = ["--data-dir", tiny_archive, "--workdir", tmp_path / "w"]
+    assert_one_line_error(cli(env, "--method", "mtt", "--ipc", 10, *d), "unknown method")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 0, *d), "--ipc")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 10, "--subset-k", 0, *d), "--subset-k")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 10, "--subset-k", 3, *d), "does not divide")
+    assert_one_line_error(cli(env, "--method", "idc", "--ipc", 1, "--subset-k", 3, *d), "does not divide")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 10, "--iterations", -1, *d), "--iterations")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 10, "--eval-epochs", -5, *d), "--eval-epochs")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 10, "--ipc", "x", *d), "invalid int")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 2, "--data-dir", tmp_path / "missing.tgz"),
+                          "does not exist")
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"not an archive")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 2, "--data-dir", corrupt), "corrupt.tar.gz")
+    assert_one_line_error(cli(env, "--method", "dc", "--ipc", 2, "--workdir", tmp_path / "o"), "pass --data-dir")
+    # a workdir holding another run's checkpoints
+    other = [a if a != "2" else "2" for a in TINY]
+    res = cli(env, *other, "--subset-k", 1, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12)
+    assert_one_line_error(res, "holds another run")
+    # evaluate: nothing there, or a corrupt checkpoint
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli(env, "--workdir", empty, module="experiments.evaluate"), "no checkpoints")
+    assert_one_line_error(cli(env, "--workdir", tmp_path / "nowhere", module="experiments.evaluate"),
+                          "not a directory")
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(wd), str(broken)], check=True)
+    for f in (broken / "checkpoints" / "12" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)
+    assert_one_line_error(cli(env, "--workdir", broken, "--eval-models", 1, module="experiments.evaluate"),
+                          "cannot be restored")
+
+
+def test_iterations_zero_evaluates_the_initial_set(env, tiny_archive, tmp_path):
+    wd = tmp_path / "init"
+    res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 0, "--eval-models", 1)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["iterations"] == 0 and len(out["accuracies"]) == 1
+    assert [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()] == ["0"]

@@ -92,7 +92,7 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
         skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset", "iterations"}
+                "data_dir", "workdir", "preset"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

@@ -151,8 +151,10 @@ class Run:
         start = int(state.iteration)
         done_results = self.workdir / "results.json"
         if start >= cfg.iterations and done_results.exists():
-            self.log(f"{self.workdir}: already finished ({start} iterations)")
-            return json.loads(done_results.read_text())
+            done = json.loads(done_results.read_text())
+            if (done["budget"]["eval_epochs"], done["budget"]["eval_models"]) == (cfg.eval_epochs, cfg.eval_models):
+                self.log(f"{self.workdir}: already finished ({start} iterations)")
+                return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
         ctx = make_context(cfg, self.data, partitions)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0)

@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sm_jax.config import make_config
+from sm_jax.methods import make_method
+from sm_jax.models import init_params, make_model
+from sm_jax.training import TrainProtocol, epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
+
+
+def test_patches_conv_equals_xla_conv_values_and_grads():
+    x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+    y = jnp.array([0, 1, 2])
+    m_p, m_x = make_model(width=16, conv_impl="patches"), make_model(width=16, conv_impl="xla")
+    params = init_params(m_p, jax.random.key(1))
+    loss = lambda m: (lambda p: optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x), y).mean())
+    np.testing.assert_allclose(m_p.apply({"params": params}, x), m_x.apply({"params": params}, x), rtol=1e-4,
+                               atol=1e-5)
+    g_p, g_x = jax.grad(loss(m_p))(params), jax.grad(loss(m_x))(params)
+    for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_x)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_epoch_batches_cover_each_sample_once():
+    idx, w = epoch_batches(jax.random.key(0), 10, 4)
+    assert idx.shape == (3, 4)
+    assert sorted(np.asarray(idx)[np.asarray(w) > 0].tolist()) == list(range(10))
+    assert np.asarray(w).sum() == 10 and np.asarray(w)[2, 2:].sum() == 0
+
+
+def test_eval_protocol_schedules():
+    dc = make_method(make_config("dc", 10, "paper"))
+    p = dc.eval_protocol(300)
+    # the official code lowers the lr after epoch E//2 has been trained
+    np.testing.assert_allclose([float(lr_at_epoch(p, e)) for e in (0, 150, 151, 299)], [0.01, 0.01, 0.001, 0.001],
+                               rtol=1e-6)
+    assert p.reset_momentum_at_milestones and p.batch == 256 and p.policy == ()
+    idc = make_method(make_config("idc", 10, "paper")).eval_protocol(1000)
+    assert idc.milestones == ((666, 0.2), (833, 0.2)) and idc.batch == 64 and idc.cutmix_prob == 0.5
+    np.testing.assert_allclose(float(lr_at_epoch(idc, 900)), 0.01 * 0.04, rtol=1e-6)
+    assert make_method(make_config("dsa", 10, "paper")).eval_protocol().epochs == 1000
+
+
+def test_sgd_matches_pytorch_semantics_and_momentum_reset():
+    tx = sgd(momentum=0.9, weight_decay=0.1)
+    p = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([0.5, 0.5])}
+    s = tx.init(p)
+    u1, s = tx.update(g, s, p)  # buf = g + wd p
+    np.testing.assert_allclose(u1["w"], [0.6, 0.3], rtol=1e-6)
+    u2, s = tx.update(g, s, p)  # buf = 0.9 buf + g + wd p
+    np.testing.assert_allclose(u2["w"], [0.9 * 0.6 + 0.6, 0.9 * 0.3 + 0.3], rtol=1e-6)
+    s = reset_momentum(s, jnp.array(True))
+    u3, _ = tx.update(g, s, p)
+    np.testing.assert_allclose(u3["w"], [0.6, 0.3], rtol=1e-6)
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    model = make_model(num_classes=3, width=8)
+    apply_fn = lambda p, x: model.apply({"params": p}, x)
+    params = init_params(model, jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
+    y = jnp.array([0, 1, 2, 0, 1, 2])
+    tx = sgd(0.9, 5e-4)
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, k: train_step(apply_fn, tx, p, s, x, y, jnp.ones(6), k, 0.05))
+    losses = []
+    for i in range(15):
+        params, state, loss = step(params, state, jax.random.key(i))
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]

@@ -45,9 +45,10 @@ def progress_bar(total: int, initial: int = 0, desc: str = ""):
     return tqdm(total=total, initial=initial, desc=desc, disable=None, dynamic_ncols=True, leave=False)
 
 
-def _state_tree(state: CondenseState, partitions) -> dict[str, Any]:
+def _state_tree(state: CondenseState, partitions, key: jax.Array) -> dict[str, Any]:
+    # every random draw of iteration i is fold_in(key, i): the key data plus the iteration fix the rest of the run
     return {"images": state.images, "opt_state": state.opt_state, "iteration": state.iteration,
-            "real_part": partitions[0], "syn_part": partitions[1]}
+            "real_part": partitions[0], "syn_part": partitions[1], "key": jax.random.key_data(key)}
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -110,13 +111,15 @@ class Run:
         state, partitions = self.fresh()
         step = ckpt.latest_step()
         if step is None:
-            ckpt.save(0, _state_tree(state, partitions), self.meta(0))
+            ckpt.save(0, _state_tree(state, partitions, self.key), self.meta(0))
             return state, partitions
         _, meta = ckpt.read_meta(step)
         if meta.get("identity") != json.loads(json.dumps(self.cfg.identity())):
             raise RunError(f"{self.workdir} holds another run ({_diff(meta.get('identity', {}), self.cfg.identity())}); "
                            "use a new --workdir or the same settings")
-        tree = ckpt.restore(step, _state_tree(state, partitions))
+        tree = ckpt.restore(step, _state_tree(state, partitions, self.key))
+        if not np.array_equal(np.asarray(tree["key"]), np.asarray(jax.random.key_data(self.key))):
+            raise RunError(f"{self.workdir}: the checkpoint's PRNG key differs from seed {self.cfg.seed}'s")
         state = CondenseState(jnp.asarray(tree["images"]), jax.tree.map(jnp.asarray, tree["opt_state"]),
                               jnp.asarray(tree["iteration"], jnp.int32))
         self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")
@@ -176,7 +179,7 @@ class Run:
                         bar.update(1)
                         bar.set_postfix(loss=f"{metrics['loss_all'] + metrics['lambda'] * metrics['loss_subset']:.3g}")
                     if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-                        ckpt.save(it, _state_tree(state, partitions), self.meta(it))
+                        ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
                     if cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.iterations:
                         ev = self.evaluate(state)
                         metrics_log.write({"iteration": it, "eval": ev})
@@ -184,14 +187,14 @@ class Run:
         except KeyboardInterrupt:
             if bar:
                 bar.close()
-            ckpt.save(it, _state_tree(state, partitions), self.meta(it))
+            ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
             self.log(f"interrupted: saved a checkpoint at iteration {it} in {self.workdir}; rerun to resume")
             raise
         if bar:
             bar.close()
         condense_seconds = time.time() - t_run
         if it not in ckpt.all_steps():
-            ckpt.save(it, _state_tree(state, partitions), self.meta(it))
+            ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
         ckpt.close()
         artifacts.save_synthetic(self.workdir, self.method, state.images, self.data.class_names)
         ev = self.evaluate(state)
@@ -223,7 +226,7 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
         cfg = cfg.replace(data_dir=data_dir)
     run = Run(cfg, progress=progress, log=log)
     state, partitions = run.fresh()
-    tree = ckpt.restore(step, _state_tree(state, partitions))
+    tree = ckpt.restore(step, _state_tree(state, partitions, run.key))
     ckpt.close()
     state = CondenseState(jnp.asarray(tree["images"]), state.opt_state, jnp.asarray(tree["iteration"], jnp.int32))
     ev = run.evaluate(state, models, epochs)

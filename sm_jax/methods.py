@@ -178,6 +178,16 @@ class GradientMatching:
         y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
         return train_on_set(self.apply_fn, params, x, y, key, self.net_protocol()), net_state
 
+    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam):
+        """One outer step: the matching of all classes and subsets, then the image update.
+
+        Returns:
+          (images, opt_state, metrics dict of scalars).
+        """
+        grads, (la, ls) = self.match(images, params, ctx, key, lam)
+        images, opt_state = self.update_images(images, opt_state, grads)
+        return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
+
     def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
         """One condensation iteration: a fresh network, outer_loop matching steps with network training between.
 
@@ -194,13 +204,11 @@ class GradientMatching:
         def outer(carry, step):
             images, opt_state, params, net_state = carry
             k_match, k_train = jax.random.split(jax.random.fold_in(k_loop, step))
-            grads, (la, ls) = self.match(images, params, ctx, k_match, lam)
-            images, opt_state = self.update_images(images, opt_state, grads)
+            images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam)
             params, net_state = jax.lax.cond(
                 step < cfg.outer_loop - 1,
                 lambda p, s: self.train_net(p, s, images, ctx, k_train),
                 lambda p, s: (p, s), params, net_state)
-            metrics = {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
             return (images, opt_state, params, net_state), metrics
 
         carry = (images, state.opt_state, params, self.net_init(params))

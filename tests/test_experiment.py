@@ -57,9 +57,12 @@ def assert_one_line_error(res, pattern):
 def finished(env, tiny_archive, tmp_path_factory):
     """An uninterrupted run: the reference for resume and the source for evaluate."""
     wd = tmp_path_factory.mktemp("runs") / "ref"
-    res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
-              "--eval-models", 2)
+    args = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
+            "--eval-models", 2, "--eval-every", 6]
+    res = cli(env, *args)
     assert res.returncode == 0, res.stderr[-3000:]
+    again = cli(env, *args)  # the same command on a finished run does no work
+    assert again.returncode == 0 and "already finished" in again.stdout
     return wd, json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -81,6 +84,8 @@ def test_artifacts(finished):
     assert steps[0]["lambda"] == 1.0 and steps[-1]["lambda"] == pytest.approx(1 / 12)
     assert {"loss_subset", "grad_norm", "wall_time"} <= set(steps[0])
     assert json.loads((wd / "config.json").read_text())["subset_k"] == 2
+    evals = [r["iteration"] for r in lines if "eval" in r]
+    assert evals == [6, 12]
 
 
 def test_sigint_and_sigkill_resume_bit_identical(env, tiny_archive, finished, tmp_path):

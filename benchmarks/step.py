@@ -1,0 +1,75 @@
+"""Times one outer condensation step (matching of all classes and subsets + the image update) after compilation.
+
+python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5] [--data-dir PATH]
+
+Prints one JSON line. Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
+does not depend on the pixel values).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import jax
+import numpy as np
+
+from sm_jax.config import make_config
+from sm_jax.data import Dataset, load_cifar10
+from sm_jax.methods import make_context, make_method
+from sm_jax.models import init_params
+
+
+def synthetic_cifar(n_per_class: int = 5000, classes: int = 10) -> Dataset:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), n_per_class).astype(np.int32)
+    x = rng.integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8)
+    return Dataset(x, y, x[:100], y[:100], tuple(str(c) for c in range(classes)), "random")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--method", default="dc")
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--batch-real", type=int)
+    p.add_argument("--subset-k", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--data-dir")
+    args = p.parse_args(argv)
+    cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real)
+    data = load_cifar10(args.data_dir) if args.data_dir else synthetic_cifar()
+    method = make_method(cfg, data.num_classes)
+    ctx = make_context(cfg, data)
+    key = jax.random.key(0)
+    state = method.init_state(method.init_images(data, key))
+    params = init_params(method.model, key)
+    step = jax.jit(lambda im, os_, p_, k: method.matching_step(im, os_, p_, ctx, k, 0.5), donate_argnums=(0, 1))
+    t0 = time.perf_counter()
+    compiled = step.lower(state.images, state.opt_state, params, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    images, opt_state = state.images, state.opt_state
+    images, opt_state, m = compiled(images, opt_state, params, key)  # warm-up
+    jax.block_until_ready(images)
+    times = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        images, opt_state, m = compiled(images, opt_state, params, jax.random.fold_in(key, r))
+        jax.block_until_ready(images)
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    out = {"step_seconds_median": med, "step_seconds_min": float(min(times)), "compile_seconds": compile_s,
+           "flops_per_step": flops, "gflops_per_second": flops / med / 1e9 if flops else None,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+           "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
+                      "subset_batch_real": cfg.subset_real, "classes": data.num_classes}}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -54,12 +54,13 @@ def test_affine_identity_and_quarter_turn(align):
 def test_siamese_draw_applies_identical_transform_to_both_batches():
     real, syn = images(6, 1), images(3, 2)
     syn = syn.at[0].set(real[0])  # one image present in both batches
+    apply = jax.jit(lambda p, x: aug.apply_policy(aug.DSA_POLICY, p, x))
     for seed in range(12):  # covers every DSA op
         p = aug.sample_policy(jax.random.key(seed), aug.DSA_POLICY, 1)
-        ra, sa = aug.apply_policy(aug.DSA_POLICY, p, real), aug.apply_policy(aug.DSA_POLICY, p, syn)
+        ra, sa = apply(p, real), apply(p, syn)
         np.testing.assert_array_equal(ra[0], sa[0])
         # one draw for the whole batch: image i is transformed exactly as if it were alone
-        np.testing.assert_allclose(ra[3], aug.apply_policy(aug.DSA_POLICY, p, real[3:4])[0], atol=1e-6)
+        np.testing.assert_allclose(ra[3], apply(p, real[3:4])[0], atol=1e-6)
 
 
 def test_per_sample_draws_differ_and_choice_is_per_batch():
@@ -73,9 +74,10 @@ def test_per_sample_draws_differ_and_choice_is_per_batch():
 
 def test_augmentation_is_differentiable():
     x = images(2)
+    policy = aug.DSA_POLICY + aug.IDC_MATCH_POLICY
+    grad = jax.jit(jax.grad(lambda x, p: jnp.sum(aug.apply_policy(policy, p, x) ** 2)))
     for seed in range(6):
-        p = aug.sample_policy(jax.random.key(seed), aug.DSA_POLICY + aug.IDC_MATCH_POLICY, 2)
-        g = jax.grad(lambda x: jnp.sum(aug.apply_policy(aug.DSA_POLICY + aug.IDC_MATCH_POLICY, p, x) ** 2))(x)
+        g = grad(x, aug.sample_policy(jax.random.key(seed), policy, 2))
         assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
 
 

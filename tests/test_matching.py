@@ -42,7 +42,7 @@ def small_net():
 def test_loss_zero_for_identical_batches(dist, policy):
     apply_fn, params = small_net()
     x = jax.random.normal(jax.random.key(1), (5, 32, 32, 3))
-    d = class_match(apply_fn, dist, policy, params, x, x, jnp.int32(1), jax.random.key(2))
+    d = jax.jit(lambda x, k: class_match(apply_fn, dist, policy, params, x, x, jnp.int32(1), k))(x, jax.random.key(2))
     if dist is mse_distance:
         assert float(d) == 0.0
     else:  # only the 1e-6 in the denominator separates it from 0
@@ -54,7 +54,7 @@ def test_real_gradient_is_constant_and_syn_gradient_flows():
     real = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
     syn = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     f = lambda r, s: class_match(apply_fn, mse_distance, (), params, r, s, jnp.int32(0), jax.random.key(0))
-    g_real, g_syn = jax.grad(f, argnums=(0, 1))(real, syn)
+    g_real, g_syn = jax.jit(jax.grad(f, argnums=(0, 1)))(real, syn)
     assert float(jnp.abs(g_real).max()) == 0.0
     assert float(jnp.abs(g_syn).max()) > 0.0
 
@@ -67,18 +67,20 @@ def test_vmapped_matching_equals_python_loop():
     real_sub = jax.random.normal(jax.random.key(3), (c, k, 5, 32, 32, 3))
     syn_sub = syn_all.reshape(c, k, 2, 32, 32, 3)
     key = jax.random.key(4)
-    for dist in (cosine_distance, mse_distance):
-        la, ls = matching_losses(apply_fn, dist, aug.DSA_POLICY, params, real_all, syn_all, real_sub, syn_sub, key)
+    for dist, policy in ((cosine_distance, aug.DSA_POLICY), (mse_distance, aug.IDC_MATCH_POLICY)):
+        la, ls = jax.jit(matching_losses, static_argnums=(0, 1, 2))(apply_fn, dist, policy, params, real_all,
+                                                                    syn_all, real_sub, syn_sub, key)
+        ref_fn = jax.jit(class_match, static_argnums=(0, 1, 2))
         k_all, k_sub = jax.random.split(key)
         keys_all = jax.random.split(k_all, c)
         keys_sub = jax.random.split(k_sub, c * k).reshape(c, k)
         for ci in range(c):
-            ref = class_match(apply_fn, dist, aug.DSA_POLICY, params, real_all[ci], syn_all[ci], jnp.int32(ci),
-                              keys_all[ci])
+            ref = ref_fn(apply_fn, dist, policy, params, real_all[ci], syn_all[ci], jnp.int32(ci),
+                         keys_all[ci])
             np.testing.assert_allclose(la[ci], ref, rtol=2e-4, atol=1e-5)
             for ki in range(k):
-                ref = class_match(apply_fn, dist, aug.DSA_POLICY, params, real_sub[ci, ki], syn_sub[ci, ki],
-                                  jnp.int32(ci), keys_sub[ci, ki])
+                ref = ref_fn(apply_fn, dist, policy, params, real_sub[ci, ki], syn_sub[ci, ki],
+                             jnp.int32(ci), keys_sub[ci, ki])
                 np.testing.assert_allclose(ls[ci, ki], ref, rtol=2e-4, atol=1e-5)
 
 

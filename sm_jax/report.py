@@ -10,7 +10,7 @@ def collect(root: str | Path) -> list[dict]:
     out = []
     for path in sorted(Path(root).rglob("results.json")):
         r = json.loads(path.read_text())
-        r["name"] = path.parent.name
+        r["name"], r["path"] = path.parent.name, path.parent
         out.append(r)
     return out
 
@@ -32,11 +32,11 @@ def markdown_table(root: str | Path) -> str:
         if r.get("accuracy_mean") is None:
             continue
         accs = ", ".join(f"{100 * a:.2f}" for a in r["accuracies"])
-        wall = _wall(Path(root).rglob(r["name"]).__next__()) if r.get("name") else None
+        wall = _wall(r["path"])
         rows.append(f"| {r['name']} | {c['method']} | {c['ipc']} | {c['subset_k']} | {c['subset_lambda']} | "
                     f"{r['iterations']} | {c['eval_epochs']} x {c['eval_models']} | "
                     f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f} | {accs} | "
-                    f"{wall:.0f} |" if wall is not None else "|")
+                    f"{'-' if wall is None else f'{wall:.0f}'} |")
     return "\n".join(rows)
 
 

@@ -86,6 +86,10 @@ def test_artifacts(finished):
     assert json.loads((wd / "config.json").read_text())["subset_k"] == 2
     evals = [r["iteration"] for r in lines if "eval" in r]
     assert evals == [6, 12]
+    from sm_jax.report import markdown_table
+
+    row = [ln for ln in markdown_table(wd.parent).splitlines() if ln.startswith("| ref |")][0]
+    assert "| dc | 2 | 2 | 1.0 | 12 | 1 x 2 |" in row and f"{100 * res['accuracy_mean']:.2f}" in row
 
 
 def test_sigint_and_sigkill_resume_bit_identical(env, tiny_archive, finished, tmp_path):

@@ -17,7 +17,7 @@ from sm_jax import augmentation as aug
 from sm_jax.config import Config, ConfigError
 from sm_jax.data import Dataset
 from sm_jax.matching import DISTANCES, lambda_schedule, make_partition, matching_losses, sample_rows
-from sm_jax.models import init_params, make_model, normalize
+from sm_jax.models import denormalize, init_params, make_model, normalize
 from sm_jax.training import TrainProtocol, apply_lr, sgd, train_on_set, train_step
 
 
@@ -109,7 +109,6 @@ class GradientMatching:
 
     def to_pixels(self, images: jax.Array) -> jax.Array:
         """Stored images -> [0, 1] pixels for saving and viewing."""
-        from sm_jax.models import denormalize
         return jnp.clip(denormalize(images), 0.0, 1.0)
 
     def init_state(self, images: jax.Array) -> CondenseState:

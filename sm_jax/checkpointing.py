@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -75,6 +74,3 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-
-def to_numpy_tree(tree: Any) -> Any:
-    return jax.tree.map(np.asarray, tree)

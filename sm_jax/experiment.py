@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import signal
 import sys
 import time
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sm_jax import artifacts
-from sm_jax.checkpointing import Checkpointer, CheckpointError, to_numpy_tree
+from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, ConfigError, validate
 from sm_jax.data import DataError, Dataset, load_cifar10
 from sm_jax.evaluation import evaluate_set

@@ -18,7 +18,7 @@ from sm_jax.config import Config, ConfigError
 from sm_jax.data import Dataset
 from sm_jax.matching import DISTANCES, lambda_schedule, make_partition, matching_losses, sample_rows
 from sm_jax.models import denormalize, init_params, make_model, normalize
-from sm_jax.training import TrainProtocol, apply_lr, sgd, train_on_set, train_step
+from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
 
 
 class Context(NamedTuple):

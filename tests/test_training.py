@@ -6,7 +6,7 @@ import optax
 from sm_jax.config import make_config
 from sm_jax.methods import make_method
 from sm_jax.models import init_params, make_model
-from sm_jax.training import TrainProtocol, epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
+from sm_jax.training import epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
 
 
 def test_patches_conv_equals_xla_conv_values_and_grads():

@@ -117,12 +117,13 @@ def train_on_set(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array,
     """
     tx = sgd(proto.momentum, proto.weight_decay)
     n = x.shape[0]
+    batch = min(proto.batch, n)  # a set smaller than the batch is one batch of n (no padded rows to compute)
     milestones = jnp.asarray([e for e, _ in proto.milestones] or [-1], jnp.int32)
 
     def epoch_fn(carry, epoch):
         params, opt_state = carry
         k = jax.random.fold_in(key, epoch)
-        idx, w = epoch_batches(jax.random.fold_in(k, 0), n, proto.batch)
+        idx, w = epoch_batches(jax.random.fold_in(k, 0), n, batch)
         lr = lr_at_epoch(proto, epoch)
         if proto.reset_momentum_at_milestones:
             opt_state = reset_momentum(opt_state, jnp.any(epoch == milestones))

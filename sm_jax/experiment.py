@@ -116,12 +116,17 @@ class Run:
         if meta.get("identity") != json.loads(json.dumps(self.cfg.identity())):
             raise RunError(f"{self.workdir} holds another run ({_diff(meta.get('identity', {}), self.cfg.identity())}); "
                            "use a new --workdir or the same settings")
+        state, partitions = self.restore(ckpt, step, state, partitions)
+        self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")
+        return state, partitions
+
+    def restore(self, ckpt: Checkpointer, step: int | None, state: CondenseState, partitions):
+        """Checkpoint `step` (latest if None), restored into the structure of a fresh (state, partitions)."""
         tree = ckpt.restore(step, _state_tree(state, partitions, self.key))
         if not np.array_equal(np.asarray(tree["key"]), np.asarray(jax.random.key_data(self.key))):
             raise RunError(f"{self.workdir}: the checkpoint's PRNG key differs from seed {self.cfg.seed}'s")
         state = CondenseState(jnp.asarray(tree["images"]), jax.tree.map(jnp.asarray, tree["opt_state"]),
                               jnp.asarray(tree["iteration"], jnp.int32))
-        self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")
         return state, (np.asarray(tree["real_part"]), np.asarray(tree["syn_part"]))
 
     # --- evaluation ----------------------------------------------------------------------------------------
@@ -224,10 +229,8 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
     if data_dir is not None:
         cfg = cfg.replace(data_dir=data_dir)
     run = Run(cfg, progress=progress, log=log)
-    state, partitions = run.fresh()
-    tree = ckpt.restore(step, _state_tree(state, partitions, run.key))
+    state, _ = run.restore(ckpt, step, *run.fresh())
     ckpt.close()
-    state = CondenseState(jnp.asarray(tree["images"]), state.opt_state, jnp.asarray(tree["iteration"], jnp.int32))
     ev = run.evaluate(state, models, epochs)
     out = {**ev, "step": step, "workdir": str(workdir), "method": cfg.method, "ipc": cfg.ipc}
     artifacts.write_json(workdir / f"eval_step{step}.json", out)

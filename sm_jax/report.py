@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sm_jax.artifacts import read_metrics
+
 
 def collect(root: str | Path) -> list[dict]:
     """Every results.json under `root`, with its workdir name."""
@@ -16,8 +18,7 @@ def collect(root: str | Path) -> list[dict]:
 
 
 def _wall(path: Path) -> float | None:
-    lines = [json.loads(ln) for ln in (path / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
-        if (path / "metrics.jsonl").exists() else []
+    lines = read_metrics(path / "metrics.jsonl")
     cond = sum(r.get("seconds", 0.0) for r in lines if "loss_all" in r)
     ev = sum(r["eval"].get("eval_seconds", 0.0) for r in lines if "eval" in r)
     return cond + ev if lines else None

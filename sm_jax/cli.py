@@ -33,6 +33,8 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate every N iterations (0 = only at the end)")
     p.add_argument("--eval-parallel", type=int, help="evaluation networks trained together (vmapped)")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--holdout", type=int, help="hold N training images per class out and evaluate on them "
+                   "instead of the test set (for choosing hyper-parameters)")
     p.add_argument("--data-dir", help="TFDS data dir, image-folder archive/directory, or official CIFAR-10 archive")
     p.add_argument("--workdir", help="run directory (default runs/<method>_ipc<N>_k<K>_s<seed>)")
     p.add_argument("--seed", type=int, default=0)
@@ -50,14 +52,16 @@ def config_from_args(args: argparse.Namespace):
                        iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                        batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
                        eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
-                       checkpoint_every=args.checkpoint_every, data_dir=args.data_dir, workdir=workdir,
+                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, data_dir=args.data_dir,
+                       workdir=workdir,
                        seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
 
 
 def _guard(fn):
     """Runs fn(); user errors become one line on stderr and exit code 2; Ctrl-C exits 130 after saving."""
-    from sm_jax.experiment import USER_ERRORS, RunError
+    from sm_jax.experiment import USER_ERRORS, RunError, enable_compilation_cache
 
+    enable_compilation_cache()
     try:
         return fn()
     except (*USER_ERRORS, RunError) as e:
@@ -106,5 +110,44 @@ def evaluate_main(argv=None) -> None:
         out = evaluate_checkpoint(args.workdir, args.step, args.eval_models, args.eval_epochs, args.data_dir,
                                   progress=not args.no_progress)
         print(json.dumps(out))
+
+    _guard(go)
+
+
+def study_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m experiments.study",
+                description="Run (or resume) a study's runs, then regenerate its tables and figures.")
+    p.add_argument("--plan", action="append", required=True,
+                   help="built-in plan (table, k, loss; 'all' = all three) or a JSON plan file; repeatable")
+    p.add_argument("--data-dir", help="passed to every run (see python -m experiments.cifar10 --help)")
+    p.add_argument("--root", default="runs/study", help="run directories: ROOT/PLAN/RUN (default runs/study)")
+    p.add_argument("--export", default="docs/study/runs",
+                   help="finished runs' results/metrics/config are copied to EXPORT/PLAN/RUN (default docs/study/runs)")
+    p.add_argument("--out", default="docs/study", help="tables (PLAN.md) and figures (default docs/study)")
+    p.add_argument("--report-only", action="store_true", help="only regenerate tables and figures from EXPORT")
+    p.add_argument("--list", action="store_true", help="list the plan's runs and whether each has finished")
+    return p
+
+
+def study_main(argv=None) -> None:
+    args = study_parser().parse_args(argv)
+
+    def go():
+        from pathlib import Path
+
+        from sm_jax import study
+
+        plans = [n for p in args.plan for n in (study.PLANS if p == "all" else [p])]
+        for name in plans:
+            specs = study.load_plan(name)
+            if args.list:
+                for s in specs:
+                    done = study.read_run(Path(args.root) / study.plan_name(name) / s.id)
+                    state = f"{100 * done['accuracy_mean']:.2f}%" if done else "-"
+                    print(f"{study.plan_name(name)}/{s.id}\t{s.group}\t{state}")
+                continue
+            if not args.report_only:
+                study.run_plan(name, args.root, args.export, args.data_dir)
+            print(study.report(name, args.export, args.out))
 
     _guard(go)

@@ -58,6 +58,7 @@ class Config:
     eval_batch: int = 256
     eval_lr: float = 0.01
     eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
+    holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
     # bookkeeping
     checkpoint_every: int = 100
     seed: int = 0
@@ -78,14 +79,14 @@ class Config:
     def use_subsets(self) -> bool:
         return self.subset_k > 1 and (self.subset_only or self.subset_lambda != 0)
 
-    def replace(self, **kw) -> "Config":
+    def replace(self, **kw) -> Config:
         return dataclasses.replace(self, **kw)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -159,7 +160,7 @@ def validate(cfg: Config) -> None:
     if cfg.subset_only and cfg.subset_k < 2:
         raise ConfigError("--subset-only needs --subset-k >= 2")
     for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop"):
+                 "max_syn_per_class", "inner_loop", "holdout"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",

@@ -39,6 +39,28 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def holdout(self, per_class: int, seed: int = 0) -> Dataset:
+        """Holds `per_class` training images of each class out as the test split (for choosing hyper-parameters
+        without touching the test set). The split depends only on (per_class, seed), not on the run seed.
+
+        Raises:
+          DataError: if a class has too few images to hold out `per_class` and keep one.
+        """
+        rng = np.random.default_rng([seed, 0x401D])
+        held = []
+        for c in range(self.num_classes):
+            members = np.flatnonzero(self.train_y == c)
+            if len(members) <= per_class:
+                raise DataError(f"--holdout {per_class} leaves no training images of class {self.class_names[c]!r}"
+                                f" ({len(members)} in all)")
+            held.append(np.sort(rng.permutation(members)[:per_class]))
+        held = np.concatenate(held)
+        keep = np.ones(len(self.train_y), bool)
+        keep[held] = False
+        return dataclasses.replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
+                                   test_x=self.train_x[held], test_y=self.train_y[held],
+                                   source=f"{self.source} (train minus {per_class}/class held out as test)")
+
     def class_indices(self) -> np.ndarray:
         """(classes, max per class) int32 indices into train_x per class, in order, padded with -1."""
         members = [np.flatnonzero(self.train_y == c) for c in range(self.num_classes)]

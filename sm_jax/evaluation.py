@@ -1,7 +1,7 @@
 """The evaluation protocol: fresh networks trained on the synthetic set, accuracy on the test set."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,17 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     """
     tx_ = normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
     ty_ = jnp.asarray(test_y, jnp.int32)
+    # Forward-only, XLA:CPU's native convolution is ~1.8x faster than im2col (the training keeps im2col, whose
+    # parameter gradients are the fast ones); both give the same logits up to float rounding.
+    test_model = method.model.clone(conv_impl="xla")
+
+    def test_apply(params, x):
+        return test_model.apply({"params": params}, x)
 
     def one(x, y, key):
         k_init, k_train = jax.random.split(key)
         params = train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
-        return accuracy(method.apply_fn, params, tx_, ty_)
+        return accuracy(test_apply, params, tx_, ty_)
 
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
 

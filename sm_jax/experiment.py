@@ -37,6 +37,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def enable_compilation_cache() -> None:
+    """Persists compiled XLA programs under $SM_JAX_CACHE/xla (a rerun, a resume or the next run of a study with
+    the same shapes skips compilation); SM_JAX_COMPILE_CACHE=0 turns it off."""
+    import os
+
+    from sm_jax.data import default_cache_dir
+
+    if os.environ.get("SM_JAX_COMPILE_CACHE", "1") == "0":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def progress_bar(total: int, initial: int = 0, desc: str = ""):
     """A tqdm bar with rate and ETA; silent when stderr is not a terminal."""
     from tqdm.auto import tqdm
@@ -90,6 +103,8 @@ class Run:
         self.log = log
         self.progress = progress
         self.data = data if data is not None else load_cifar10(cfg.data_dir)
+        if cfg.holdout:
+            self.data = self.data.holdout(cfg.holdout)
         if self.data.num_classes < 2:
             raise DataError("the dataset needs at least 2 classes")
         self.method = make_method(cfg, self.data.num_classes)

@@ -1,0 +1,117 @@
+"""Study runner: select-by-validation, skipping finished runs, resuming, and regenerated reports."""
+import json
+
+import numpy as np
+import pytest
+
+from sm_jax import study
+from sm_jax.config import ConfigError
+
+TINY = {"method": "dc", "ipc": 2, "preset": "cpu", "width": 8, "batch_real": 4, "subset_batch_real": 2,
+        "outer_loop": 1, "inner_loop": 1, "iterations": 1, "eval_epochs": 1, "eval_models": 2}
+
+
+def write_plan(path, runs):
+    path.write_text(json.dumps([{"id": i, "group": g, "flags": f} for i, g, f in runs]))
+    return str(path)
+
+
+def test_select_resolves_to_best_validation_group_and_skips_finished(tmp_path):
+    plan = write_plan(tmp_path / "p.json", [
+        ("v1", "val/l1", {**TINY, "subset_lambda": 0.5}),
+        ("v2", "val/l2", {**TINY, "subset_lambda": 2.0}),
+        ("t", "test", {**TINY, "subset_lambda": "select:val/"}),
+    ])
+    acc = {0.5: 0.3, 2.0: 0.6}
+    calls = []
+
+    def fake(argv, _):
+        from sm_jax.cli import condense_parser, config_from_args
+        from sm_jax.experiment import artifacts
+
+        cfg = config_from_args(condense_parser().parse_args(argv))
+        calls.append(cfg.subset_lambda)
+        res = {"accuracy_mean": acc.get(cfg.subset_lambda, 0.1), "iterations": cfg.iterations,
+               "config": json.loads(cfg.to_json())}
+        study.Path(cfg.workdir).mkdir(parents=True)
+        artifacts.write_json(f"{cfg.workdir}/results.json", res)
+        return res
+
+    out = study.run_plan(plan, tmp_path / "runs", tmp_path / "export", log=lambda s: None, execute=fake)
+    assert calls == [0.5, 2.0, 2.0]  # the test run took the better validation lambda
+    assert out["t"]["config"]["subset_lambda"] == 2.0
+    assert (tmp_path / "export" / "p" / "t" / "results.json").exists()
+    study.run_plan(plan, tmp_path / "runs", tmp_path / "export", log=lambda s: None, execute=fake)
+    assert len(calls) == 3  # second pass: everything finished, nothing reruns
+
+
+def test_select_refuses_unfinished_group():
+    specs = [study.RunSpec("a", "val/x", {}), study.RunSpec("b", "t", {"subset_lambda": "select:val/"})]
+    with pytest.raises(ConfigError, match="unfinished: a"):
+        study.resolve(specs[1], specs, {})
+
+
+def test_unknown_plan_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown plan"):
+        study.load_plan("nope")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="not a plan"):
+        study.load_plan(str(tmp_path / "bad.json"))
+
+
+def test_builtin_plans_build_valid_configs():
+    from sm_jax.cli import condense_parser, config_from_args
+
+    for name in study.PLANS:
+        specs = study.load_plan(name)
+        assert specs
+        for s in specs:
+            resolved = {k: 1.0 for k, v in s.flags.items() if isinstance(v, str) and v.startswith(study.SELECT)}
+            cfg = config_from_args(condense_parser().parse_args(s.argv(study.Path("w"), None, resolved)))
+            assert cfg.method == s.flags["method"]
+    table = study.load_plan("table")
+    seeds = {s.flags["seed"] for s in table if s.group.endswith("/sm")}
+    assert len(seeds) >= 3 and all(s.flags["eval_models"] >= 5 for s in table if "/val/" not in s.group)
+    assert all(s.flags.get("holdout") for s in table if "/val/" in s.group)  # lambda is never chosen on test
+
+
+def test_verdict_and_table_report(tmp_path):
+    assert study.verdict(np.array([1.0, 1.2, 0.9])) == "helped"
+    assert study.verdict(np.array([-1.0, -1.2, -0.9])) == "hurt"
+    assert study.verdict(np.array([1.0, -1.0, 0.1])) == "within noise"
+    specs = study.load_plan("table")
+    results = {}
+    for s in specs:
+        if s.group.startswith("dc10/"):
+            lam = 1.0 if s.group.endswith("/sm") else s.flags.get("subset_lambda", 1.0)
+            acc = {"dc10/base": 0.25, "dc10/sm": 0.27}.get(s.group, 0.2)
+            results[s.id] = {"accuracy_mean": acc + 0.001 * s.flags["seed"],
+                             "config": {**s.flags, "subset_lambda": lam}}
+    md = study.report_table(specs, results, {}, tmp_path)
+    row = [ln for ln in md.splitlines() if ln.startswith("| dc10")][0]
+    assert "25.10 ± 0.10" in row and "27.10 ± 0.10" in row and "2.00 ± 0.00" in row and "helped" in row
+    assert (tmp_path / "table.png").exists()
+
+
+def test_study_end_to_end_resumes_a_run(tmp_path, tiny_archive):
+    """Two tiny real runs through the CLI code path; a half-done run resumes to the same result."""
+    plan = write_plan(tmp_path / "e2e.json", [("a", "g", {**TINY, "subset_k": 2, "iterations": 2})])
+    kw = {"root": tmp_path / "runs", "export": tmp_path / "export", "data_dir": str(tiny_archive),
+          "log": lambda s: None}
+    ref = study.run_plan(plan, **kw)["a"]
+    # simulate an interrupted sitting: keep only the iteration-1 state, as a crash after that checkpoint would
+    import shutil
+
+    from sm_jax.checkpointing import Checkpointer
+
+    wd = tmp_path / "runs" / "e2e" / "a"
+    ck = Checkpointer(wd)
+    for step in ck.all_steps():
+        if step > 1:
+            shutil.rmtree(wd / "checkpoints" / str(step))
+    ck.close()
+    (wd / "results.json").unlink()
+    again = study.run_plan(plan, **kw)["a"]
+    assert again["accuracies"] == ref["accuracies"]
+    md = study.report(plan, tmp_path / "export", tmp_path / "out")
+    assert "1 of 1 runs finished" in md

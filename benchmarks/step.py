@@ -1,8 +1,10 @@
 """Times one outer condensation step (matching of all classes and subsets + the image update) after compilation.
 
 python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5] [--data-dir PATH]
+                          [--compare] [--conv-impl patches|xla]
 
-Prints one JSON line. Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
+Prints one JSON line. --compare also runs the PyTorch baseline (benchmarks/torch_step.py, in a subprocess so the
+two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`. Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
 does not depend on the pixel values).
 """
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -36,10 +40,24 @@ def main(argv=None) -> dict:
     p.add_argument("--subset-k", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir")
+    p.add_argument("--compare", action="store_true", help="also time the PyTorch baseline and print the ratio")
+    p.add_argument("--conv-impl", default="patches", help="ConvNet convolution: patches (default) or xla")
     args = p.parse_args(argv)
     cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real)
+    torch_out = None
+    if args.compare:  # first, so that JAX's buffers do not crowd the baseline
+        cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
+               "--batch-real", str(cfg.batch_real), "--subset-k", str(cfg.subset_k),
+               "--subset-batch-real", str(cfg.subset_real), "--repeats", str(args.repeats)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"error: the PyTorch baseline failed (pip install -r benchmarks/requirements-torch.txt?): "
+                     f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
+        torch_out = json.loads(res.stdout.strip().splitlines()[-1])
     data = load_cifar10(args.data_dir) if args.data_dir else synthetic_cifar()
     method = make_method(cfg, data.num_classes)
+    if args.conv_impl != "patches":
+        method.model = method.model.clone(conv_impl=args.conv_impl)
     ctx = make_context(cfg, data)
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, key))
@@ -66,7 +84,11 @@ def main(argv=None) -> dict:
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
-                      "subset_batch_real": cfg.subset_real, "classes": data.num_classes}}
+                      "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
+                      "conv_impl": args.conv_impl}}
+    if torch_out is not None:
+        out["torch"] = torch_out
+        out["torch_seconds_over_jax_seconds"] = torch_out["step_seconds_median"] / med
     print(json.dumps(out))
     return out
 

@@ -58,6 +58,7 @@ class Config:
     eval_batch: int = 256
     eval_lr: float = 0.01
     eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
+    devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
     holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
     # bookkeeping
     checkpoint_every: int = 100
@@ -93,7 +94,7 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
         skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset"}
+                "data_dir", "workdir", "preset", "devices"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -160,7 +161,7 @@ def validate(cfg: Config) -> None:
     if cfg.subset_only and cfg.subset_k < 2:
         raise ConfigError("--subset-only needs --subset-k >= 2")
     for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop", "holdout"):
+                 "max_syn_per_class", "inner_loop", "holdout", "devices"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",

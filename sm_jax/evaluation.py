@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sm_jax import sharding
 from sm_jax.models import init_params, normalize
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
@@ -41,7 +42,7 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
 
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
                  models: int, epochs: int | None = None, parallel: int = 1,
-                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int], None] | None = None, mesh=None) -> np.ndarray:
     """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
 
     Args:
@@ -50,6 +51,7 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
       key: evaluation key; network i uses fold_in(key, i), so results do not depend on `parallel`.
       models: number of networks; epochs: override of the protocol's epochs.
       progress: called with the number of networks finished after each chunk.
+      mesh: when given and `parallel` is a multiple of its size, each chunk's networks are split over its devices.
     Returns:
       (models,) float accuracies in [0, 1].
     """
@@ -62,6 +64,8 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     for start in range(0, models, parallel):
         ids = np.arange(start, start + parallel)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
+        if mesh is not None and parallel % mesh.size == 0:
+            keys = jax.device_put(keys, sharding.leading(mesh, 1))
         accs.extend(np.asarray(fn(x, y, keys)).tolist())
         if progress is not None:
             progress(min(start + parallel, models))

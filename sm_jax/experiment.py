@@ -19,8 +19,9 @@ from sm_jax.config import Config, ConfigError, validate
 from sm_jax.data import DataError, Dataset, load_cifar10
 from sm_jax.evaluation import evaluate_set
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
+from sm_jax.sharding import ShardingError, check_divides, make_mesh, put
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ShardingError)
 
 
 class RunError(Exception):
@@ -107,7 +108,9 @@ class Run:
             self.data = self.data.holdout(cfg.holdout)
         if self.data.num_classes < 2:
             raise DataError("the dataset needs at least 2 classes")
-        self.method = make_method(cfg, self.data.num_classes)
+        self.mesh = make_mesh(cfg.devices)
+        check_divides(self.mesh, self.data.num_classes, "the number of classes")
+        self.method = make_method(cfg, self.data.num_classes, self.mesh)
         self.key = jax.random.key(cfg.seed)
 
     # --- state ---------------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Run:
         accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
                             jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration)), models,
                             epochs=epochs, parallel=cfg.eval_parallel,
-                            progress=(lambda k: bar.update(k - bar.n)) if bar else None)
+                            progress=(lambda k: bar.update(k - bar.n)) if bar else None, mesh=self.mesh)
         if bar:
             bar.close()
         return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
@@ -178,7 +181,9 @@ class Run:
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
-        ctx = make_context(cfg, self.data, partitions)
+        ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
+        state = CondenseState(put(state.images, self.mesh, True), put(state.opt_state, self.mesh, True),
+                              state.iteration)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0)
         bar = progress_bar(cfg.iterations, start, f"{cfg.method} ipc{cfg.ipc}") if self.progress else None
         it = start
@@ -203,6 +208,8 @@ class Run:
                         ev = self.evaluate(state)
                         metrics_log.write({"iteration": it, "eval": ev})
                         self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
+                if interrupt.requested:  # Ctrl-C during the last iteration: stop before the evaluation
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             if bar:
                 bar.close()

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from sm_jax import augmentation as aug
+from sm_jax import sharding
 from sm_jax.config import Config, ConfigError
 from sm_jax.data import Dataset
 from sm_jax.matching import DISTANCES, lambda_schedule, make_partition, matching_losses, sample_rows
@@ -80,9 +81,10 @@ class GradientMatching:
     net_policy: aug.Policy = aug.NO_POLICY
     eval_policy: aug.Policy = aug.NO_POLICY
 
-    def __init__(self, cfg: Config, num_classes: int = 10):
+    def __init__(self, cfg: Config, num_classes: int = 10, mesh=None):
         self.cfg = cfg
         self.num_classes = num_classes
+        self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
         self.model = make_model(num_classes, cfg.width, cfg.depth, cfg.norm)
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.dist = DISTANCES[self.distance]
@@ -131,16 +133,16 @@ class GradientMatching:
         real_all = real_sub = None
         if not cfg.subset_only:
             idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            real_all = real_batch(ctx, idx)  # (C, B, 32, 32, 3)
+            real_all = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, B, 32, 32, 3)
         if cfg.use_subsets:
             k = ctx.real_part.shape[1]
             keys = jax.random.split(k_sub, c * k).reshape(c, k)
             idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            real_sub = real_batch(ctx, idx)  # (C, K, Bs, 32, 32, 3)
+            real_sub = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, K, Bs, 32, 32, 3)
         sub_weight = 1.0 if cfg.subset_only else lam
 
         def loss_fn(images):
-            syn = self.decode(images)  # (C, n, 32, 32, 3)
+            syn = sharding.constrain(self.decode(images), self.mesh)  # (C, n, 32, 32, 3)
             syn_all = self.select_syn(syn, k_syn) if real_all is not None else None
             syn_sub = syn[jnp.arange(c)[:, None, None], ctx.syn_part] if real_sub is not None else None
             la, ls = matching_losses(self.apply_fn, self.dist, self.match_policy, params, real_all, syn_all,
@@ -148,7 +150,7 @@ class GradientMatching:
             return la.sum() + sub_weight * ls.sum(), (la, ls)
 
         grads, aux = jax.grad(loss_fn, has_aux=True)(images)
-        return grads, aux
+        return sharding.constrain(grads, self.mesh), aux
 
     # --- one iteration ------------------------------------------------------------------------------------
     def lam(self, iteration):
@@ -339,5 +341,6 @@ class IDC(GradientMatching):
 METHODS: dict[str, type[GradientMatching]] = {"dc": GradientMatching, "dsa": DSA, "idc": IDC}
 
 
-def make_method(cfg: Config, num_classes: int = 10) -> GradientMatching:
-    return METHODS[cfg.method](cfg, num_classes)
+def make_method(cfg: Config, num_classes: int = 10, mesh=None) -> GradientMatching:
+    """The method named by cfg.method; `mesh` shards its class axis (see sharding.py)."""
+    return METHODS[cfg.method](cfg, num_classes, mesh)

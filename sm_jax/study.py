@@ -101,7 +101,7 @@ def plan_k() -> list[RunSpec]:
             for k in K_VALUES for seed in K_SEEDS]
 
 
-LOSS_ITERATIONS = 8
+LOSS_ITERATIONS = 6
 LOSS_SEEDS = (0,)
 
 

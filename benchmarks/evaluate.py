@@ -12,7 +12,6 @@ import json
 import time
 
 import jax
-import numpy as np
 
 from sm_jax.config import make_config
 from sm_jax.methods import make_method

@@ -41,9 +41,11 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir")
     p.add_argument("--compare", action="store_true", help="also time the PyTorch baseline and print the ratio")
+    p.add_argument("--class-chunk", type=int, default=0, help="classes per vmapped program (0 = all)")
     p.add_argument("--conv-impl", default="patches", help="ConvNet convolution: patches (default) or xla")
     args = p.parse_args(argv)
-    cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real)
+    cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
+                      class_chunk=args.class_chunk)
     torch_out = None
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
@@ -85,7 +87,7 @@ def main(argv=None) -> dict:
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
-                      "conv_impl": args.conv_impl}}
+                      "conv_impl": args.conv_impl, "class_chunk": cfg.class_chunk}}
     if torch_out is not None:
         out["torch"] = torch_out
         out["torch_seconds_over_jax_seconds"] = torch_out["step_seconds_median"] / med

@@ -33,6 +33,8 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate every N iterations (0 = only at the end)")
     p.add_argument("--eval-parallel", type=int, help="evaluation networks trained together (vmapped)")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--class-chunk", type=int, help="classes matched per vmapped program; lower = less memory "
+                   "(0 = all classes at once, the default)")
     p.add_argument("--devices", type=int, help="shard the class axis and the evaluation networks over N devices "
                    "(0 = all; default 1)")
     p.add_argument("--holdout", type=int, help="hold N training images per class out and evaluate on them "
@@ -54,7 +56,7 @@ def config_from_args(args: argparse.Namespace):
                        iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                        batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
                        eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
-                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices,
+                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices, class_chunk=args.class_chunk,
                        data_dir=args.data_dir,
                        workdir=workdir,
                        seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)

@@ -58,6 +58,7 @@ class Config:
     eval_batch: int = 256
     eval_lr: float = 0.01
     eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
+    class_chunk: int = 0  # classes matched per vmapped program (bounds memory); 0 = all classes at once
     devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
     holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
     # bookkeeping
@@ -94,7 +95,7 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
         skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset", "devices"}
+                "data_dir", "workdir", "preset", "devices", "class_chunk"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -118,10 +119,10 @@ def cpu_preset(method: str, ipc: int) -> dict[str, Any]:
     p = paper_preset(method, ipc)
     if method in ("dc", "dsa"):
         p.update(iterations=6, outer_loop=min(p["outer_loop"], 3), inner_loop=min(p["inner_loop"], 5),
-                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2)
+                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2, class_chunk=1)
     else:
         p.update(iterations=4, outer_loop=8 if ipc < 10 else 6, inner_loop=3, batch_real=32,
-                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1)
+                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1, class_chunk=1)
     return p
 
 
@@ -161,7 +162,7 @@ def validate(cfg: Config) -> None:
     if cfg.subset_only and cfg.subset_k < 2:
         raise ConfigError("--subset-only needs --subset-k >= 2")
     for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop", "holdout", "devices"):
+                 "max_syn_per_class", "inner_loop", "holdout", "devices", "class_chunk"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",

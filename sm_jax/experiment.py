@@ -222,7 +222,12 @@ class Run:
         if it not in ckpt.all_steps():
             ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
         ckpt.close()
-        artifacts.save_synthetic(self.workdir, self.method, state.images, self.data.class_names)
+        images = state.images
+        if jax.process_count() > 1:  # several hosts: each holds only its classes' shards
+            from jax.experimental import multihost_utils
+
+            images = multihost_utils.process_allgather(images, tiled=True)
+        artifacts.save_synthetic(self.workdir, self.method, images, self.data.class_names)
         ev = self.evaluate(state)
         if ev["accuracy_mean"] is not None:
             metrics_log.write({"iteration": it, "eval": ev})

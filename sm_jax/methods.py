@@ -17,7 +17,7 @@ from sm_jax import augmentation as aug
 from sm_jax import sharding
 from sm_jax.config import Config, ConfigError
 from sm_jax.data import Dataset
-from sm_jax.matching import DISTANCES, lambda_schedule, make_partition, matching_losses, sample_rows
+from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
 from sm_jax.models import denormalize, init_params, make_model, normalize
 from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
 
@@ -118,39 +118,64 @@ class GradientMatching:
 
     # --- matching -----------------------------------------------------------------------------------------
     def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
-        """The synthetic images of the whole-class term (IDC caps their number)."""
+        """The synthetic images of one class's whole-class term (IDC caps their number).
+
+        Args:
+          syn: (n, 32, 32, 3) one class's decoded images; key: that class's key.
+        """
         return syn
 
     def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam):
-        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets at once.
+        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
 
+        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
+        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
+        through one vmapped program at a time (0 = all at once), which bounds the memory of the second-order
+        activations; the result is the same for every chunk size.
         Returns:
           (grads like images, (loss_all (C,), loss_sub (C, K))).
         """
         cfg = self.cfg
         c = images.shape[0]
         k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
-        real_all = real_sub = None
+        ka_all, ka_sub = jax.random.split(k_aug)
+        xs = {"images": images, "label": jnp.arange(c), "k_syn": jax.random.split(k_syn, c)}
         if not cfg.subset_only:
             idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            real_all = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, B, 32, 32, 3)
+            xs["real"] = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, B, 32, 32, 3)
+            xs["k_all"] = jax.random.split(ka_all, c)
         if cfg.use_subsets:
             k = ctx.real_part.shape[1]
             keys = jax.random.split(k_sub, c * k).reshape(c, k)
             idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            real_sub = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, K, Bs, 32, 32, 3)
+            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, K, Bs, 32, 32, 3)
+            xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
+            xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
         sub_weight = 1.0 if cfg.subset_only else lam
 
-        def loss_fn(images):
-            syn = sharding.constrain(self.decode(images), self.mesh)  # (C, n, 32, 32, 3)
-            syn_all = self.select_syn(syn, k_syn) if real_all is not None else None
-            syn_sub = syn[jnp.arange(c)[:, None, None], ctx.syn_part] if real_sub is not None else None
-            la, ls = matching_losses(self.apply_fn, self.dist, self.match_policy, params, real_all, syn_all,
-                                     real_sub, syn_sub, k_aug)
-            return la.sum() + sub_weight * ls.sum(), (la, ls)
+        def class_grad(x):
+            def loss_fn(images_c):  # (ipc, 32, 32, 3) stored images of one class
+                syn = self.decode(images_c[None])[0]  # (n, 32, 32, 3)
+                la = ls = jnp.zeros((), jnp.float32)
+                if "real" in x:
+                    la = class_match(self.apply_fn, self.dist, self.match_policy, params, x["real"],
+                                     self.select_syn(syn, x["k_syn"]), x["label"], x["k_all"])
+                if "real_sub" in x:
+                    match = lambda r, part, kk: class_match(self.apply_fn, self.dist, self.match_policy,  # noqa: E731
+                                                           params, r, syn[part], x["label"], kk)
+                    ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
+                return la + sub_weight * ls.sum(), (la, ls)
 
-        grads, aux = jax.grad(loss_fn, has_aux=True)(images)
-        return sharding.constrain(grads, self.mesh), aux
+            return jax.grad(loss_fn, has_aux=True)(x["images"])
+
+        chunk = c if self.mesh is not None or cfg.class_chunk <= 0 else min(cfg.class_chunk, c)
+        if chunk == c:
+            grads, (la, ls) = jax.vmap(class_grad)(xs)
+        else:
+            grads, (la, ls) = jax.lax.map(class_grad, xs, batch_size=chunk)
+        if not cfg.use_subsets:
+            ls = jnp.zeros((c, 1), jnp.float32)
+        return sharding.constrain(grads, self.mesh), (la, ls)
 
     # --- one iteration ------------------------------------------------------------------------------------
     def lam(self, iteration):
@@ -292,11 +317,9 @@ class IDC(GradientMatching):
 
     def select_syn(self, syn, key):
         cap = self.cfg.max_syn_per_class
-        if not cap or syn.shape[1] <= cap:
+        if not cap or syn.shape[0] <= cap:
             return syn
-        keys = jax.random.split(key, syn.shape[0])
-        idx = jax.vmap(lambda k: jax.random.choice(k, syn.shape[1], (cap,), replace=False))(keys)
-        return jnp.take_along_axis(syn, idx[:, :, None, None, None], axis=1)
+        return syn[jax.random.choice(key, syn.shape[0], (cap,), replace=False)]
 
     def update_images(self, images, opt_state, grads):
         # IDC steps the optimiser once per class; class c's loss depends only on images[c], so the joint

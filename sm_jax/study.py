@@ -232,10 +232,12 @@ def _matches(done: dict, argv: list[str]) -> bool:
     from sm_jax.cli import condense_parser, config_from_args
 
     cfg = config_from_args(condense_parser().parse_args(argv))
-    want = json.loads(cfg.to_json())
     have = done.get("config", {})
-    skip = {"data_dir", "workdir"}
-    return all(have.get(k) == v for k, v in want.items() if k not in skip) and done.get("iterations") == cfg.iterations
+    same = {**cfg.identity(), "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,
+            "eval_every": cfg.eval_every}
+    # fields added to Config after a run finished hold their defaults, which the run used
+    defaults = json.loads(type(cfg)().to_json())
+    return all(have.get(k, defaults.get(k)) == v for k, v in same.items()) and done.get("iterations") == cfg.iterations
 
 
 # --- reporting --------------------------------------------------------------------------------------------------

@@ -93,3 +93,20 @@ def test_shared_cifar10_copy(cifar_cache):
     assert d.train_x.shape == (50000, 32, 32, 3) and d.test_x.shape == (10000, 32, 32, 3)
     assert np.bincount(d.train_y).tolist() == [5000] * 10 and np.bincount(d.test_y).tolist() == [1000] * 10
     assert d.class_names[0] == "airplane" and d.class_names[9] == "truck"
+
+
+def test_holdout_split_is_disjoint_fixed_and_per_class(tiny_data):
+    from sm_jax.data import DataError
+
+    d = tiny_data.holdout(4)
+    assert d.test_x.shape[0] == 4 * tiny_data.num_classes
+    assert np.bincount(d.test_y).tolist() == [4] * tiny_data.num_classes
+    assert np.bincount(d.train_y).tolist() == [12] * tiny_data.num_classes
+    # held-out and kept images partition the original training set
+    rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}  # noqa: E731
+    assert rows(d.test_x).isdisjoint(rows(d.train_x))
+    assert rows(d.test_x) | rows(d.train_x) == rows(tiny_data.train_x)
+    again = tiny_data.holdout(4)
+    assert np.array_equal(again.test_x, d.test_x)  # independent of anything but (per_class, seed)
+    with pytest.raises(DataError, match="holdout 16"):
+        tiny_data.holdout(16)

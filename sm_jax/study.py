@@ -314,7 +314,7 @@ def report_table(specs, results, metrics, out: Path) -> str:
         ax.set_ylim(max(0, lo - 5), None)
         ax.set_xticks(x, names)
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title("CIFAR-10, reduced budget: mean ± std over condensation seeds (dots)")
+        ax.set_title("CIFAR-10, reduced budget; mean ± std over seeds (dots)", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "table.png", dpi=120)

@@ -26,7 +26,7 @@ data = Dataset(rng.integers(0, 256, (c * n, 32, 32, 3), dtype=np.uint8), np.repe
 out = {"devices": len(jax.devices())}
 for method in ("dsa",):
     cfg = make_config(method, 2, "cpu", width=8, batch_real=4, subset_batch_real=2, subset_k=2, outer_loop=2,
-                      inner_loop=1, iterations=2, eval_epochs=2, batch_train=8, max_syn_per_class=4)
+                      inner_loop=1, iterations=1, eval_epochs=1, batch_train=8, max_syn_per_class=4)
     for devices in (1, 4):
         mesh = make_mesh(devices)
         m = make_method(cfg, c, mesh)

@@ -275,6 +275,19 @@ def verdict(diff: np.ndarray) -> str:
     return "within noise"
 
 
+def _finish(fig, ax, title: str, path: Path, legend: bool = False) -> None:
+    """The figures' shared ending: accuracy axis label, title, optional legend, saved and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def report_table(specs, results, metrics, out: Path) -> str:
     import matplotlib
 
@@ -313,12 +326,7 @@ def report_table(specs, results, metrics, out: Path) -> str:
         lo = min(v.min() for b in bars for v in b)
         ax.set_ylim(max(0, lo - 5), None)
         ax.set_xticks(x, names)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("CIFAR-10, reduced budget; mean ± std over seeds (dots)", fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "table.png", dpi=120)
-        plt.close(fig)
+        _finish(fig, ax, "CIFAR-10, reduced budget; mean ± std over seeds (dots)", out / "table.png", legend=True)
     return "\n".join(lines)
 
 
@@ -345,11 +353,7 @@ def report_k(specs, results, metrics, out: Path) -> str:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("subsets per class K (K=1: base IDC)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("IDC ipc 10, reduced budget")
-        fig.tight_layout()
-        fig.savefig(out / "k_ablation.png", dpi=120)
-        plt.close(fig)
+        _finish(fig, ax, "IDC ipc 10, reduced budget", out / "k_ablation.png")
     return "\n".join(lines)
 
 
@@ -385,12 +389,7 @@ def report_loss(specs, results, metrics, out: Path) -> str:
         ax.errorbar(its, acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else None, marker="o", capsize=3,
                     label=g.split("/")[-1].replace("_", " "))
     ax.set_xlabel("condensation iteration")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("DC ipc 10: which loss (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss_ablation.png", dpi=120)
-    plt.close(fig)
+    _finish(fig, ax, "DC ipc 10: which loss (mean ± std over seeds)", out / "loss_ablation.png", legend=True)
     return "\n".join(lines)
 
 

@@ -14,9 +14,8 @@ import time
 import jax
 
 from sm_jax.config import make_config
+from sm_jax.evaluation import train_network
 from sm_jax.methods import make_method
-from sm_jax.models import init_params
-from sm_jax.training import train_on_set
 
 
 def main(argv=None) -> dict:
@@ -34,8 +33,7 @@ def main(argv=None) -> dict:
     y = jax.numpy.repeat(jax.numpy.arange(10), cfg.syn_per_class)
 
     def train(key):
-        k_init, k_train = jax.random.split(key)
-        return train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
+        return train_network(method, proto, x, y, key)
 
     keys = jax.random.split(jax.random.key(1), args.models)
     one = jax.jit(train)

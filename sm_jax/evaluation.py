@@ -12,6 +12,18 @@ from sm_jax.models import init_params, normalize
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
 
+def train_network(method, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array):
+    """One fresh network (initialised from `key`) trained on a set with the evaluation protocol.
+
+    Args:
+      x: (M, 32, 32, 3) normalised images; y: (M,) labels.
+    Returns:
+      the trained parameters.
+    """
+    k_init, k_train = jax.random.split(key)
+    return train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
+
+
 def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1):
     """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
 
@@ -33,9 +45,7 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
         return test_model.apply({"params": params}, x)
 
     def one(x, y, key):
-        k_init, k_train = jax.random.split(key)
-        params = train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
-        return accuracy(test_apply, params, tx_, ty_)
+        return accuracy(test_apply, train_network(method, proto, x, y, key), tx_, ty_)
 
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
 

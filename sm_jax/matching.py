@@ -119,6 +119,10 @@ def matching_losses(apply_fn: Callable, dist: Callable, policy: Policy, params: 
                     real_sub: jax.Array | None, syn_sub: jax.Array | None, key: jax.Array):
     """Per-class whole-set and per-(class, subset) matching distances, vmapped (no Python loop over classes).
 
+    The straightforward all-classes form: grad of the summed losses w.r.t. the synthetic images is the reference
+    that `methods.GradientMatching.match` (per-class gradients in chunks of classes; faster and leaner on CPU)
+    is tested against, and the one call that gives every class's losses at once.
+
     Args:
       real_all: (C, B, H, W, 3) real batches per class, or None to skip the whole-set term.
       syn_all: (C, n, H, W, 3) synthetic images per class.

@@ -84,12 +84,15 @@ def test_verdict_and_table_report(tmp_path):
     for s in specs:
         if s.group.startswith("dc10/"):
             lam = 1.0 if s.group.endswith("/sm") else s.flags.get("subset_lambda", 1.0)
-            acc = {"dc10/base": 0.25, "dc10/sm": 0.27}.get(s.group, 0.2)
+            acc = {"dc10/base": 0.25, "dc10/sm": 0.27, "dc10/base_real3x": 0.28}.get(s.group, 0.2)
             results[s.id] = {"accuracy_mean": acc + 0.001 * s.flags["seed"],
                              "config": {**s.flags, "subset_lambda": lam}}
     md = study.report_table(specs, results, {}, tmp_path)
     row = [ln for ln in md.splitlines() if ln.startswith("| dc10")][0]
     assert "25.10 ± 0.10" in row and "27.10 ± 0.10" in row and "2.00 ± 0.00" in row and "helped" in row
+    ctrl = [ln for ln in md.split("Compute control")[1].splitlines() if ln.startswith("| dc10")][0]
+    assert "28.10 ± 0.10" in ctrl and "-1.00 ± 0.00" in ctrl and "hurt" in ctrl  # SM minus the 3x-batch base
+    assert all(s.flags["batch_real"] == 96 for s in specs if s.group == "dc10/base_real3x")
     assert (tmp_path / "table.png").exists()
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# one xdist worker runs this module: its tests share the `finished` run
+pytestmark = pytest.mark.xdist_group("cli")
 TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--batch-real", "4",
         "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1", "--no-progress"]
 

@@ -64,7 +64,7 @@ def test_vmapped_matching_equals_python_loop():
     c, k = 3, 2
     real_all = jax.random.normal(jax.random.key(1), (c, 6, 32, 32, 3))
     syn_all = jax.random.normal(jax.random.key(2), (c, 4, 32, 32, 3))
-    real_sub = jax.random.normal(jax.random.key(3), (c, k, 5, 32, 32, 3))
+    real_sub = jax.random.normal(jax.random.key(3), (c, k, 6, 32, 32, 3))  # batch of real_all: one reference compile
     syn_sub = syn_all.reshape(c, k, 2, 32, 32, 3)
     key = jax.random.key(4)
     for dist, policy in ((cosine_distance, aug.DSA_POLICY), (mse_distance, aug.IDC_MATCH_POLICY)):

@@ -137,8 +137,10 @@ def test_k_must_divide_the_synthetic_count():
     assert make_config("idc", 1, "cpu", subset_k=4).syn_per_class == 4
 
 
-@pytest.mark.parametrize("method", ["dc", "idc"])  # idc: decode, the 128-image cap and augmentation
-def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, tiny_data):
+# dc: one vmap over all 3 classes (the accelerator form); idc (decode, the image cap, augmentation): a lax.map over
+# chunks of 2 classes plus a remainder of 1, the form of the cpu preset
+@pytest.mark.parametrize("method,chunk", [("dc", 0), ("idc", 2)])
+def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, tiny_data):
     """The fast form (per-class gradients, vmapped over chunks of classes) against grad of the summed loss of all
     classes computed by `matching_losses` (one vmap, one jax.grad), with the same random draws."""
     import jax.numpy as jnp
@@ -168,8 +170,7 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
         return la.sum() + lam * ls.sum()
 
     want = jax.grad(reference)(images)
-    for chunk in (0, 2):  # one vmap of all 3 classes; lax.map over a chunk of 2 plus a remainder of 1
-        mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.num_classes)
-        got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
-        assert la.shape == (c,) and ls.shape == (c, 2)
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))
+    mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.num_classes)
+    got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
+    assert la.shape == (c,) and ls.shape == (c, 2)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))

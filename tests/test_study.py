@@ -131,3 +131,26 @@ def test_exported_runs_are_not_git_ignored():
     export = inspect.signature(study.run_plan).parameters["export"].default
     res = subprocess.run(["git", "check-ignore", "-q", f"{export}/table/dc10_base_s0/results.json"], cwd=root)
     assert res.returncode == 1, f"{export} is git-ignored"  # 1: not ignored, 0: ignored
+
+
+def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
+    """One seed: the accuracy is its networks' mean, and the spread shown is theirs (std, ddof 1)."""
+    specs = study.load_plan("k")
+    results = {s.id: {"accuracies": [0.30 + 0.01 * s.flags["subset_k"], 0.32 + 0.01 * s.flags["subset_k"]],
+                      "accuracy_mean": 0.31 + 0.01 * s.flags["subset_k"], "config": s.flags} for s in specs}
+    md = study.report_k(specs, results, {}, tmp_path)
+    row8 = [ln for ln in md.splitlines() if ln.startswith("| 8 |")][0]
+    assert "39.00 (1 seed)" in row8 and f"| {100 * np.std([0.38, 0.40], ddof=1):.2f} |" in row8
+    assert (tmp_path / "k_ablation.png").exists()
+    specs = study.load_plan("loss")
+    accs = {"dc10/base": [0.20, 0.24], "dc10/subset_only": [0.21, 0.23], "dc10/both": [0.22, 0.26]}
+    metrics, results = {}, {}
+    for s in specs:
+        a = accs[s.group]
+        metrics[s.id] = [{"iteration": it, "eval": {"accuracies": [x + 0.01 * it for x in a]}} for it in (2, 4, 6)]
+        metrics[s.id].insert(1, {"iteration": 3, "loss_all": 1.0})  # step rows are ignored
+        results[s.id] = {"accuracy_mean": np.mean(a) + 0.06}
+    md = study.report_loss(specs, results, metrics, tmp_path)
+    both = [ln for ln in md.splitlines() if ln.startswith("| both |")][0]
+    assert "30.00 (1 seed)" in both and "2: 26.00, 4: 28.00, 6: 30.00" in both
+    assert (tmp_path / "loss_ablation.png").exists()

@@ -271,6 +271,13 @@ def seed_means(runs: list[dict]) -> np.ndarray:
     return 100 * np.asarray([r["accuracy_mean"] for r in runs])
 
 
+def real_per_step(cfg: dict) -> int:
+    """Real images drawn per class per matching step: the whole-class batch plus, for K > 1, one per subset."""
+    k = cfg.get("subset_k", 1)
+    sub = (cfg.get("subset_batch_real") or cfg["batch_real"]) * k if k > 1 else 0
+    return (0 if cfg.get("subset_only") else cfg["batch_real"]) + sub
+
+
 def net_std(runs: list[dict]) -> float:
     """Mean over runs of the std (ddof 1, in points) of each run's evaluation-network accuracies."""
     return float(np.mean([100 * np.std(r["accuracies"], ddof=1) for r in runs]))
@@ -369,13 +376,12 @@ def report_k(specs, results, metrics, out: Path) -> str:
 
     groups = group_runs(results, specs)
     ks = [k for k in K_VALUES if f"idc10/k{k}" in groups]
-    lines = ["| K | accuracy (%) | per seed | std over a seed's eval networks | condensation s / run |",
+    lines = ["| K | accuracy (%) | per seed | std over a seed's eval networks | real images / class / step |",
              "|---|---|---|---|---|"]
     for k in ks:
         rs = groups[f"idc10/k{k}"]
-        secs = np.mean([r.get("condense_seconds_this_sitting", np.nan) for r in rs])
         lines.append(f"| {k} | {fmt(seed_means(rs))} | {', '.join(f'{v:.2f}' for v in seed_means(rs))} | "
-                     f"{net_std(rs):.2f} | {secs:.0f} |")
+                     f"{net_std(rs):.2f} | {real_per_step(rs[0]['config'])} |")
     if ks:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         means = [seed_means(groups[f"idc10/k{k}"]) for k in ks]

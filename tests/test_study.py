@@ -137,10 +137,13 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
     """One seed: the accuracy is its networks' mean, and the spread shown is theirs (std, ddof 1)."""
     specs = study.load_plan("k")
     results = {s.id: {"accuracies": [0.30 + 0.01 * s.flags["subset_k"], 0.32 + 0.01 * s.flags["subset_k"]],
-                      "accuracy_mean": 0.31 + 0.01 * s.flags["subset_k"], "config": s.flags} for s in specs}
+                      "accuracy_mean": 0.31 + 0.01 * s.flags["subset_k"],
+                      "config": {**s.flags, "batch_real": 32, "subset_batch_real": 0}} for s in specs}
     md = study.report_k(specs, results, {}, tmp_path)
     row8 = [ln for ln in md.splitlines() if ln.startswith("| 8 |")][0]
     assert "39.00 (1 seed)" in row8 and f"| {100 * np.std([0.38, 0.40], ddof=1):.2f} |" in row8
+    assert row8.endswith("| 288 |")  # 32 for the whole class + 8 subsets x 32
+    assert [ln for ln in md.splitlines() if ln.startswith("| 1 |")][0].endswith("| 32 |")
     assert (tmp_path / "k_ablation.png").exists()
     specs = study.load_plan("loss")
     accs = {"dc10/base": [0.20, 0.24], "dc10/subset_only": [0.21, 0.23], "dc10/both": [0.22, 0.26]}

@@ -120,15 +120,17 @@ def evaluate_main(argv=None) -> None:
 
 
 def study_parser() -> argparse.ArgumentParser:
+    from sm_jax import study
+
     p = _Parser(prog="python -m experiments.study",
                 description="Run (or resume) a study's runs, then regenerate its tables and figures.")
     p.add_argument("--plan", action="append", required=True,
                    help="built-in plan (table, k, loss; 'all' = all three) or a JSON plan file; repeatable")
     p.add_argument("--data-dir", help="passed to every run (see python -m experiments.cifar10 --help)")
-    p.add_argument("--root", default="runs/study", help="run directories: ROOT/PLAN/RUN (default runs/study)")
-    p.add_argument("--export", default="docs/study/runs",
-                   help="finished runs' results/metrics/config are copied to EXPORT/PLAN/RUN (default docs/study/runs)")
-    p.add_argument("--out", default="docs/study", help="tables (PLAN.md) and figures (default docs/study)")
+    p.add_argument("--root", default=study.ROOT, help=f"run directories: ROOT/PLAN/RUN (default {study.ROOT})")
+    p.add_argument("--export", default=study.EXPORT,
+                   help=f"finished runs' results/metrics/config are copied to EXPORT/PLAN/RUN (default {study.EXPORT})")
+    p.add_argument("--out", default=study.OUT, help=f"tables (PLAN.md) and figures (default {study.OUT})")
     p.add_argument("--report-only", action="store_true", help="only regenerate tables and figures from EXPORT")
     p.add_argument("--list", action="store_true", help="list the plan's runs and whether each has finished")
     return p

@@ -22,6 +22,9 @@ from sm_jax import artifacts
 from sm_jax.config import ConfigError, make_config
 
 SELECT = "select:"
+ROOT = "runs/study"  # run directories: ROOT/PLAN/RUN
+EXPORT = "docs/study/runs"  # committed copies of finished runs' small files: EXPORT/PLAN/RUN
+OUT = "docs/study"  # generated tables and figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +191,7 @@ def resolve(spec: RunSpec, specs: Sequence[RunSpec], results: dict[str, dict]) -
     return out
 
 
-def run_plan(name: str, root: str | Path = "runs/study", export: str | Path = "docs/study/runs",
+def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
              data_dir: str | None = None, log: Callable[[str], None] = print,
              execute: Callable[[list[str], Any], dict] | None = None) -> dict[str, dict]:
     """Runs (or resumes) every run of a plan in order, skipping finished ones; returns {id: results}.
@@ -283,6 +286,11 @@ def net_std(runs: list[dict]) -> float:
     return float(np.mean([100 * np.std(r["accuracies"], ddof=1) for r in runs]))
 
 
+def spread_label(one_seed: bool) -> str:
+    """What a figure's error bars show: with one seed, the only spread is its evaluation networks'."""
+    return "bars: eval-net std (1 seed)" if one_seed else "mean ± std over seeds"
+
+
 def fmt(v: np.ndarray) -> str:
     """mean ± std (ddof 1) over seeds; a single seed has no spread to show."""
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f} (1 seed)"
@@ -346,7 +354,8 @@ def report_table(specs, results, metrics, out: Path) -> str:
         bars.append((seed_means(base), seed_means(sm)))
         ctrl = groups.get(f"{s}/base_real3x", [])
         if ctrl:
-            c, d = by_seed(ctrl), paired(by_seed(ctrl), m)
+            c = by_seed(ctrl)
+            d = paired(c, m)
             controls.append(f"| {s} | {fmt(seed_means(ctrl))} | {fmt(seed_means(sm))} | {fmt(d)} | {verdict(d)} | "
                             f"{', '.join(f'{c[k]:.2f}' for k in sorted(c))} |")
     if names:
@@ -394,8 +403,7 @@ def report_k(specs, results, metrics, out: Path) -> str:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("subsets per class K (K=1: base IDC)")
-        spread = "bars: eval-net std (1 seed)" if one_seed else "mean ± std over seeds (dots)"
-        _finish(fig, ax, f"IDC ipc 10, reduced budget; {spread}", out / "k_ablation.png")
+        _finish(fig, ax, f"IDC ipc 10, reduced budget; {spread_label(one_seed)}", out / "k_ablation.png")
     return "\n".join(lines)
 
 
@@ -436,8 +444,7 @@ def report_loss(specs, results, metrics, out: Path) -> str:
         ax.errorbar(its, acc.mean(0), err, marker="o", capsize=3, label=g.split("/")[-1].replace("_", " "))
         seeds = len(acc)
     ax.set_xlabel("condensation iteration")
-    spread = "bars: eval-net std (1 seed)" if seeds == 1 else "mean ± std over seeds"
-    _finish(fig, ax, f"DC ipc 10: which loss; {spread}", out / "loss_ablation.png", legend=True)
+    _finish(fig, ax, f"DC ipc 10: which loss; {spread_label(seeds == 1)}", out / "loss_ablation.png", legend=True)
     return "\n".join(lines)
 
 
@@ -450,7 +457,7 @@ def report_runs(specs, results, metrics, out: Path) -> str:
 REPORTS = {"table": report_table, "k": report_k, "loss": report_loss}
 
 
-def report(name: str, export: str | Path = "docs/study/runs", out: str | Path = "docs/study") -> str:
+def report(name: str, export: str | Path = EXPORT, out: str | Path = OUT) -> str:
     """Writes `<out>/<plan>.md` (and its PNG figure) from the exported runs; returns the markdown."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -308,6 +308,16 @@ def verdict(diff: np.ndarray) -> str:
     return "within noise"
 
 
+def _figure(figsize: tuple[float, float]):
+    """(fig, ax) on the file-only Agg backend (reports run on headless hosts); `_finish` saves and closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
 def _finish(fig, ax, title: str, path: Path, legend: bool = False) -> None:
     """The figures' shared ending: accuracy axis label, title, optional legend, saved and closed."""
     import matplotlib.pyplot as plt
@@ -322,11 +332,6 @@ def _finish(fig, ax, title: str, path: Path, legend: bool = False) -> None:
 
 
 def report_table(specs, results, metrics, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = group_runs(results, specs)
     lines = ["| setting | base (%) | + subset matching (%) | paired Δ (points) | verdict | λ0 (held-out acc. %) |"
              " base per seed | + SM per seed |", "|---|---|---|---|---|---|---|---|"]
@@ -359,7 +364,7 @@ def report_table(specs, results, metrics, out: Path) -> str:
             controls.append(f"| {s} | {fmt(seed_means(ctrl))} | {fmt(seed_means(sm))} | {fmt(d)} | {verdict(d)} | "
                             f"{', '.join(f'{c[k]:.2f}' for k in sorted(c))} |")
     if names:
-        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.4))
+        fig, ax = _figure(figsize=(1.6 * len(names) + 2, 3.4))
         x = np.arange(len(names))
         for j, (label, off) in enumerate((("base", -0.18), ("+ subset matching (K=2)", 0.18))):
             vals = [b[j] for b in bars]
@@ -378,11 +383,6 @@ def report_table(specs, results, metrics, out: Path) -> str:
 
 
 def report_k(specs, results, metrics, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = group_runs(results, specs)
     ks = [k for k in K_VALUES if f"idc10/k{k}" in groups]
     lines = ["| K | accuracy (%) | per seed | std over a seed's eval networks | real images / class / step |",
@@ -392,7 +392,7 @@ def report_k(specs, results, metrics, out: Path) -> str:
         lines.append(f"| {k} | {fmt(seed_means(rs))} | {', '.join(f'{v:.2f}' for v in seed_means(rs))} | "
                      f"{net_std(rs):.2f} | {real_per_step(rs[0]['config'])} |")
     if ks:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        fig, ax = _figure(figsize=(4.5, 3.2))
         means = [seed_means(groups[f"idc10/k{k}"]) for k in ks]
         one_seed = all(len(m) == 1 for m in means)
         # with one seed the only spread to show is the evaluation networks'
@@ -417,18 +417,13 @@ def eval_curve(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def report_loss(specs, results, metrics, out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_group: dict[str, list[str]] = {}
     for s in specs:
         if s.id in results:
             by_group.setdefault(s.group, []).append(s.id)
     lines = ["| loss | final accuracy (%) | per seed | accuracy at each evaluated iteration (mean over seeds) |",
              "|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _figure(figsize=(5, 3.4))
     seeds = 0
     for g, ids in by_group.items():
         curves = [eval_curve(metrics[i]) for i in ids]

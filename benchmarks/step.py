@@ -1,7 +1,7 @@
 """Times one outer condensation step (matching of all classes and subsets + the image update) after compilation.
 
 python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5] [--data-dir PATH]
-                          [--compare] [--conv-impl patches|xla]
+                          [--compare] [--conv-impl auto|fast|patches|winograd|xla]
 
 Prints one JSON line. --compare also runs the PyTorch baseline (benchmarks/torch_step.py, in a subprocess so the
 two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`. Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
@@ -42,10 +42,11 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir")
     p.add_argument("--compare", action="store_true", help="also time the PyTorch baseline and print the ratio")
     p.add_argument("--class-chunk", type=int, default=0, help="classes per vmapped program (0 = all)")
-    p.add_argument("--conv-impl", default="patches", help="ConvNet convolution: patches (default) or xla")
+    p.add_argument("--conv-impl", default="auto", help="ConvNet convolution: auto (default), fast, patches, "
+                   "winograd or xla")
     args = p.parse_args(argv)
     cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
-                      class_chunk=args.class_chunk)
+                      class_chunk=args.class_chunk, conv_impl=args.conv_impl)
     torch_out = None
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
@@ -58,8 +59,6 @@ def main(argv=None) -> dict:
         torch_out = json.loads(res.stdout.strip().splitlines()[-1])
     data = load_cifar10(args.data_dir) if args.data_dir else synthetic_cifar()
     method = make_method(cfg, data.num_classes)
-    if args.conv_impl != "patches":
-        method.model = method.model.clone(conv_impl=args.conv_impl)
     ctx = make_context(cfg, data)
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, key))
@@ -94,7 +93,7 @@ def main(argv=None) -> dict:
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
-                      "conv_impl": args.conv_impl, "class_chunk": cfg.class_chunk}}
+                      "conv_impl": method.model.conv_impl, "class_chunk": cfg.class_chunk}}
     if torch_out is not None:
         out["torch"] = torch_out
         out["torch_seconds_over_jax_seconds"] = torch_out["step_seconds_median"] / med

@@ -45,6 +45,8 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int)
     p.add_argument("--depth", type=int)
     p.add_argument("--norm")
+    p.add_argument("--conv-impl", help="ConvNet convolution: auto (default: fast on CPU, xla on GPU/TPU), fast, "
+                   "patches, winograd or xla; all give the same network up to float rounding")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -56,9 +58,8 @@ def config_from_args(args: argparse.Namespace):
                        iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                        batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
                        eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
-                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices, class_chunk=args.class_chunk,
-                       data_dir=args.data_dir,
-                       workdir=workdir,
+                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices,
+                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir, workdir=workdir,
                        seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
 
 

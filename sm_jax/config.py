@@ -7,6 +7,7 @@ from typing import Any
 
 METHODS = ("dc", "dsa", "idc")
 PRESETS = ("paper", "cpu")
+CONV_IMPLS = ("auto", "fast", "patches", "winograd", "xla")  # auto + sorted(models.CONVS)
 
 # DC/DSA (outer_loop, inner_loop) by ipc, from the official code.
 _DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -51,6 +52,7 @@ class Config:
     width: int = 128
     depth: int = 3
     norm: str = "instancenorm"
+    conv_impl: str = "auto"  # the ConvNet's convolution: auto (fast on CPU, xla on accelerators), fast, patches, xla
     # evaluation
     eval_epochs: int = 300
     eval_models: int = 20
@@ -95,7 +97,7 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
         skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset", "devices", "class_chunk"}
+                "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -175,5 +177,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown init {cfg.init!r}; choose noise, real or idc")
     if cfg.norm not in ("instancenorm", "layernorm", "none"):
         raise ConfigError(f"unknown norm {cfg.norm!r}; choose instancenorm, layernorm or none")
+    if cfg.conv_impl not in CONV_IMPLS:
+        raise ConfigError(f"unknown conv implementation {cfg.conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
     if cfg.factor > 1 and 32 % cfg.factor:
         raise ConfigError(f"--factor {cfg.factor} must divide the image size 32")

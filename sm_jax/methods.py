@@ -85,7 +85,7 @@ class GradientMatching:
         self.cfg = cfg
         self.num_classes = num_classes
         self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
-        self.model = make_model(num_classes, cfg.width, cfg.depth, cfg.norm)
+        self.model = make_model(num_classes, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.dist = DISTANCES[self.distance]
 

@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sm_jax.models import cross_entropy, denormalize, init_params, make_model, normalize
+from sm_jax import config
+from sm_jax.models import CONVS, avg_pool2, cross_entropy, denormalize, init_params, make_model, normalize, \
+    resolve_conv_impl
 
 
 def test_convnet3_parameter_count_and_shapes():
@@ -47,6 +49,44 @@ def test_options_and_errors():
     assert set(p) == {"conv0", "conv1", "fc"} and p["fc"]["kernel"].shape == (8 * 8 * 16, 10)
     with pytest.raises(ValueError, match="unknown norm"):
         make_model(norm="batchnorm")
+    with pytest.raises(ValueError, match="unknown conv implementation"):
+        make_model(conv_impl="fft")
+    assert resolve_conv_impl("auto") == "fast"  # the tests run on CPU
+    assert config.CONV_IMPLS == ("auto", *sorted(CONVS))  # the config validates the names models.CONVS knows
+
+
+def _xla_conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision="highest")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 16), (2, 8, 6, 3), (2, 5, 5, 16)])  # Winograd / RGB / odd-size paths
+def test_convolutions_agree_with_xla_to_second_order(shape):
+    """Every implementation is XLA's convolution: values, both first-order gradients, and the gradient w.r.t. the
+    input of a function of the kernel gradient (what gradient matching differentiates)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    k = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 8)) / np.sqrt(9 * shape[-1])
+    t = jax.random.normal(jax.random.key(2), (*shape[:-1], 8))
+
+    def derivatives(conv):
+        loss = lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * t)  # noqa: E731
+        kernel_grad_norm = lambda x: jnp.sum(jax.grad(loss, 1)(x, k) ** 2)  # noqa: E731
+        return conv(x, k), *jax.grad(loss, (0, 1))(x, k), jax.grad(kernel_grad_norm)(x)
+
+    expected = derivatives(_xla_conv)
+    for name, conv in CONVS.items():
+        if name == "winograd" and (shape[1] % 2 or shape[2] % 2):
+            continue  # plain Winograd needs even sizes; `fast` falls back there
+        for what, a, b in zip(("value", "d/dx", "d/dkernel", "second order"), derivatives(conv), expected):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()),
+                                       err_msg=f"{name} {what}")
+
+
+def test_avg_pool2_hand_values():
+    x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+    expected = np.asarray(x).reshape(2, 2, 2, 2, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(avg_pool2(x), expected)
+    assert float(avg_pool2(x)[0, 0, 0, 0]) == (0 + 3 + 12 + 15) / 4
 
 
 def test_cross_entropy_hand_value_and_mask():

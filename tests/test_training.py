@@ -9,10 +9,10 @@ from sm_jax.models import init_params, make_model
 from sm_jax.training import epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
 
 
-def test_patches_conv_equals_xla_conv_values_and_grads():
+def test_fast_conv_net_equals_xla_conv_net_values_and_grads():
     x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
     y = jnp.array([0, 1, 2])
-    m_p, m_x = make_model(width=16, conv_impl="patches"), make_model(width=16, conv_impl="xla")
+    m_p, m_x = make_model(width=16, conv_impl="fast"), make_model(width=16, conv_impl="xla")
     params = init_params(m_p, jax.random.key(1))
     loss = lambda m: (lambda p: optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x), y).mean())
     np.testing.assert_allclose(m_p.apply({"params": params}, x), m_x.apply({"params": params}, x), rtol=1e-4,

@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
            "vmapped_over_sequential": seq / vm, "sequential_seconds": seq, "vmapped_seconds": vm,
            "device": str(jax.devices()[0].device_kind),
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
-                      "epochs": args.epochs}}
+                      "epochs": args.epochs, "conv_impl": method.model.conv_impl}}
     print(json.dumps(out))
     return out
 

@@ -9,21 +9,22 @@ def main(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     steps = [r for r in rows if "step_seconds_median" in r]
     evals = [r for r in rows if "vmapped_over_sequential" in r]
-    out = ["| method | ipc | real/class | K | JAX s/step | PyTorch s/step | PyTorch / JAX | JAX GFLOP/step | JAX GFLOP/s |"
-           " JAX peak RSS (GB) | PyTorch peak RSS (GB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | ipc | real/class | K | conv | JAX s/step | PyTorch s/step | PyTorch / JAX | JAX GFLOP/step | JAX GFLOP/s |"
+           " JAX peak RSS (GB) | PyTorch peak RSS (GB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in steps:
         c, t = r["config"], r.get("torch", {})
-        out.append(f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | "
+        out.append(f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | {c.get('conv_impl', '?')} | "
                    f"{r['step_seconds_median']:.2f} | {t.get('step_seconds_median', float('nan')):.2f} | "
                    f"**{r.get('torch_seconds_over_jax_seconds', float('nan')):.2f}** | {r['flops_per_step'] / 1e9:.0f} | "
                    f"{r['gflops_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | "
                    f"{t.get('peak_rss_mb', float('nan')) / 1024:.1f} |")
     if evals:
-        out += ["", "| method | ipc | images | networks x epochs | sequential model-epochs/s | vmapped model-epochs/s |"
-                " vmapped / sequential |", "|---|---|---|---|---|---|---|"]
+        out += ["", "| method | ipc | images | conv | networks x epochs | sequential model-epochs/s | vmapped model-epochs/s |"
+                " vmapped / sequential |", "|---|---|---|---|---|---|---|---|"]
         for r in evals:
             c = r["config"]
-            out.append(f"| {c['method']} | {c['ipc']} | {c['images']} | {c['models']} x {c['epochs']} | "
+            out.append(f"| {c['method']} | {c['ipc']} | {c['images']} | {c.get('conv_impl', 'patches')} | "
+                       f"{c['models']} x {c['epochs']} | "
                        f"{r['sequential_model_epochs_per_second']:.2f} | {r['vmapped_model_epochs_per_second']:.2f} | "
                        f"**{r['vmapped_over_sequential']:.2f}** |")
     return "\n".join(out)

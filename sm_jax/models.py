@@ -74,6 +74,91 @@ def _combine(mat: np.ndarray, parts: list) -> list:
     return out
 
 
+def _shift(a: jax.Array, axis: int, toward_end: bool) -> jax.Array:
+    """a moved by one position along `axis`, zero-filled: a[i - 1] (toward_end) or a[i + 1]."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (1, 0) if toward_end else (0, 1)
+    start = 0 if toward_end else 1
+    return jax.lax.slice_in_dim(jnp.pad(a, pad), start, start + a.shape[axis], axis=axis)
+
+
+def _tile_split(a: jax.Array, axis: int, mat: np.ndarray) -> list:
+    """The 4 overlapping rows (0-padded) of every 2-stride tile along `axis` (length 2T), transformed by `mat`.
+
+    Tile p reads positions 2p - 1 .. 2p + 2 of the axis; returns mat @ those, as 4 arrays with the axis of length T.
+    """
+    shape = a.shape[:axis] + (a.shape[axis] // 2, 2) + a.shape[axis + 1:]
+    even, odd = (jax.lax.index_in_dim(a.reshape(shape), i, axis + 1, keepdims=False) for i in range(2))
+    return _combine(mat, [_shift(odd, axis, True), even, odd, _shift(even, axis, False)])
+
+
+def _tile_merge(parts: list, axis: int, mat: np.ndarray) -> jax.Array:
+    """Adjoint of `_tile_split`: mat^T applied, then the overlapping tile rows added back into a length-2T axis."""
+    d = _combine(mat.T, parts)
+    even = d[1] + _shift(d[3], axis, True)  # position 2q: row 1 of tile q, row 3 of tile q - 1
+    odd = d[2] + _shift(d[0], axis, False)  # position 2q + 1: row 2 of tile q, row 0 of tile q + 1
+    out = jnp.stack([even, odd], axis + 1)
+    return out.reshape(out.shape[:axis] + (-1,) + out.shape[axis + 2:])
+
+
+@jax.custom_vjp
+def _wino_input(x: jax.Array) -> jax.Array:
+    """Winograd F(2x2, 3x3) input tiles B^T d B (d: 4x4 tiles of x padded by 1, stride 2).
+
+    (N, H, W, C) -> (16, N * H/2 * W/2, C). Linear; its adjoint `_wino_input_t` is written out, since the
+    autodiff adjoint of these slices (one zero-padded copy per slice) costs more than the transform itself.
+    """
+    n, h, w, c = x.shape
+    rows = jnp.stack(_tile_split(x, 1, _WINO_BT))  # (4, N, H/2, W, C)
+    return jnp.stack(_tile_split(rows, 3, _WINO_BT), 1).reshape(16, n * (h // 2) * (w // 2), c)
+
+
+def _wino_input_t(v: jax.Array, shape: tuple) -> jax.Array:
+    n, h, w, c = shape
+    v = v.reshape(4, 4, n, h // 2, w // 2, c)
+    rows = _tile_merge([v[:, b] for b in range(4)], 3, _WINO_BT)  # (4, N, H/2, W, C)
+    return _tile_merge([rows[a] for a in range(4)], 1, _WINO_BT)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _wino_output(m: jax.Array, shape: tuple) -> jax.Array:
+    """Winograd F(2x2, 3x3) output transform A^T m A: (16, N * H/2 * W/2, Cout) -> (N, H, W, Cout). Linear."""
+    n, h, w, co = shape
+    m = m.reshape(4, 4, n, h // 2, w // 2, co)
+    p = _combine(_WINO_AT, [m[i] for i in range(4)])
+    y = jnp.stack([jnp.stack(_combine(_WINO_AT, [q[i] for i in range(4)]), -2) for q in p], 3)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, co)  # (N, H/2, 2, W/2, 2, Cout) -> (N, H, W, Cout)
+
+
+def _wino_output_t(y: jax.Array) -> jax.Array:
+    n, h, w, co = y.shape
+    yt = y.reshape(n, h // 2, 2, w // 2, 2, co)
+    ga = jnp.stack(_combine(_WINO_AT.T, [yt[:, :, i] for i in range(2)]))  # (4, N, H/2, W/2, 2, Cout)
+    return jnp.stack(_combine(_WINO_AT.T, [ga[:, :, :, :, j] for j in range(2)]), 1).reshape(16, -1, co)
+
+
+# The adjoints are each other's transposes, so every order of differentiation stays on the written-out forms.
+_wino_input.defvjp(lambda x: (_wino_input(x), x.shape), lambda shape, v: (_wino_input_t_diff(v, shape),))
+_wino_output.defvjp(lambda m, shape: (_wino_output(m, shape), None), lambda shape, _, y: (_wino_output_t_diff(y),))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _wino_input_t_diff(v: jax.Array, shape: tuple) -> jax.Array:
+    return _wino_input_t(v, shape)
+
+
+_wino_input_t_diff.defvjp(lambda v, shape: (_wino_input_t(v, shape), None), lambda shape, _, x: (_wino_input(x),))
+
+
+@jax.custom_vjp
+def _wino_output_t_diff(y: jax.Array) -> jax.Array:
+    return _wino_output_t(y)
+
+
+_wino_output_t_diff.defvjp(lambda y: (_wino_output_t(y), y.shape),
+                           lambda shape, m: (_wino_output(m, shape),))
+
+
 def conv3x3_winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME stride-1 convolution by Winograd F(2x2, 3x3): 16 matmuls of a quarter of the positions each.
 
@@ -84,37 +169,13 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
     Returns:
       (N, H, W, Cout).
     """
-    n, h, w, c = x.shape
-    co = kernel.shape[-1]
-    th, tw = h // 2, w // 2
-    u = jnp.einsum("ai,ijkl,bj->abkl", _WINO_G, kernel, _WINO_G).reshape(16, c, co)
-    m = jnp.einsum("tmc,tcd->tmd", _wino_input(x), u).reshape(4, 4, n, th, tw, co)
-    p = _combine(_WINO_AT, [m[i] for i in range(4)])
-    y = jnp.stack([jnp.stack(_combine(_WINO_AT, [q[i] for i in range(4)]), -2) for q in p], 3)
-    return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, co)  # (N, th, 2, tw, 2, Cout) -> (N, H, W, Cout)
-
-
-def _wino_input(x: jax.Array) -> jax.Array:
-    """Winograd F(2x2, 3x3) input tiles B^T d B of x padded by 1: (N, H, W, C) -> (16, N * H/2 * W/2, C)."""
-    n, h, w, c = x.shape
-    th, tw = h // 2, w // 2
-    # tile (i, j) reads padded rows 2i..2i+3 = rows (0, 1) of pair i and of pair i + 1: contiguous slices
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n, th + 1, 2, w + 2, c)
-    rows = jnp.stack(_combine(_WINO_BT, [xp[:, :-1, 0], xp[:, :-1, 1], xp[:, 1:, 0], xp[:, 1:, 1]]))
-    rb = rows.reshape(4, n, th, tw + 1, 2, c)
-    v = jnp.stack(_combine(_WINO_BT, [rb[:, :, :, :-1, 0], rb[:, :, :, :-1, 1], rb[:, :, :, 1:, 0],
-                                      rb[:, :, :, 1:, 1]]), 1)  # (4, 4, N, th, tw, C)
-    return v.reshape(16, n * th * tw, c)
+    u = jnp.einsum("ai,ijkl,bj->abkl", _WINO_G, kernel, _WINO_G).reshape(16, x.shape[-1], kernel.shape[-1])
+    return _wino_output(jnp.einsum("tmc,tcd->tmd", _wino_input(x), u), (*x.shape[:3], kernel.shape[-1]))
 
 
 def _wino_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
     """Kernel gradient of conv3x3 by Winograd F(2x2, 3x3): G^T (V^T (A g A^T)) G, one batched matmul."""
-    n, h, w, c = x.shape
-    co = g.shape[-1]
-    gt = g.reshape(n, h // 2, 2, w // 2, 2, co)
-    ga = jnp.stack(_combine(_WINO_AT.T, [gt[:, :, i] for i in range(2)]))  # (4, N, th, tw, 2, Cout)
-    gb = jnp.stack(_combine(_WINO_AT.T, [ga[:, :, :, :, j] for j in range(2)]), 1)  # (4, 4, N, th, tw, Cout)
-    du = jnp.einsum("tmc,tmd->tcd", _wino_input(x), gb.reshape(16, -1, co)).reshape(4, 4, c, co)
+    du = jnp.einsum("tmc,tmd->tcd", _wino_input(x), _wino_output_t_diff(g)).reshape(4, 4, x.shape[-1], g.shape[-1])
     return jnp.einsum("ai,abkl,bj->ijkl", _WINO_G, du, _WINO_G)
 
 

@@ -5,6 +5,10 @@ import json
 import sys
 
 
+def _conv(config: dict) -> str:
+    return config.get("conv_impl", "patches")  # lines written before the field existed ran im2col
+
+
 def main(path: str) -> str:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     steps = [r for r in rows if "step_seconds_median" in r]
@@ -13,7 +17,7 @@ def main(path: str) -> str:
            " JAX peak RSS (GB) | PyTorch peak RSS (GB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in steps:
         c, t = r["config"], r.get("torch", {})
-        out.append(f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | {c.get('conv_impl', '?')} | "
+        out.append(f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | {_conv(c)} | "
                    f"{r['step_seconds_median']:.2f} | {t.get('step_seconds_median', float('nan')):.2f} | "
                    f"**{r.get('torch_seconds_over_jax_seconds', float('nan')):.2f}** | {r['flops_per_step'] / 1e9:.0f} | "
                    f"{r['gflops_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | "
@@ -23,7 +27,7 @@ def main(path: str) -> str:
                 " vmapped / sequential |", "|---|---|---|---|---|---|---|---|"]
         for r in evals:
             c = r["config"]
-            out.append(f"| {c['method']} | {c['ipc']} | {c['images']} | {c.get('conv_impl', 'patches')} | "
+            out.append(f"| {c['method']} | {c['ipc']} | {c['images']} | {_conv(c)} | "
                        f"{c['models']} x {c['epochs']} | "
                        f"{r['sequential_model_epochs_per_second']:.2f} | {r['vmapped_model_epochs_per_second']:.2f} | "
                        f"**{r['vmapped_over_sequential']:.2f}** |")

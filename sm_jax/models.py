@@ -179,10 +179,8 @@ def _wino_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
     return jnp.einsum("ai,abkl,bj->ijkl", _WINO_G, du, _WINO_G)
 
 
-def _weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
-    """d(sum(conv(x, w) * g)) / dw, (3, 3, Cin, Cout): Winograd where the shape allows, else im2col."""
-    if x.shape[-1] >= 16 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-        return _wino_weight_grad(x, g)
+def _patches_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+    """d(sum(conv(x, w) * g)) / dw, (3, 3, Cin, Cout), as the im2col matmul's gradient."""
     zero = jnp.zeros((3, 3, x.shape[-1], g.shape[-1]), x.dtype)
     return jax.vjp(lambda k: conv3x3_patches(x, k), zero)[1](g)[0]
 
@@ -203,7 +201,7 @@ def _custom_conv(fwd: Callable, dx: Callable, dw: Callable) -> Callable:
     return conv
 
 
-_conv_small = _custom_conv(conv3x3_xla, conv3x3_xla, _weight_grad)
+_conv_small = _custom_conv(conv3x3_xla, conv3x3_xla, _patches_weight_grad)
 _conv_wino = _custom_conv(conv3x3_winograd, conv3x3_winograd, _wino_weight_grad)
 
 

@@ -113,7 +113,9 @@ def _wino_input(x: jax.Array) -> jax.Array:
     return jnp.stack(_tile_split(rows, 3, _WINO_BT), 1).reshape(16, n * (h // 2) * (w // 2), c)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _wino_input_t(v: jax.Array, shape: tuple) -> jax.Array:
+    """Adjoint of `_wino_input` for an input of `shape`: (16, N * H/2 * W/2, C) -> (N, H, W, C)."""
     n, h, w, c = shape
     v = v.reshape(4, 4, n, h // 2, w // 2, c)
     rows = _tile_merge([v[:, b] for b in range(4)], 3, _WINO_BT)  # (4, N, H/2, W, C)
@@ -130,7 +132,9 @@ def _wino_output(m: jax.Array, shape: tuple) -> jax.Array:
     return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, co)  # (N, H/2, 2, W/2, 2, Cout) -> (N, H, W, Cout)
 
 
+@jax.custom_vjp
 def _wino_output_t(y: jax.Array) -> jax.Array:
+    """Adjoint of `_wino_output`: (N, H, W, Cout) -> (16, N * H/2 * W/2, Cout)."""
     n, h, w, co = y.shape
     yt = y.reshape(n, h // 2, 2, w // 2, 2, co)
     ga = jnp.stack(_combine(_WINO_AT.T, [yt[:, :, i] for i in range(2)]))  # (4, N, H/2, W/2, 2, Cout)
@@ -138,25 +142,10 @@ def _wino_output_t(y: jax.Array) -> jax.Array:
 
 
 # The adjoints are each other's transposes, so every order of differentiation stays on the written-out forms.
-_wino_input.defvjp(lambda x: (_wino_input(x), x.shape), lambda shape, v: (_wino_input_t_diff(v, shape),))
-_wino_output.defvjp(lambda m, shape: (_wino_output(m, shape), None), lambda shape, _, y: (_wino_output_t_diff(y),))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _wino_input_t_diff(v: jax.Array, shape: tuple) -> jax.Array:
-    return _wino_input_t(v, shape)
-
-
-_wino_input_t_diff.defvjp(lambda v, shape: (_wino_input_t(v, shape), None), lambda shape, _, x: (_wino_input(x),))
-
-
-@jax.custom_vjp
-def _wino_output_t_diff(y: jax.Array) -> jax.Array:
-    return _wino_output_t(y)
-
-
-_wino_output_t_diff.defvjp(lambda y: (_wino_output_t(y), y.shape),
-                           lambda shape, m: (_wino_output(m, shape),))
+_wino_input.defvjp(lambda x: (_wino_input(x), x.shape), lambda shape, v: (_wino_input_t(v, shape),))
+_wino_input_t.defvjp(lambda v, shape: (_wino_input_t(v, shape), None), lambda shape, _, x: (_wino_input(x),))
+_wino_output.defvjp(lambda m, shape: (_wino_output(m, shape), None), lambda shape, _, y: (_wino_output_t(y),))
+_wino_output_t.defvjp(lambda y: (_wino_output_t(y), y.shape), lambda shape, m: (_wino_output(m, shape),))
 
 
 def conv3x3_winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -175,7 +164,7 @@ def conv3x3_winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _wino_weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
     """Kernel gradient of conv3x3 by Winograd F(2x2, 3x3): G^T (V^T (A g A^T)) G, one batched matmul."""
-    du = jnp.einsum("tmc,tmd->tcd", _wino_input(x), _wino_output_t_diff(g)).reshape(4, 4, x.shape[-1], g.shape[-1])
+    du = jnp.einsum("tmc,tmd->tcd", _wino_input(x), _wino_output_t(g)).reshape(4, 4, x.shape[-1], g.shape[-1])
     return jnp.einsum("ai,abkl,bj->ijkl", _WINO_G, du, _WINO_G)
 
 
@@ -209,8 +198,9 @@ def conv3x3_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME convolution in the form XLA:CPU runs fastest, forward and twice backward.
 
     Winograd F(2x2, 3x3) for the forward pass, the input gradient and the kernel gradient; for few input
-    channels (the RGB layer) or odd sizes, XLA's convolution with an im2col kernel gradient. The kernel gradient never goes
-    through XLA's own convolution-gradient form, which is several times slower on CPU, more so differentiated again.
+    channels (the RGB layer) or odd sizes, XLA's convolution with an im2col kernel gradient. The kernel gradient
+    never goes through XLA's own convolution-gradient form, which is several times slower on CPU, more so
+    differentiated again.
     """
     if x.shape[-1] < 16 or x.shape[1] % 2 or x.shape[2] % 2:
         return _conv_small(x, kernel)

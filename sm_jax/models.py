@@ -48,10 +48,14 @@ def conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
     Returns:
       (N, H, W, Cout).
     """
+    return _patches(x) @ kernel.reshape(9 * x.shape[-1], -1)
+
+
+def _patches(x: jax.Array) -> jax.Array:
+    """The 3x3 neighbourhoods of a SAME convolution, zero-padded: (N, H, W, C) -> (N, H, W, 9C), (i, j, c) order."""
     n, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
-    return patches @ kernel.reshape(9 * c, -1)
+    return jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
 
 
 def conv3x3_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -207,6 +211,36 @@ def conv3x3_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _conv_wino(x, kernel)
 
 
+def conv3x3_instancenorm(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.Array,
+                         eps: float = 1e-5) -> jax.Array:
+    """A 3x3 SAME convolution followed by instance norm, computed from the input's patches.
+
+    Instance norm is an affine map per (image, channel), so it folds into a per-image kernel: the output's mean and
+    variance come from the mean (9Cin) and covariance (9Cin x 9Cin) of each image's patches, and the layer is one
+    batched matmul over the patches. For few input channels (the RGB layer: 27 patch features against 128 output
+    channels) this replaces every pass over the full-resolution output (the norm's reductions, forward and
+    backward) by work on the 9Cin-wide patches. The conv bias cancels in the norm, so it does not appear. Same
+    function as `InstanceNorm()(conv(x, kernel) + bias)` up to float rounding, at every order of differentiation.
+    Args:
+      x: (N, H, W, Cin); kernel: (3, 3, Cin, Cout) (HWIO); scale, shift: (Cout,) the norm's affine parameters.
+    Returns:
+      (N, H, W, Cout).
+    """
+    n, h, w, c = x.shape
+    p = _patches(x).reshape(n, h * w, 9 * c)  # (N, HW, 9Cin)
+    mu = p.mean(1)  # (N, 9Cin)
+    pc = p - mu[:, None]
+    cov = jnp.einsum("nsi,nsj->nij", pc, pc) / (h * w)  # (N, 9Cin, 9Cin): a Gram matrix, so var below is >= 0
+    wm = kernel.reshape(9 * c, -1)  # (9Cin, Cout)
+    var = jnp.sum(jnp.einsum("nij,jo->nio", cov, wm) * wm, axis=1)  # (N, Cout): variance of the conv output
+    a = jax.lax.rsqrt(var + eps) * scale  # (N, Cout)
+    # The per-image offset rides along as a row of the kernel against a column of ones, so that its gradient
+    # (a sum over positions) comes out of the same matmul as the kernel's.
+    w_img = jnp.concatenate([wm[None] * a[:, None], (shift - (mu @ wm) * a)[:, None]], axis=1)  # (N, 9Cin+1, Cout)
+    p1 = jnp.concatenate([p, jnp.ones((n, h * w, 1), p.dtype)], axis=-1)
+    return jnp.einsum("nsi,nio->nso", p1, w_img).reshape(n, h, w, -1)
+
+
 # The interchangeable convolutions (same parameters, same function up to float rounding), by name.
 CONVS = {"fast": conv3x3_fast, "patches": conv3x3_patches, "winograd": conv3x3_winograd, "xla": conv3x3_xla}
 
@@ -218,10 +252,13 @@ class Conv3x3(nn.Module):
     impl: str = "fast"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, apply: bool = True):
+        """(N, H, W, Cin) -> (N, H, W, features); with apply=False, only the (kernel, bias) parameters."""
         fan_in = x.shape[-1] * 9
         kernel = self.param("kernel", torch_uniform(fan_in), (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+        if not apply:
+            return kernel, bias
         return CONVS[self.impl](x, kernel) + bias
 
 
@@ -242,9 +279,13 @@ class InstanceNorm(nn.Module):
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+    def __call__(self, x, conv_kernel: jax.Array | None = None):
+        """Normalises x (N, H, W, C); given `conv_kernel`, normalises the 3x3 convolution of x with it, fused."""
+        channels = x.shape[-1] if conv_kernel is None else conv_kernel.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        if conv_kernel is not None:
+            return conv3x3_instancenorm(x, conv_kernel, scale, bias, self.epsilon)
         mean = x.mean(axis=(1, 2), keepdims=True)
         var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
@@ -270,14 +311,17 @@ class ConvNet(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         for i in range(self.depth):
-            x = Conv3x3(self.width, self.conv_impl, name=f"conv{i}")(x)
-            if self.norm == "instancenorm":
-                x = InstanceNorm(1e-5, name=f"norm{i}")(x)
-            elif self.norm == "layernorm":
-                x = nn.GroupNorm(num_groups=1, epsilon=1e-5, name=f"norm{i}")(x)
-            x = nn.relu(x)
-            n, h, w, c = x.shape
-            x = avg_pool2(x)
+            conv = Conv3x3(self.width, self.conv_impl, name=f"conv{i}")
+            if self.norm == "instancenorm" and self.conv_impl == "fast" and x.shape[-1] < 16:
+                # The RGB layer: convolution and norm in one (conv3x3_instancenorm); the conv bias cancels there.
+                x = InstanceNorm(1e-5, name=f"norm{i}")(x, conv(x, apply=False)[0])
+            else:
+                x = conv(x)
+                if self.norm == "instancenorm":
+                    x = InstanceNorm(1e-5, name=f"norm{i}")(x)
+                elif self.norm == "layernorm":
+                    x = nn.GroupNorm(num_groups=1, epsilon=1e-5, name=f"norm{i}")(x)
+            x = avg_pool2(nn.relu(x))
         x = x.reshape(x.shape[0], -1)
         fan_in = x.shape[-1]
         return nn.Dense(self.num_classes, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),

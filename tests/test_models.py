@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sm_jax import config
-from sm_jax.models import CONVS, avg_pool2, cross_entropy, denormalize, init_params, make_model, normalize, \
-    resolve_conv_impl
+from sm_jax.models import CONVS, avg_pool2, conv3x3_instancenorm, cross_entropy, denormalize, init_params, make_model, \
+    normalize, resolve_conv_impl
 
 
 def test_convnet3_parameter_count_and_shapes():
@@ -81,6 +81,32 @@ def test_convolutions_agree_with_xla_to_second_order(shape):
         for what, a, b in zip(("value", "d/dx", "d/dkernel", "second order"), derivatives(conv), expected):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()),
                                        err_msg=f"{name} {what}")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 5, 7, 2)])
+def test_fused_conv_instancenorm_agrees_with_conv_then_norm_to_second_order(shape):
+    """The RGB layer's fused form is conv + bias + instance norm, whatever the bias: values, the gradients w.r.t.
+    input, kernel and affine parameters, and the input gradient of a function of the kernel gradient."""
+    x = jax.random.normal(jax.random.key(0), shape) + 0.5  # a mean away from 0 exercises the centring
+    k = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 8)) / np.sqrt(9 * shape[-1])
+    b, s, sh = (jax.random.normal(jax.random.key(i), (8,)) for i in (2, 3, 4))
+    t = jax.random.normal(jax.random.key(5), (*shape[:-1], 8))
+
+    def reference(x, k, s, sh):
+        y = _xla_conv(x, k) + b
+        mean = y.mean(axis=(1, 2), keepdims=True)
+        var = ((y - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+        return (y - mean) / jnp.sqrt(var + 1e-5) * s + sh
+
+    def derivatives(f):
+        loss = lambda x, k, s, sh: jnp.sum(jnp.tanh(f(x, k, s, sh)) * t)  # noqa: E731
+        kernel_grad_norm = lambda x: jnp.sum(jax.grad(loss, 1)(x, k, s, sh) ** 2)  # noqa: E731
+        return f(x, k, s, sh), *jax.grad(loss, (0, 1, 2, 3))(x, k, s, sh), jax.grad(kernel_grad_norm)(x)
+
+    derivatives = jax.jit(derivatives, static_argnums=0)
+    names = ("value", "d/dx", "d/dkernel", "d/dscale", "d/dshift", "second order")
+    for what, a, e in zip(names, derivatives(conv3x3_instancenorm), derivatives(reference)):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4 * float(jnp.abs(e).max()), err_msg=what)
 
 
 def test_avg_pool2_hand_values():

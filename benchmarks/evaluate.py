@@ -2,7 +2,8 @@
 
 python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20]
 
-Prints one JSON line with model-epochs per second for both forms and their ratio (vmapped / sequential).
+Prints one JSON line with model-epochs per second for both forms, their ratio (vmapped / sequential), and the
+flops of one model-epoch (XLA's cost analysis) with the GFLOP/s each form reaches.
 Only the training on the synthetic set is timed (the test-set pass is the same work either way).
 """
 from __future__ import annotations
@@ -48,8 +49,15 @@ def main(argv=None) -> dict:
     jax.block_until_ready(many(keys))
     vm = time.perf_counter() - t0
     work = args.models * args.epochs
+    # XLA counts a loop body once, so the flops of one epoch are those of a one-epoch program
+    cost = jax.jit(lambda k: train_network(method, method.eval_protocol(1), x, y, k)).lower(keys[0]).compile()
+    cost = cost.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     out = {"sequential_model_epochs_per_second": work / seq, "vmapped_model_epochs_per_second": work / vm,
            "vmapped_over_sequential": seq / vm, "sequential_seconds": seq, "vmapped_seconds": vm,
+           "flops_per_model_epoch": flops, "sequential_gflops_per_second": flops * work / seq / 1e9,
+           "vmapped_gflops_per_second": flops * work / vm / 1e9,
            "device": str(jax.devices()[0].device_kind),
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
                       "epochs": args.epochs, "conv_impl": method.model.conv_impl}}

@@ -24,13 +24,16 @@ def main(path: str) -> str:
                    f"{t.get('peak_rss_mb', float('nan')) / 1024:.1f} |")
     if evals:
         out += ["", "| method | ipc | images | conv | networks x epochs | sequential model-epochs/s | vmapped model-epochs/s |"
-                " vmapped / sequential |", "|---|---|---|---|---|---|---|---|"]
+                " vmapped / sequential | GFLOP/model-epoch | sequential GFLOP/s | vmapped GFLOP/s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in evals:
             c = r["config"]
+            flops = (f"{r['flops_per_model_epoch'] / 1e9:.2f} | {r['sequential_gflops_per_second']:.0f} | "
+                     f"{r['vmapped_gflops_per_second']:.0f}" if "flops_per_model_epoch" in r else "- | - | -")
             out.append(f"| {c['method']} | {c['ipc']} | {c['images']} | {_conv(c)} | "
                        f"{c['models']} x {c['epochs']} | "
                        f"{r['sequential_model_epochs_per_second']:.2f} | {r['vmapped_model_epochs_per_second']:.2f} | "
-                       f"**{r['vmapped_over_sequential']:.2f}** |")
+                       f"**{r['vmapped_over_sequential']:.2f}** | {flops} |")
     return "\n".join(out)
 
 

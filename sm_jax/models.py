@@ -232,7 +232,7 @@ def conv3x3_instancenorm(x: jax.Array, kernel: jax.Array, scale: jax.Array, shif
     pc = p - mu[:, None]
     cov = jnp.einsum("nsi,nsj->nij", pc, pc) / (h * w)  # (N, 9Cin, 9Cin): a Gram matrix, so var below is >= 0
     wm = kernel.reshape(9 * c, -1)  # (9Cin, Cout)
-    var = jnp.sum(jnp.einsum("nij,jo->nio", cov, wm) * wm, axis=1)  # (N, Cout): variance of the conv output
+    var = jnp.einsum("nij,jo,io->no", cov, wm, wm)  # (N, Cout): variance of the conv output
     a = jax.lax.rsqrt(var + eps) * scale  # (N, Cout)
     # The per-image offset rides along as a row of the kernel against a column of ones, so that its gradient
     # (a sum over positions) comes out of the same matmul as the kernel's.

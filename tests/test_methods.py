@@ -169,7 +169,7 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
                                  real_batch(ctx, sidx), syn_sub, k_aug)
         return la.sum() + lam * ls.sum()
 
-    want = jax.grad(reference)(images)
+    want = jax.jit(jax.grad(reference))(images)
     mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.num_classes)
     got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
     assert la.shape == (c,) and ls.shape == (c, 2)

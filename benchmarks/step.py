@@ -4,7 +4,8 @@ python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1]
                           [--compare] [--conv-impl auto|fast|patches|winograd|xla]
 
 Prints one JSON line. --compare also runs the PyTorch baseline (benchmarks/torch_step.py, in a subprocess so the
-two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`. Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
+two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`.
+Random uint8 images stand in for CIFAR-10 unless --data-dir is given (the step's cost
 does not depend on the pixel values).
 """
 from __future__ import annotations

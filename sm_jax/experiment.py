@@ -132,7 +132,8 @@ class Run:
             return state, partitions
         _, meta = ckpt.read_meta(step)
         if meta.get("identity") != json.loads(json.dumps(self.cfg.identity())):
-            raise RunError(f"{self.workdir} holds another run ({_diff(meta.get('identity', {}), self.cfg.identity())}); "
+            diff = _diff(meta.get("identity", {}), self.cfg.identity())
+            raise RunError(f"{self.workdir} holds another run ({diff}); "
                            "use a new --workdir or the same settings")
         state, partitions = self.restore(ckpt, step, state, partitions)
         self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")

@@ -20,9 +20,10 @@ def tiny_data() -> Dataset:
     """3 classes x 16 train / 4 test random images: enough for every code path at tiny cost."""
     rng = np.random.default_rng(0)
     c, n, nt = 3, 16, 4
-    return Dataset(rng.integers(0, 256, (c * n, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(c), n).astype(np.int32),
-                   rng.integers(0, 256, (c * nt, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(c), nt).astype(np.int32),
-                   ("a", "b", "c"), "tiny")
+    train_x = rng.integers(0, 256, (c * n, 32, 32, 3), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (c * nt, 32, 32, 3), dtype=np.uint8)
+    return Dataset(train_x, np.repeat(np.arange(c), n).astype(np.int32), test_x,
+                   np.repeat(np.arange(c), nt).astype(np.int32), ("a", "b", "c"), "tiny")
 
 
 @pytest.fixture(scope="session")

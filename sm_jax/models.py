@@ -198,6 +198,11 @@ _conv_small = _custom_conv(conv3x3_xla, conv3x3_xla, _patches_weight_grad)
 _conv_wino = _custom_conv(conv3x3_winograd, conv3x3_winograd, _wino_weight_grad)
 
 
+# Below this many input channels (the RGB layer), Winograd's transforms cost more than they save, and an instance
+# norm after the convolution is cheaper computed from the input's patches (conv3x3_instancenorm).
+FEW_CHANNELS = 16
+
+
 def conv3x3_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """3x3 SAME convolution in the form XLA:CPU runs fastest, forward and twice backward.
 
@@ -206,7 +211,7 @@ def conv3x3_fast(x: jax.Array, kernel: jax.Array) -> jax.Array:
     never goes through XLA's own convolution-gradient form, which is several times slower on CPU, more so
     differentiated again.
     """
-    if x.shape[-1] < 16 or x.shape[1] % 2 or x.shape[2] % 2:
+    if x.shape[-1] < FEW_CHANNELS or x.shape[1] % 2 or x.shape[2] % 2:
         return _conv_small(x, kernel)
     return _conv_wino(x, kernel)
 
@@ -312,7 +317,7 @@ class ConvNet(nn.Module):
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         for i in range(self.depth):
             conv = Conv3x3(self.width, self.conv_impl, name=f"conv{i}")
-            if self.norm == "instancenorm" and self.conv_impl == "fast" and x.shape[-1] < 16:
+            if self.norm == "instancenorm" and self.conv_impl == "fast" and x.shape[-1] < FEW_CHANNELS:
                 # The RGB layer: convolution and norm in one (conv3x3_instancenorm); the conv bias cancels there.
                 x = InstanceNorm(1e-5, name=f"norm{i}")(x, conv(x, apply=False)[0])
             else:

@@ -15,8 +15,10 @@ class CheckpointError(Exception):
 class Checkpointer:
     """A CheckpointManager under <workdir>/checkpoints with two items: 'state' (arrays) and 'meta' (JSON).
 
-    Saves are synchronous and orbax finalises each step by an atomic rename, so a process killed at any
-    moment leaves only complete checkpoints (an unfinished temporary directory is ignored).
+    Saves are asynchronous: `save` returns once orbax holds the arrays and writes them in a background thread
+    (callers pass host copies, which nothing mutates afterwards); `wait` and `close` block until it is done.
+    Orbax finalises each step by an atomic rename, so a process killed at any moment leaves only complete
+    checkpoints (an unfinished temporary directory is ignored).
     """
 
     def __init__(self, workdir: str | Path, max_to_keep: int = 2, create: bool = True):
@@ -26,7 +28,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                                 enable_async_checkpointing=False))
+                                                 enable_async_checkpointing=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -35,11 +37,15 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Writes (state pytree, meta dict) as checkpoint `step`, replacing an existing one of that step."""
+        """Starts writing (state pytree, meta dict) as checkpoint `step`, replacing an existing one of that step."""
+        self.manager.wait_until_finished()  # one save at a time
         if step in self.manager.all_steps():
             self.manager.delete(step)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
+
+    def wait(self) -> None:
+        """Blocks until the save in flight (if any) is on disk."""
         self.manager.wait_until_finished()
 
     def read_meta(self, step: int | None = None) -> tuple[int, dict]:

@@ -3,14 +3,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
-from sm_jax.config import METHODS, PRESETS, make_config
+from sm_jax.config import AUTO_CHUNK, METHODS, PRESETS, make_config
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit 2, like the other user errors
         self.exit(2, f"error: {message}\n")
+
+
+def class_chunk(text: str) -> int:
+    """argparse type of --class-chunk: 'auto' or an integer."""
+    if text == "auto":
+        return AUTO_CHUNK
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
 
 
 def condense_parser() -> argparse.ArgumentParser:
@@ -19,7 +30,8 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--ipc", type=int, required=True, help="stored images per class")
     p.add_argument("--preset", default="paper", help=f"budget preset: {', '.join(PRESETS)} (default paper)")
-    p.add_argument("--subset-k", type=int, default=2, help="subsets per class K (1 = the base method; default 2)")
+    p.add_argument("--subset-k", type=int, help="subsets per class K (1 = the base method; default 2 where 2 divides "
+                   "the per-class synthetic count, else 1)")
     p.add_argument("--subset-lambda", type=float, help="lambda_0 of the subset term (default 1.0)")
     p.add_argument("--subset-only", action="store_true", help="optimise the subset term alone")
     p.add_argument("--subset-batch-real", type=int, help="real images per subset term (default: --batch-real)")
@@ -32,9 +44,18 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-models", type=int)
     p.add_argument("--eval-every", type=int, help="evaluate every N iterations (0 = only at the end)")
     p.add_argument("--eval-parallel", type=int, help="evaluation networks trained together (vmapped)")
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--class-chunk", type=int, help="classes matched per vmapped program; lower = less memory "
-                   "(0 = all classes at once, the default)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N iterations")
+    p.add_argument("--checkpoint-minutes", type=float, help="also checkpoint when N minutes passed since the last "
+                   "save (default 5; 0 = off)")
+    p.add_argument("--stop-grace", type=float, help="on SIGTERM / Ctrl-C, seconds to wait for the iteration in flight "
+                   "before saving the last finished one (default 20; SLURM's default grace is 30)")
+    p.add_argument("--log-every", type=float, help="seconds between progress lines when the output is not a "
+                   "terminal (default 30)")
+    p.add_argument("--class-chunk", type=class_chunk, help="classes matched per vmapped program; lower = less "
+                   "memory (0 = all classes at once; default auto: 1 on CPU, the fastest there, and on GPU/TPU the "
+                   "largest chunk predicted to fit the device's memory)")
+    p.add_argument("--precision", help="float32 matmul/convolution precision on GPU/TPU: float32 (default: "
+                   "faithful, see README), tensorfloat32 or bfloat16 (faster); no effect on CPU")
     p.add_argument("--devices", type=int, help="shard the class axis and the evaluation networks over N devices "
                    "(0 = all; default 1)")
     p.add_argument("--holdout", type=int, help="hold N training images per class out and evaluate on them "
@@ -47,34 +68,51 @@ def condense_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm")
     p.add_argument("--conv-impl", help="ConvNet convolution: auto (default: fast on CPU, xla on GPU/TPU), fast, "
                    "patches, winograd or xla; all give the same network up to float rounding")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     return p
 
 
 def config_from_args(args: argparse.Namespace):
-    workdir = args.workdir or f"runs/{args.method}_ipc{args.ipc}_k{args.subset_k}_s{args.seed}"
-    return make_config(args.method, args.ipc, args.preset, subset_k=args.subset_k, subset_lambda=args.subset_lambda,
+    """The run's Config; the default workdir is runs/<method>_ipc<N>_k<K>_s<seed> with K as resolved."""
+    cfg = make_config(args.method, args.ipc, args.preset, subset_k=args.subset_k, subset_lambda=args.subset_lambda,
                        subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
                        iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                        batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
                        eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
                        checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices,
-                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir, workdir=workdir,
-                       seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
+                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir,
+                       precision=args.precision, checkpoint_minutes=args.checkpoint_minutes, stop_grace=args.stop_grace,
+                       log_every=args.log_every, seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
+    return cfg.replace(workdir=args.workdir or f"runs/{cfg.method}_ipc{cfg.ipc}_k{cfg.subset_k}_s{cfg.seed}")
 
 
 def _guard(fn):
-    """Runs fn(); user errors become one line on stderr and exit code 2; Ctrl-C exits 130 after saving."""
+    """Runs fn() with the exit codes of `sm_jax.lifecycle`: user errors and divergence become one `error:` line
+    (2, 3); a stop on SIGINT / SIGTERM exits 130 / 143 after the run saved its checkpoint."""
+    import os
+
+    from sm_jax import lifecycle
     from sm_jax.experiment import USER_ERRORS, RunError, enable_compilation_cache
 
+    # a batch job's log is a file: print each line when it is written, not when a buffer fills
+    sys.stdout.reconfigure(line_buffering=True)
     enable_compilation_cache()
     try:
         return fn()
     except (*USER_ERRORS, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(lifecycle.EXIT_USER_ERROR)
+    except lifecycle.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(lifecycle.EXIT_DIVERGED)
+    except lifecycle.Stopped as e:
+        print(e, flush=True)
+        if e.abandoned:  # an iteration still runs on the device: end now, the checkpoint is written and closed
+            sys.stderr.flush()
+            os._exit(e.code)
+        sys.exit(e.code)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(lifecycle.exit_code(signal.SIGINT))
 
 
 def condense_main(argv=None) -> None:
@@ -84,6 +122,9 @@ def condense_main(argv=None) -> None:
         from sm_jax.experiment import Run
 
         cfg = config_from_args(args)
+        if args.subset_k is None and cfg.subset_k == 1:
+            print(f"note: --subset-k defaults to 1 (the base method) here: K = 2 does not divide the "
+                  f"{cfg.syn_per_class} synthetic images per class", file=sys.stderr)
         results = Run(cfg, progress=not args.no_progress).execute()
         summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations")}
         print(json.dumps({"workdir": cfg.workdir, **summary}))
@@ -99,7 +140,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-models", type=int)
     p.add_argument("--eval-epochs", type=int)
     p.add_argument("--data-dir", help="override the data source recorded in the checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-every", type=float, default=30.0,
+                   help="seconds between progress lines when the output is not a terminal (default 30)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     return p
 
 
@@ -114,7 +157,7 @@ def evaluate_main(argv=None) -> None:
         from sm_jax.experiment import evaluate_checkpoint
 
         out = evaluate_checkpoint(args.workdir, args.step, args.eval_models, args.eval_epochs, args.data_dir,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, log_every=args.log_every)
         print(json.dumps(out))
 
     _guard(go)

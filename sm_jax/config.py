@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 METHODS = ("dc", "dsa", "idc")
 PRESETS = ("paper", "cpu")
 CONV_IMPLS = ("auto", "fast", "patches", "winograd", "xla")  # auto + sorted(models.CONVS)
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # backend.PRECISIONS (the config stays free of jax)
+AUTO_CHUNK = -1  # class_chunk: backend.auto_class_chunk decides per device
 
 # DC/DSA (outer_loop, inner_loop) by ipc, from the official code.
 _DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -60,11 +63,15 @@ class Config:
     eval_batch: int = 256
     eval_lr: float = 0.01
     eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
-    class_chunk: int = 0  # classes matched per vmapped program (bounds memory); 0 = all classes at once
+    class_chunk: int = AUTO_CHUNK  # classes per vmapped program (bounds memory); 0 = all at once; -1 = auto
+    precision: str = "float32"  # fp32 matmul / convolution precision on GPU/TPU (see backend.py for why)
     devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
     holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
     # bookkeeping
     checkpoint_every: int = 100
+    checkpoint_minutes: float = 5.0  # also checkpoint when this much wall time passed since the last save; 0 = off
+    stop_grace: float = 20.0  # seconds a stopped run waits for the iteration in flight before saving the last one
+    log_every: float = 30.0  # seconds between progress lines when the output is not a terminal
     seed: int = 0
     data_dir: str | None = None
     workdir: str = "runs/default"
@@ -97,7 +104,8 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
         skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl"}
+                "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl", "checkpoint_minutes",
+                "stop_grace", "log_every", "precision"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -121,14 +129,20 @@ def cpu_preset(method: str, ipc: int) -> dict[str, Any]:
     p = paper_preset(method, ipc)
     if method in ("dc", "dsa"):
         p.update(iterations=6, outer_loop=min(p["outer_loop"], 3), inner_loop=min(p["inner_loop"], 5),
-                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2, class_chunk=1)
+                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2)
     else:
         p.update(iterations=4, outer_loop=8 if ipc < 10 else 6, inner_loop=3, batch_real=32,
-                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1, class_chunk=1)
+                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1)
     return p
 
 
 _PRESETS = {"paper": paper_preset, "cpu": cpu_preset}
+
+
+def default_subset_k(syn_per_class: int) -> int:
+    """K when none is given: 2 (the paper's) where 2 divides the per-class synthetic count, else 1 (the base
+    method): DC/DSA at odd ipc, e.g. the common first run at ipc 1."""
+    return 2 if syn_per_class % 2 == 0 else 1
 
 
 def make_config(method: str, ipc: int, preset: str = "paper", **overrides: Any) -> Config:
@@ -145,6 +159,7 @@ def make_config(method: str, ipc: int, preset: str = "paper", **overrides: Any) 
         raise ConfigError(f"--ipc must be a positive integer, got {ipc}")
     fields = dict(_PRESETS[preset](method, ipc), method=method, ipc=ipc, preset=preset)
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields.setdefault("subset_k", default_subset_k(ipc * fields.get("factor", 1) ** 2))
     cfg = Config(**fields)
     validate(cfg)
     return cfg
@@ -163,8 +178,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--subset-k {cfg.subset_k} does not divide the per-class synthetic count ({what})")
     if cfg.subset_only and cfg.subset_k < 2:
         raise ConfigError("--subset-only needs --subset-k >= 2")
+    for name in ("checkpoint_minutes", "stop_grace", "log_every"):
+        if not getattr(cfg, name) >= 0:  # also refuses nan
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
+        raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
     for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop", "holdout", "devices", "class_chunk"):
+                 "max_syn_per_class", "inner_loop", "holdout", "devices"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",
@@ -177,6 +197,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown init {cfg.init!r}; choose noise, real or idc")
     if cfg.norm not in ("instancenorm", "layernorm", "none"):
         raise ConfigError(f"unknown norm {cfg.norm!r}; choose instancenorm, layernorm or none")
+    if cfg.class_chunk < AUTO_CHUNK:
+        raise ConfigError(f"--class-chunk must be auto or >= 0, got {cfg.class_chunk}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if cfg.conv_impl not in CONV_IMPLS:
         raise ConfigError(f"unknown conv implementation {cfg.conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
     if cfg.factor > 1 and 32 % cfg.factor:

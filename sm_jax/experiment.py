@@ -13,15 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax import artifacts
+from sm_jax import artifacts, backend
 from sm_jax.checkpointing import Checkpointer, CheckpointError
-from sm_jax.config import Config, ConfigError, validate
+from sm_jax.config import AUTO_CHUNK, Config, ConfigError, validate
 from sm_jax.data import DataError, Dataset, load_cifar10
 from sm_jax.evaluation import evaluate_set
+from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
+from sm_jax.progress import Progress
 from sm_jax.sharding import ShardingError, check_divides, make_mesh, put
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ShardingError)
+EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
 
 
 class RunError(Exception):
@@ -51,13 +54,6 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def progress_bar(total: int, initial: int = 0, desc: str = ""):
-    """A tqdm bar with rate and ETA; silent when stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=None, dynamic_ncols=True, leave=False)
-
-
 def _state_tree(state: CondenseState, partitions, key: jax.Array) -> dict[str, Any]:
     # every random draw of iteration i is fold_in(key, i): the key data plus the iteration fix the rest of the run
     return {"images": state.images, "opt_state": state.opt_state, "iteration": state.iteration,
@@ -69,29 +65,23 @@ def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} (checkpoint) vs {b.get(k)!r} (now)" for k in keys[:4])
 
 
-class _DeferredInterrupt:
-    """Turns the first Ctrl-C into a flag checked between iterations (so the state, the iteration count and
-    metrics.jsonl stay consistent); a second Ctrl-C interrupts at once."""
+def _host(tree: Any) -> Any:
+    """A host (numpy) copy of a pytree of device arrays; on several hosts each gathers the whole arrays."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+        return jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), tree)
+    return jax.device_get(tree)
 
-    def _handler(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
 
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+def _check_finite(it: int, metrics: dict, last_saved: int | None, workdir: Path) -> None:
+    """Raises Diverged naming iteration `it` when a loss or the image gradient is not finite."""
+    bad = {k: v for k, v in metrics.items() if k in ("loss_all", "loss_subset", "grad_norm") and not np.isfinite(v)}
+    if bad:
+        what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        kept = f"the last good checkpoint is iteration {last_saved} in {workdir}" if last_saved is not None else \
+            "no checkpoint was kept"
+        raise Diverged(f"diverged at iteration {it}: {what}; {kept} (a smaller --lr-img may help)")
 
 
 class Run:
@@ -110,6 +100,7 @@ class Run:
             raise DataError("the dataset needs at least 2 classes")
         self.mesh = make_mesh(cfg.devices)
         check_divides(self.mesh, self.data.num_classes, "the number of classes")
+        backend.apply_precision(cfg.precision)
         self.method = make_method(cfg, self.data.num_classes, self.mesh)
         self.key = jax.random.key(cfg.seed)
 
@@ -128,7 +119,8 @@ class Run:
         state, partitions = self.fresh()
         step = ckpt.latest_step()
         if step is None:
-            ckpt.save(0, _state_tree(state, partitions, self.key), self.meta(0))
+            ckpt.save(0, _state_tree(_host(state), partitions, self.key), self.meta(0))
+            ckpt.wait()
             return state, partitions
         _, meta = ckpt.read_meta(step)
         if meta.get("identity") != json.loads(json.dumps(self.cfg.identity())):
@@ -149,29 +141,75 @@ class Run:
         return state, (np.asarray(tree["real_part"]), np.asarray(tree["syn_part"]))
 
     # --- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None) -> dict:
+    def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None,
+                 stop: StopSignals | None = None) -> dict:
+        """The method's evaluation of `state`'s synthetic set; raises _EvalStopped between networks once `stop`
+        is requested."""
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
         if models == 0:
             return {"accuracies": [], "accuracy_mean": None, "accuracy_std": None}
-        bar = progress_bar(models, desc="evaluate") if self.progress else None
+        bar = Progress(models, desc=f"evaluate iteration {int(state.iteration)}: network", unit="net",
+                       enabled=self.progress, every=cfg.log_every)
+
+        def progress(done: int) -> None:
+            bar.update(done)
+            if stop is not None and stop.requested:
+                raise _EvalStopped
+
         t0 = time.time()
-        accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
-                            jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration)), models,
-                            epochs=epochs, parallel=cfg.eval_parallel,
-                            progress=(lambda k: bar.update(k - bar.n)) if bar else None, mesh=self.mesh)
-        if bar:
+        try:
+            accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
+                                jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration)), models,
+                                epochs=epochs, parallel=cfg.eval_parallel, progress=progress, mesh=self.mesh)
+        finally:
             bar.close()
         return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
                 "eval_epochs": cfg.eval_epochs if epochs is None else epochs, "eval_models": models,
                 "eval_seconds": time.time() - t0}
 
+    def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
+        it = int(state.iteration)
+        ev = self.evaluate(state, stop=stop)
+        metrics_log.write({"iteration": it, "eval": ev})
+        self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
+
+    def _eval_pending(self, it: int) -> bool:
+        """Whether the periodic evaluation due at iteration `it` has no line in metrics.jsonl (a run stopped during
+        it: the resumed run does it first)."""
+        cfg = self.cfg
+        if not (cfg.eval_every and 0 < it < cfg.iterations and it % cfg.eval_every == 0):
+            return False
+        records = artifacts.read_metrics(self.workdir / "metrics.jsonl")
+        return not any(r.get("iteration") == it and "eval" in r for r in records)
+
+    def _fit_class_chunk(self, state: CondenseState, ctx):
+        """The method with the largest class chunk whose iteration is predicted to fit the device's memory."""
+        def compile_with(chunk: int):
+            method = make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
+            return jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
+
+        chunk = backend.auto_class_chunk(self.data.num_classes, compile_with, log=self.log)
+        return make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
+
     # --- the run -------------------------------------------------------------------------------------------
     def execute(self) -> dict:
-        """Condenses up to cfg.iterations (resuming), checkpoints, evaluates, writes artifacts; returns results."""
-        cfg = self.cfg
+        """Condenses up to cfg.iterations (resuming), checkpoints, evaluates, writes artifacts; returns results.
+
+        Raises:
+          Stopped: after SIGINT / SIGTERM, once a checkpoint a rerun resumes from is saved.
+          Diverged: at a non-finite loss or image gradient; the last good checkpoint is kept.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(self.workdir)
+        try:
+            with StopSignals() as stop:
+                return self._execute(ckpt, stop)
+        finally:
+            ckpt.close()  # waits for an asynchronous save in flight
+
+    def _execute(self, ckpt: Checkpointer, stop: StopSignals) -> dict:
+        cfg = self.cfg
         state, partitions = self.load_or_init(ckpt)
         (self.workdir / "config.json").write_text(cfg.to_json())
         start = int(state.iteration)
@@ -185,51 +223,70 @@ class Run:
         ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
         state = CondenseState(put(state.images, self.mesh, True), put(state.opt_state, self.mesh, True),
                               state.iteration)
+        if cfg.class_chunk == AUTO_CHUNK and self.mesh is None and jax.default_backend() != "cpu":
+            self.method = self._fit_class_chunk(state, ctx)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0)
-        bar = progress_bar(cfg.iterations, start, f"{cfg.method} ipc{cfg.ipc}") if self.progress else None
-        it = start
-        t_run = time.time()
-        try:
-            with _DeferredInterrupt() as interrupt:
-                while it < cfg.iterations:
-                    if interrupt.requested:
-                        raise KeyboardInterrupt
-                    t0 = time.time()
-                    state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))
-                    metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
-                    it += 1
-                    metrics_log.write({"iteration": it, **metrics, "seconds": time.time() - t0,
-                                       "wall_time": time.time() - t_run})
-                    if bar:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{metrics['loss_all'] + metrics['lambda'] * metrics['loss_subset']:.3g}")
-                    if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < cfg.iterations:
-                        ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
-                    if cfg.eval_every and it % cfg.eval_every == 0 and it < cfg.iterations:
-                        ev = self.evaluate(state)
-                        metrics_log.write({"iteration": it, "eval": ev})
-                        self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
-                if interrupt.requested:  # Ctrl-C during the last iteration: stop before the evaluation
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            if bar:
-                bar.close()
-            ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
-            self.log(f"interrupted: saved a checkpoint at iteration {it} in {self.workdir}; rerun to resume")
-            raise
-        if bar:
-            bar.close()
-        condense_seconds = time.time() - t_run
-        if it not in ckpt.all_steps():
-            ckpt.save(it, _state_tree(state, partitions, self.key), self.meta(it))
-        ckpt.close()
-        images = state.images
-        if jax.process_count() > 1:  # several hosts: each holds only its classes' shards
-            from jax.experimental import multihost_utils
+        # `last` is the newest finished state, copied to the host before the next iteration donates its buffers:
+        # checkpoints are written from it (asynchronously), and a stop saves it without waiting for the device
+        last, it, saved, t_saved = _host(state), start, ckpt.latest_step(), time.time()
 
-            images = multihost_utils.process_allgather(images, tiled=True)
-        artifacts.save_synthetic(self.workdir, self.method, images, self.data.class_names)
-        ev = self.evaluate(state)
+        def save() -> None:
+            nonlocal saved, t_saved
+            if saved != it:
+                ckpt.save(it, _state_tree(last, partitions, self.key), self.meta(it))
+                saved, t_saved = it, time.time()
+
+        bar = Progress(cfg.iterations, start, f"{cfg.method} ipc{cfg.ipc} iteration", enabled=self.progress,
+                       every=cfg.log_every)
+        waiter, abandoned, warned, t_run = Waiter(), False, False, time.time()
+        try:
+            if self._eval_pending(start):
+                self._evaluate_and_log(state, metrics_log, stop)
+            while it < cfg.iterations and not stop.requested:
+                t0 = time.time()
+                state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))  # dispatched asynchronously
+                if not waiter.wait(metrics, stop, cfg.stop_grace):
+                    abandoned = True  # stopped, and the iteration in flight would not end within the grace period
+                    break
+                metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
+                _check_finite(it + 1, metrics, saved, self.workdir)
+                it += 1
+                last = _host(state)
+                peak = float(np.abs(last.images).max())
+                if peak > EXPLODED and not warned:  # finite but far outside the data: the loss may not show it
+                    warned = True
+                    self.log(f"warning: iteration {it}: synthetic pixels reach |x| = {peak:.3g} (real images lie "
+                             f"within about 3 in these units): --lr-img {cfg.lr_img:g} may be too large")
+                metrics_log.write({"iteration": it, **metrics, "seconds": time.time() - t0,
+                                   "wall_time": time.time() - t_run})
+                bar.update(it, **{k: metrics[k] for k in ("loss_all", "loss_subset", "lambda")})
+                evaluate_now = cfg.eval_every and it % cfg.eval_every == 0
+                if it < cfg.iterations and (evaluate_now or (cfg.checkpoint_every and it % cfg.checkpoint_every == 0)
+                                            or (cfg.checkpoint_minutes
+                                                and time.time() - t_saved >= 60 * cfg.checkpoint_minutes)):
+                    save()  # before an evaluation too: a stop during it then loses nothing
+                if evaluate_now and it < cfg.iterations:
+                    self._evaluate_and_log(state, metrics_log, stop)
+        except _EvalStopped:
+            pass
+        finally:
+            bar.close()
+            waiter.close()
+        if stop.requested:
+            save()
+            ckpt.wait()
+            dropped = " (the iteration in flight was dropped)" if abandoned else ""
+            raise Stopped(stop.signum, f"stopped by {stop.name}: saved a checkpoint at iteration {it} in "
+                          f"{self.workdir}{dropped}; rerun the same command to resume", abandoned)
+        condense_seconds = time.time() - t_run
+        save()
+        ckpt.wait()
+        artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names)
+        try:
+            ev = self.evaluate(state, stop=stop)
+        except _EvalStopped:
+            raise Stopped(stop.signum, f"stopped by {stop.name} during the final evaluation; the condensed set is "
+                          f"saved (iteration {it}); rerun the same command to evaluate it") from None
         if ev["accuracy_mean"] is not None:
             metrics_log.write({"iteration": it, "eval": ev})
         results = {**ev, "iterations": it, "condense_seconds_this_sitting": condense_seconds,
@@ -242,10 +299,18 @@ class Run:
         return results
 
 
+class _EvalStopped(Exception):
+    """A stop requested during an evaluation (raised between networks)."""
+
+
 def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: int | None = None,
                         epochs: int | None = None, data_dir: str | None = None, progress: bool = True,
-                        log=print) -> dict:
-    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation."""
+                        log=print, log_every: float | None = None) -> dict:
+    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation.
+
+    Raises:
+      Stopped: on SIGINT / SIGTERM (between networks; nothing is written).
+    """
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise CheckpointError(f"{workdir} is not a directory")
@@ -256,10 +321,16 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
     cfg = Config.from_dict(meta["config"])
     if data_dir is not None:
         cfg = cfg.replace(data_dir=data_dir)
+    if log_every is not None:
+        cfg = cfg.replace(log_every=log_every)
     run = Run(cfg, progress=progress, log=log)
     state, _ = run.restore(ckpt, step, *run.fresh())
     ckpt.close()
-    ev = run.evaluate(state, models, epochs)
+    with StopSignals() as stop:
+        try:
+            ev = run.evaluate(state, models, epochs, stop=stop)
+        except _EvalStopped:
+            raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     out = {**ev, "step": step, "workdir": str(workdir), "method": cfg.method, "ipc": cfg.ipc}
     artifacts.write_json(workdir / f"eval_step{step}.json", out)
     return out

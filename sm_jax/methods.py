@@ -15,7 +15,8 @@ import optax
 
 from sm_jax import augmentation as aug
 from sm_jax import sharding
-from sm_jax.config import Config, ConfigError
+from sm_jax.backend import CPU_CLASS_CHUNK
+from sm_jax.config import AUTO_CHUNK, Config, ConfigError
 from sm_jax.data import Dataset
 from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
 from sm_jax.models import denormalize, init_params, make_model, normalize
@@ -365,5 +366,11 @@ METHODS: dict[str, type[GradientMatching]] = {"dc": GradientMatching, "dsa": DSA
 
 
 def make_method(cfg: Config, num_classes: int = 10, mesh=None) -> GradientMatching:
-    """The method named by cfg.method; `mesh` shards its class axis (see sharding.py)."""
+    """The method named by cfg.method; `mesh` shards its class axis (see sharding.py).
+
+    `class_chunk` auto becomes backend.CPU_CLASS_CHUNK on CPU and all classes elsewhere; `Run` resolves it by the
+    device's memory first (backend.auto_class_chunk).
+    """
+    if cfg.class_chunk == AUTO_CHUNK:
+        cfg = cfg.replace(class_chunk=CPU_CLASS_CHUNK if jax.default_backend() == "cpu" else 0)
     return METHODS[cfg.method](cfg, num_classes, mesh)

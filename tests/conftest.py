@@ -4,6 +4,8 @@ import os
 # results' semantics) are turned down to halve it. Subprocesses started by the tests inherit these flags.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the library's default (Config.precision): on a GPU the tolerances of the equivalence tests assume full float32
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
 
 from pathlib import Path  # noqa: E402
 

@@ -104,7 +104,7 @@ def test_sigint_and_sigkill_resume_bit_identical(env, tiny_archive, finished, tm
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: saved a checkpoint at iteration" in out
+    assert "stopped by SIGINT: saved a checkpoint at iteration" in out
     saved = int(out.split("saved a checkpoint at iteration")[1].split()[0])
     assert (wd / "checkpoints" / str(saved)).is_dir()
     proc = popen(env, *args)  # resumes, then is killed without warning after a later checkpoint
@@ -178,3 +178,114 @@ def test_iterations_zero_evaluates_the_initial_set(env, tiny_archive, tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["iterations"] == 0 and len(out["accuracies"]) == 1
     assert [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()] == ["0"]
+
+
+def read_until(proc, pattern, timeout=300):
+    """Lines of proc's stdout up to the first holding `pattern`, read while the process runs."""
+    import selectors
+
+    lines, t0, sel = [], time.time(), selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while time.time() - t0 < timeout:
+        if sel.select(timeout=1):
+            line = proc.stdout.readline()
+            assert line, ("the run ended first", lines, proc.communicate())
+            lines.append(line)
+            if pattern in line:
+                return lines
+    raise AssertionError(f"no line with {pattern!r} within {timeout} s: {lines}")
+
+
+def metric_iterations(wd):
+    path = wd / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(ln)["iteration"] for ln in lines if "loss_all" in ln]
+
+
+def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env, tiny_archive, finished, tmp_path):
+    """A batch job: output to a pipe shows progress lines as the run goes; SIGTERM to the job script (SLURM's
+    --signal=B:TERM) makes the run save and exit 143, and the script requeue the job; the rerun ends bit-identical."""
+    ref, _ = finished
+    wd = tmp_path / "slurm"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    job_env = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "SLURM_JOB_ID": "4242"}
+    args = [a for a in TINY if a != "--no-progress"] + [
+        "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3, "--eval-models", 0,
+        "--log-every", 0]
+    proc = subprocess.Popen(["bash", "experiments/slurm.sbatch", *map(str, args)], cwd=ROOT, env=job_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = read_until(proc, "iteration 4/12")  # progress reaches the pipe while the run is going
+    assert any(ln.startswith("dc ipc2 iteration 1/12 | loss_all ") and "elapsed" in ln for ln in seen), seen
+    assert any("s/it" in ln and "ETA" in ln for ln in seen), seen
+    proc.send_signal(signal.SIGTERM)  # to the job script only, as --signal=B:TERM does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM: saved a checkpoint at iteration" in out, out
+    saved = int(out.split("saved a checkpoint at iteration")[1].split()[0])
+    assert saved >= 4 and (wd / "checkpoints" / str(saved)).is_dir()
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    assert metric_iterations(wd) == list(range(1, saved + 1))
+    res = cli(env, *args)  # the requeued job: the same command
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed {wd} at iteration {saved}" in res.stdout
+    np.testing.assert_array_equal(np.load(ref / "synthetic.npz")["images"], np.load(wd / "synthetic.npz")["images"])
+    assert metric_iterations(wd) == list(range(1, 13))  # no metrics line lost or doubled
+
+
+def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tiny_archive, tmp_path):
+    """With iterations longer than --stop-grace, a stop saves the last finished iteration without waiting for the
+    one in flight; resuming still gives the uninterrupted run's set."""
+    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 16, "--iterations", 3, "--checkpoint-every", 10,
+            "--eval-models", 0, "--stop-grace", 0]
+    ref = cli(env, *args, "--workdir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    seconds = [json.loads(ln)["seconds"] for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert min(seconds[1:]) > 1.0, seconds  # each iteration is long enough to be cut
+    wd = tmp_path / "cut"
+    proc = popen(env, *args, "--workdir", wd)
+    while not (wd / "metrics.jsonl").exists() or not metric_iterations(wd):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside iteration 2
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    # waiting for iteration 2 would have saved 2
+    assert "stopped by SIGTERM: saved a checkpoint at iteration 1 " in out, out
+    assert "the iteration in flight was dropped" in out
+    assert metric_iterations(wd) == [1]
+    res = cli(env, *args, "--workdir", wd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "ref" / "synthetic.npz")["images"],
+                                  np.load(wd / "synthetic.npz")["images"])
+    assert metric_iterations(wd) == [1, 2, 3]
+
+
+def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint(env, tiny_archive, tmp_path):
+    wd = tmp_path / "diverged"
+    res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 6, "--checkpoint-every", 1,
+              "--lr-img", 1e30)  # finite, but the next forward pass overflows
+    assert res.returncode == 3, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "diverged at iteration" in err[0] and "not finite" not in err[0], res.stderr
+    bad = int(err[0].split("diverged at iteration")[1].split(":")[0])
+    good = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert good and max(good) == bad - 1, (good, bad)  # every finished iteration was good and saved
+    assert f"the last good checkpoint is iteration {bad - 1}" in err[0]
+    assert metric_iterations(wd) == list(range(1, bad))  # the diverged iteration is not logged
+    ev = cli(env, "--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--no-progress",
+             module="experiments.evaluate")
+    assert ev.returncode == 0, ev.stderr[-2000:]  # the kept checkpoint restores
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["step"] == bad - 1
+
+
+def test_subset_k_defaults_to_1_where_2_does_not_divide(env, tiny_archive, tmp_path):
+    res = cli(env, "--method", "dc", "--ipc", 1, "--preset", "cpu", "--batch-real", 4, "--data-dir", tiny_archive,
+              "--iterations", 0, "--eval-models", 0, "--no-progress", "--workdir", tmp_path / "k")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "note: --subset-k defaults to 1" in res.stderr
+    assert json.loads((tmp_path / "k" / "config.json").read_text())["subset_k"] == 1

@@ -1,6 +1,6 @@
 """Evaluation throughput: N networks trained on a synthetic set one after another vs vmapped in one program.
 
-python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20]
+python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32] [--width 128]
 
 Prints one JSON line with model-epochs per second for both forms, their ratio (vmapped / sequential), and the
 flops of one model-epoch (XLA's cost analysis) with the GFLOP/s each form reaches.
@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from sm_jax.backend import apply_precision
 from sm_jax.config import make_config
 from sm_jax.evaluation import train_network
 from sm_jax.methods import make_method
@@ -25,8 +26,11 @@ def main(argv=None) -> dict:
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--models", type=int, default=10)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--precision", default="float32", help="float32 or tensorfloat32 (GPU)")
+    p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers'; smaller for smoke runs)")
     args = p.parse_args(argv)
-    cfg = make_config(args.method, args.ipc, "paper", subset_k=1)
+    cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width)
+    apply_precision(cfg.precision)
     method = make_method(cfg)
     proto = method.eval_protocol(args.epochs)
     n = cfg.syn_per_class * 10
@@ -58,9 +62,10 @@ def main(argv=None) -> dict:
            "vmapped_over_sequential": seq / vm, "sequential_seconds": seq, "vmapped_seconds": vm,
            "flops_per_model_epoch": flops, "sequential_gflops_per_second": flops * work / seq / 1e9,
            "vmapped_gflops_per_second": flops * work / vm / 1e9,
-           "device": str(jax.devices()[0].device_kind),
+           "device": str(jax.devices()[0].device_kind), "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
-                      "epochs": args.epochs, "conv_impl": method.model.conv_impl}}
+                      "epochs": args.epochs, "conv_impl": method.model.conv_impl,
+                      "width": cfg.width}}
     print(json.dumps(out))
     return out
 

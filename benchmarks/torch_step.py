@@ -44,16 +44,17 @@ class ConvNet(nn.Module):
 
 # --- siamese differentiable augmentation (one draw, applied to both batches) -----------------------------------
 def _affine(x, theta):
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=True)
+    grid = F.affine_grid(theta.to(x.device).expand(x.shape[0], 2, 3), list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
 
 
 def _color(x, g):
-    x = x + (torch.rand(1, generator=g) - 0.5)
+    # parameters drawn on the host (a CPU generator, as the official code's), applied as Python scalars
+    x = x + (float(torch.rand(1, generator=g)) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (torch.rand(1, generator=g) * 2.0) + mean
+    x = (x - mean) * (float(torch.rand(1, generator=g)) * 2.0) + mean
     mean = x.mean(dim=[1, 2, 3], keepdim=True)
-    return (x - mean) * (torch.rand(1, generator=g) + 0.5) + mean
+    return (x - mean) * (float(torch.rand(1, generator=g)) + 0.5) + mean
 
 
 def _crop(x, g):
@@ -64,7 +65,7 @@ def _crop(x, g):
 
 def _cutout(x, g):
     cy, cx = (int(v) for v in torch.randint(0, 32, (2,), generator=g))
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(32, device=x.device), torch.arange(32, device=x.device), indexing="ij")
     mask = ((yy - cy).abs() >= 8) | ((xx - cx).abs() >= 8)
     return x * mask.to(x.dtype)
 
@@ -129,18 +130,19 @@ class Step:
     """The state of a benchmark: data, network, synthetic set, optimiser and the fixed subsets."""
 
     def __init__(self, method, ipc, batch_real, subset_k=1, subset_batch_real=0, classes=10, per_class=5000,
-                 seed=0):
+                 seed=0, width=128, device="cpu"):
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.method, self.ipc, self.k, self.classes = method, ipc, subset_k, classes
         self.batch_real, self.sub_real = batch_real, subset_batch_real or batch_real
         self.factor = 2 if method == "idc" else 1
         self.cap = 128 if method == "idc" else 0
         g = torch.Generator().manual_seed(seed)
         self.real = ((torch.randint(0, 256, (classes, per_class, 3, 32, 32), generator=g, dtype=torch.uint8)
-                      .float() / 255 - MEAN) / STD)
-        self.net = ConvNet(classes)
+                      .float() / 255 - MEAN) / STD).to(self.device)
+        self.net = ConvNet(classes, width).to(self.device)
         self.params = list(self.net.parameters())
-        self.images = torch.randn(classes * ipc, 3, 32, 32, requires_grad=True)
+        self.images = torch.randn(classes * ipc, 3, 32, 32, device=self.device, requires_grad=True)
         self.opt = torch.optim.SGD([self.images], lr=0.1, momentum=0.5)
         self.dist = mse_distance if method == "idc" else cosine_distance
         self.policy = POLICIES[method]
@@ -153,8 +155,8 @@ class Step:
         self.seed += 1
         if self.policy:
             real, syn = siamese(self.policy, self.seed, real, syn)
-        lab_r = torch.full((real.shape[0],), label, dtype=torch.long)
-        lab_s = torch.full((syn.shape[0],), label, dtype=torch.long)
+        lab_r = torch.full((real.shape[0],), label, dtype=torch.long, device=self.device)
+        lab_s = torch.full((syn.shape[0],), label, dtype=torch.long, device=self.device)
         gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(self.net(real), lab_r), self.params)]
         gw_syn = torch.autograd.grad(F.cross_entropy(self.net(syn), lab_s), self.params, create_graph=True)
         return self.dist(gw_syn, gw_real)
@@ -162,7 +164,7 @@ class Step:
     def class_loss(self, c, lam):
         syn = self.images[c * self.ipc:(c + 1) * self.ipc]
         if self.method == "idc":
-            syn = (decode(syn.clamp(0, 1), self.factor) - MEAN) / STD
+            syn = (decode(syn.clamp(0, 1), self.factor) - MEAN.to(self.device)) / STD.to(self.device)
         sel = syn[torch.randperm(syn.shape[0])[:self.cap]] if self.cap and syn.shape[0] > self.cap else syn
         real = self.real[c, torch.randperm(self.real.shape[1])[:self.batch_real]]
         loss = self.term(real, sel, c)
@@ -195,23 +197,44 @@ def main(argv=None) -> dict:
     p.add_argument("--subset-batch-real", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="float32", choices=("float32", "tensorfloat32"),
+                   help="CUDA: float32 turns TF32 off for matmuls and cuDNN convolutions, tensorfloat32 on")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=5000, help="random real images per class")
+    p.add_argument("--width", type=int, default=128)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tf32 = args.precision == "tensorfloat32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape: the fair speed setting
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     batch_real = args.batch_real or (64 if args.method == "idc" else 256)
-    step = Step(args.method, args.ipc, batch_real, args.subset_k, args.subset_batch_real)
+    step = Step(args.method, args.ipc, batch_real, args.subset_k, args.subset_batch_real, args.classes,
+                args.per_class, width=args.width, device=args.device)
     step()  # warm-up
+    sync()
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     out = {"step_seconds_median": med, "step_seconds_min": float(min(times)),
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": "cpu",
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "device": torch.cuda.get_device_name() if cuda else "cpu",
            "backend": f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+           "precision": args.precision if cuda else "float32",
            "config": {"method": args.method, "ipc": args.ipc, "batch_real": batch_real, "subset_k": args.subset_k,
-                      "subset_batch_real": args.subset_batch_real or batch_real, "classes": step.classes}}
+                      "subset_batch_real": args.subset_batch_real or batch_real, "classes": step.classes,
+                      "width": args.width}}
+    if cuda:
+        out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
     return out
 

@@ -37,10 +37,12 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     """
     tx_ = normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
     ty_ = jnp.asarray(test_y, jnp.int32)
-    def one(x, y, key):
-        return accuracy(method.apply_fn, train_network(method, proto, x, y, key), tx_, ty_)
 
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    @jax.jit
+    def run(x, y, keys, tx, ty):  # the test set is an argument: as a closed-over constant XLA folds it (slowly)
+        return jax.vmap(lambda k: accuracy(method.apply_fn, train_network(method, proto, x, y, k), tx, ty))(keys)
+
+    return lambda x, y, keys: run(x, y, keys, tx_, ty_)
 
 
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,

@@ -136,8 +136,11 @@ class Run:
         tree = ckpt.restore(step, _state_tree(state, partitions, self.key))
         if not np.array_equal(np.asarray(tree["key"]), np.asarray(jax.random.key_data(self.key))):
             raise RunError(f"{self.workdir}: the checkpoint's PRNG key differs from seed {self.cfg.seed}'s")
-        state = CondenseState(jnp.asarray(tree["images"]), jax.tree.map(jnp.asarray, tree["opt_state"]),
-                              jnp.asarray(tree["iteration"], jnp.int32))
+        # as uncommitted arrays, like a fresh state's: the same jit signature, so the persistent compilation cache
+        # serves a resumed run the program its first sitting compiled
+        fresh = lambda a: jnp.asarray(np.asarray(a))  # noqa: E731
+        state = CondenseState(fresh(tree["images"]), jax.tree.map(fresh, tree["opt_state"]),
+                              fresh(tree["iteration"]).astype(jnp.int32))
         return state, (np.asarray(tree["real_part"]), np.asarray(tree["syn_part"]))
 
     # --- evaluation ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ def test_unusable_values_are_refused(field, value):
         make_config("dc", 10, **{field: value})
 
 
-def test_lifecycle_settings_do_not_change_the_run_identity():
-    a = make_config("dsa", 10, stop_grace=5.0, checkpoint_minutes=1.0, log_every=2.0)
+def test_lifecycle_and_device_settings_do_not_change_the_run_identity():
+    a = make_config("dsa", 10, stop_grace=5.0, checkpoint_minutes=1.0, log_every=2.0, precision="tensorfloat32",
+                    class_chunk=3)
     assert a.identity() == make_config("dsa", 10).identity()

@@ -1,0 +1,111 @@
+"""One JSON file and one Markdown report from a benchmarks/gpu.sh output folder, with GPU-hour estimates.
+
+python -m benchmarks.gpu_report OUT_DIR [--json FILE]
+
+Reads OUT_DIR/{env.json, tests.txt, step.jsonl, evaluate.jsonl, runs/*/metrics.jsonl, runs/*/results.json} (any
+may be missing: a cut check still reports what it did), writes OUT_DIR/gpu.json (or --json FILE; commit it as
+benchmarks/results/gpu-<date>.json) and prints Markdown. The estimates: a condensation run costs iterations x
+outer_loop matching steps at the paper preset (the inner-loop network training between them is left out, so it is
+a lower bound); a full-budget run's own median seconds per iteration gives its cell directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks.summarize import main as summarize
+from sm_jax.config import paper_preset
+
+
+def _lines(path: Path) -> list[dict]:
+    out = []
+    if path.exists():
+        for ln in path.read_text().splitlines():
+            try:
+                out.append(json.loads(ln))
+            except ValueError:
+                pass  # a line cut by the time limit
+    return out
+
+
+def read_runs(out: Path) -> dict[str, dict]:
+    """Per full-budget run: iterations done, median seconds per iteration (the sitting's first, which compiles,
+    left out), evaluation seconds and accuracy when it finished."""
+    runs = {}
+    for wd in sorted((out / "runs").glob("*/")):
+        metrics = _lines(wd / "metrics.jsonl")
+        its = [m for m in metrics if "loss_all" in m]
+        cfg = json.loads((wd / "config.json").read_text()) if (wd / "config.json").exists() else {}
+        res = json.loads((wd / "results.json").read_text()) if (wd / "results.json").exists() else None
+        secs = [m["seconds"] for m in its[1:]]
+        runs[wd.name] = {"method": cfg.get("method"), "ipc": cfg.get("ipc"), "subset_k": cfg.get("subset_k"),
+                         "iterations_done": len(its), "iterations_total": cfg.get("iterations"),
+                         "first_iteration_seconds": its[0]["seconds"] if its else None,
+                         "median_seconds_per_iteration": statistics.median(secs) if secs else None,
+                         "accuracy_mean": res and res.get("accuracy_mean"),
+                         "accuracy_std": res and res.get("accuracy_std"),
+                         "eval_seconds": res and res.get("eval_seconds")}
+    return runs
+
+
+def estimates(steps: list[dict], runs: dict[str, dict]) -> list[dict]:
+    """GPU-hours of the condensation of paper cells, from the measured step times and full-budget runs."""
+    out = []
+    for s in steps:
+        c = s["config"]
+        if s.get("precision", "float32") != "float32" or c.get("classes", 10) != 10 or c.get("width", 128) != 128:
+            continue
+        p = paper_preset(c["method"], c["ipc"])
+        hours = p["iterations"] * p["outer_loop"] * s["step_seconds_median"] / 3600
+        out.append({"method": c["method"], "ipc": c["ipc"], "subset_k": c["subset_k"], "source": "step",
+                    "condense_gpu_hours_at_least": hours})
+    for name, r in runs.items():
+        if r["median_seconds_per_iteration"] and r["iterations_total"]:
+            out.append({"method": r["method"], "ipc": r["ipc"], "subset_k": r["subset_k"], "source": f"run {name}",
+                        "condense_gpu_hours": r["iterations_total"] * r["median_seconds_per_iteration"] / 3600})
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--json", help="where to write the collected figures (default OUT/gpu.json)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
+    tests = (out / "tests.txt").read_text().strip().splitlines()[-1:] if (out / "tests.txt").exists() else []
+    steps, evals, runs = _lines(out / "step.jsonl"), _lines(out / "evaluate.jsonl"), read_runs(out)
+    report = {"env": env, "tests": tests[0] if tests else None, "steps": steps, "evaluate": evals, "runs": runs,
+              "estimates": estimates(steps, runs)}
+    Path(args.json or out / "gpu.json").write_text(json.dumps(report, indent=1))
+    md = [f"Device: {env.get('device_kind', '?')}; jax {env.get('jax', '?')}, torch {env.get('torch', '?')}. "
+          f"Equivalence tests on it: {report['tests'] or 'not run'}."]
+    (out / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps + evals))
+    if steps or evals:
+        md += ["", summarize(str(out / "all.jsonl"))]
+    if runs:
+        md += ["", "| run | iterations done | first iteration s | median s/iteration | accuracy |", "|---" * 5 + "|"]
+        for name, r in runs.items():
+            acc = (f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}"
+                   if r["accuracy_mean"] is not None else "-")
+            med = r["median_seconds_per_iteration"]
+            first = r["first_iteration_seconds"]
+            md.append(f"| {name} | {r['iterations_done']}/{r['iterations_total']} | "
+                      f"{'-' if first is None else f'{first:.1f}'} | {'-' if med is None else f'{med:.3f}'} | {acc} |")
+    if report["estimates"]:
+        md += ["", "| cell | from | condensation GPU-hours |", "|---|---|---|"]
+        for e in report["estimates"]:
+            h = e.get("condense_gpu_hours", e.get("condense_gpu_hours_at_least"))
+            md.append(f"| {e['method']} ipc {e['ipc']} K {e['subset_k']} | {e['source']} | "
+                      f"{'>= ' if 'condense_gpu_hours_at_least' in e else ''}{h:.2f} |")
+    text = "\n".join(md)
+    print(text)
+    (out / "report.md").write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

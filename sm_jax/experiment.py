@@ -186,13 +186,14 @@ class Run:
         records = artifacts.read_metrics(self.workdir / "metrics.jsonl")
         return not any(r.get("iteration") == it and "eval" in r for r in records)
 
-    def _fit_class_chunk(self, state: CondenseState, ctx):
-        """The method with the largest class chunk whose iteration is predicted to fit the device's memory."""
+    def _fit_class_chunk(self, state: CondenseState, ctx, limit: int | None = None):
+        """The method with the largest class chunk whose iteration is predicted to fit the device's memory (or
+        `limit` bytes)."""
         def compile_with(chunk: int):
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
             return jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
 
-        chunk = backend.auto_class_chunk(self.data.num_classes, compile_with, log=self.log)
+        chunk = backend.auto_class_chunk(self.data.num_classes, compile_with, limit=limit, log=self.log)
         return make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
 
     # --- the run -------------------------------------------------------------------------------------------

@@ -69,3 +69,32 @@ def test_precision_option_sets_jax_default_matmul_precision():
             backend.apply_precision("fp8")
     finally:
         jax.config.update("jax_default_matmul_precision", before)
+
+
+def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(tiny_data, tmp_path):
+    """The accelerator path of --class-chunk auto, on CPU with a given limit, on 2 classes (candidates 2, 1):
+    between the two programs' predicted sizes it takes one class per program, the largest that fits."""
+    from sm_jax.data import Dataset
+    from sm_jax.experiment import Run
+    from sm_jax.methods import make_context
+
+    keep, keep_t = tiny_data.train_y < 2, tiny_data.test_y < 2
+    data = Dataset(tiny_data.train_x[keep], tiny_data.train_y[keep], tiny_data.test_x[keep_t],
+                   tiny_data.test_y[keep_t], tiny_data.class_names[:2], "tiny, 2 classes")
+    cfg = make_config("dc", 2, "cpu", width=8, batch_real=4, subset_k=2, outer_loop=1, inner_loop=1,
+                      workdir=str(tmp_path / "w"))
+    logs = []
+    run = Run(cfg, data=data, progress=False, log=logs.append)
+    state, partitions = run.fresh()
+    ctx = make_context(cfg, data, partitions)
+
+    def bytes_of(chunk):
+        m = make_method(cfg.replace(class_chunk=chunk), data.num_classes)
+        return backend.program_bytes(jax.jit(m.iteration, donate_argnums=0).lower(state, ctx, run.key).compile())
+
+    one, both = bytes_of(1), bytes_of(2)
+    assert one < both  # one class per program needs less memory
+    limit = int((one + both) / 2 / backend.MEMORY_HEADROOM)
+    assert run._fit_class_chunk(state, ctx, limit=limit).cfg.class_chunk == 1
+    assert logs == [f"class chunk: 1 of 2 classes per program (predicted {one / 2**30:.1f} GiB of "
+                    f"{limit / 2**30:.1f} GiB)"]

@@ -18,21 +18,29 @@ def main(path: str) -> str:
     steps = [r for r in rows if "step_seconds_median" in r]
     evals = [r for r in rows if "vmapped_over_sequential" in r]
     device = any(r.get("backend") not in (None, "cpu") for r in steps)  # GPU/TPU lines: device memory columns
-    out = ["| method | ipc | real/class | K | conv | JAX s/step | PyTorch s/step | PyTorch / JAX | JAX GFLOP/step |"
-           " JAX GFLOP/s | JAX peak RSS (GB) | PyTorch peak RSS (GB) |"
-           + (" precision | JAX compile s | JAX device GB (predicted / peak) | PyTorch device GB |" if device else ""),
-           "|---" * (16 if device else 12) + "|"]
+    many = any(r["config"].get("classes", 10) != 10 for r in steps)  # a class-scaling grid: its columns
+    head = ("| classes " if many else "") + (
+        "| method | ipc | real/class | K | conv | JAX s/step | PyTorch s/step | PyTorch / JAX | JAX GFLOP/step |"
+        " JAX GFLOP/s | JAX peak RSS (GB) | PyTorch peak RSS (GB) |")
+    if device or many:
+        head += " JAX compile s | JAX predicted device GB |"
+    if device:
+        head += " precision | JAX peak device GB | PyTorch peak device GB |"
+    out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in steps:
         c, t = r["config"], r.get("torch", {})
-        out.append(f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | {_conv(c)} | "
-                   f"{r['step_seconds_median']:.2f} | {t.get('step_seconds_median', float('nan')):.2f} | "
-                   f"**{r.get('torch_seconds_over_jax_seconds', float('nan')):.2f}** | "
-                   f"{r['flops_per_step'] / 1e9:.0f} | "
-                   f"{r['gflops_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | "
-                   f"{t.get('peak_rss_mb', float('nan')) / 1024:.1f} |"
-                   + (f" {r.get('precision', 'float32')} | {r['compile_seconds']:.0f} | "
-                      f"{_gb(r.get('predicted_device_mb'))} / {_gb(r.get('peak_device_mb'))} | "
-                      f"{_gb(t.get('peak_device_mb'))} |" if device else ""))
+        row = (f"| {c.get('classes', 10)} " if many else "") + (
+            f"| {c['method']} | {c['ipc']} | {c['batch_real']} | {c['subset_k']} | {_conv(c)} | "
+            f"{r['step_seconds_median']:.2f} | {t.get('step_seconds_median', float('nan')):.2f} | "
+            f"**{r.get('torch_seconds_over_jax_seconds', float('nan')):.2f}** | {r['flops_per_step'] / 1e9:.0f} | "
+            f"{r['gflops_per_second']:.0f} | {r['peak_rss_mb'] / 1024:.1f} | "
+            f"{t.get('peak_rss_mb', float('nan')) / 1024:.1f} |")
+        if device or many:
+            row += f" {r['compile_seconds']:.0f} | {_gb(r.get('predicted_device_mb'))} |"
+        if device:
+            row += (f" {r.get('precision', 'float32')} | {_gb(r.get('peak_device_mb'))} | "
+                    f"{_gb(t.get('peak_device_mb'))} |")
+        out.append(row)
     if evals:
         out += ["", "| method | ipc | images | conv | networks x epochs | sequential model-epochs/s |"
                 " vmapped model-epochs/s | vmapped / sequential | GFLOP/model-epoch | sequential GFLOP/s |"

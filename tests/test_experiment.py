@@ -289,3 +289,16 @@ def test_subset_k_defaults_to_1_where_2_does_not_divide(env, tiny_archive, tmp_p
     assert res.returncode == 0, res.stderr[-2000:]
     assert "note: --subset-k defaults to 1" in res.stderr
     assert json.loads((tmp_path / "k" / "config.json").read_text())["subset_k"] == 1
+
+
+def test_checkpoints_by_wall_time(env, tiny_archive, tmp_path):
+    """--checkpoint-minutes saves whenever that much time passed since the last save, with --checkpoint-every off."""
+    def steps(minutes):
+        wd = tmp_path / f"m{minutes}"
+        res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 3, "--eval-models", 0,
+                  "--checkpoint-every", 0, "--checkpoint-minutes", minutes)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+
+    assert steps(0) == [0, 3]  # off: the initial state and the end only
+    assert steps(1e-6) == [2, 3]  # due after every iteration (the manager keeps the last 2)

@@ -111,8 +111,10 @@ def _guard(fn):
             sys.stderr.flush()
             os._exit(e.code)
         sys.exit(e.code)
-    except KeyboardInterrupt:
-        sys.exit(lifecycle.exit_code(signal.SIGINT))
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now, not after the device finishes its iteration
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(lifecycle.exit_code(signal.SIGINT))
 
 
 def condense_main(argv=None) -> None:

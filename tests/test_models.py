@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sm_jax import config
-from sm_jax.models import CONVS, avg_pool2, conv3x3_instancenorm, cross_entropy, denormalize, init_params, make_model, \
-    normalize, resolve_conv_impl
+from sm_jax.models import CONVS, MODELS, avg_pool2, conv3x3_instancenorm, cross_entropy, denormalize, init_params, \
+    make_model, normalize, resolve_conv_impl
 
 
 def test_convnet3_parameter_count_and_shapes():
@@ -53,6 +53,9 @@ def test_options_and_errors():
         make_model(conv_impl="fft")
     assert resolve_conv_impl("auto") == "fast"  # the tests run on CPU
     assert config.CONV_IMPLS == ("auto", *sorted(CONVS))  # the config validates the names models.CONVS knows
+    with pytest.raises(ValueError, match="unknown model 'resnet99'"):
+        make_model(name="resnet99")
+    assert make_model(name="convnet", width=16) == MODELS["convnet"](10, width=16)  # the registry's constructor
 
 
 def _xla_conv(x, k):

@@ -1,41 +1,15 @@
-"""ConvNet-D (DC/DSA/IDC's network) as a Flax Linen module with PyTorch-default init."""
+"""The 3x3 convolutions a model can run on (interchangeable, same parameters) and the fused RGB conv + instance norm.
+
+Kept apart from the architectures: any model's 3x3 layers can use them through `layers.Conv3x3`.
+"""
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
-
-# CIFAR-10 channel statistics used by all three methods (no ZCA).
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
-
-
-def normalize(x01: jax.Array) -> jax.Array:
-    """Map [0, 1] pixels (..., H, W, 3) to the normalised space the networks see."""
-    return (x01 - jnp.asarray(MEAN, x01.dtype)) / jnp.asarray(STD, x01.dtype)
-
-
-def denormalize(x: jax.Array) -> jax.Array:
-    """Inverse of `normalize`."""
-    return x * jnp.asarray(STD, x.dtype) + jnp.asarray(MEAN, x.dtype)
-
-
-def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
-    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-NORMS = ("instancenorm", "layernorm", "none")
 
 
 def conv3x3_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -250,89 +224,6 @@ def conv3x3_instancenorm(x: jax.Array, kernel: jax.Array, scale: jax.Array, shif
 CONVS = {"fast": conv3x3_fast, "patches": conv3x3_patches, "winograd": conv3x3_winograd, "xla": conv3x3_xla}
 
 
-class Conv3x3(nn.Module):
-    """nn.Conv(features, (3, 3), padding='SAME') with a selectable implementation and the same params."""
-
-    features: int
-    impl: str = "fast"
-
-    @nn.compact
-    def __call__(self, x, apply: bool = True):
-        """(N, H, W, Cin) -> (N, H, W, features); with apply=False, only the (kernel, bias) parameters."""
-        fan_in = x.shape[-1] * 9
-        kernel = self.param("kernel", torch_uniform(fan_in), (3, 3, x.shape[-1], self.features))
-        bias = self.param("bias", torch_uniform(fan_in), (self.features,))
-        if not apply:
-            return kernel, bias
-        return CONVS[self.impl](x, kernel) + bias
-
-
-def avg_pool2(x: jax.Array) -> jax.Array:
-    """2x2 average pooling, stride 2: (N, H, W, C) -> (N, H/2, W/2, C).
-
-    Written as a sum of four slices, not a reduction: XLA:CPU fuses it into the elementwise pass before it instead
-    of running a separate reduction kernel over the full-resolution activations (a few percent of a DC step).
-    """
-    n, h, w, c = x.shape
-    x = x.reshape(n, h // 2, 2, w // 2, 2, c)
-    return (x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]) * 0.25
-
-
-class InstanceNorm(nn.Module):
-    """Per-sample, per-channel normalisation over H, W (biased variance) with affine scale/shift."""
-
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x, conv_kernel: jax.Array | None = None):
-        """Normalises x (N, H, W, C); given `conv_kernel`, normalises the 3x3 convolution of x with it, fused."""
-        channels = x.shape[-1] if conv_kernel is None else conv_kernel.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (channels,))
-        bias = self.param("bias", nn.initializers.zeros, (channels,))
-        if conv_kernel is not None:
-            return conv3x3_instancenorm(x, conv_kernel, scale, bias, self.epsilon)
-        mean = x.mean(axis=(1, 2), keepdims=True)
-        var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-
-
-class ConvNet(nn.Module):
-    """depth x [conv3x3 -> norm -> relu -> avgpool2] -> dense.
-
-    Attributes:
-      num_classes: output size.
-      width: channels of every conv.
-      depth: number of conv blocks.
-      norm: 'instancenorm' (GroupNorm, one group per channel, eps 1e-5), 'layernorm' (one group), or 'none'.
-    """
-
-    num_classes: int = 10
-    width: int = 128
-    depth: int = 3
-    norm: str = "instancenorm"
-    conv_impl: str = "fast"  # a key of CONVS
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
-        for i in range(self.depth):
-            conv = Conv3x3(self.width, self.conv_impl, name=f"conv{i}")
-            if self.norm == "instancenorm" and self.conv_impl == "fast" and x.shape[-1] < FEW_CHANNELS:
-                # The RGB layer: convolution and norm in one (conv3x3_instancenorm); the conv bias cancels there.
-                x = InstanceNorm(1e-5, name=f"norm{i}")(x, conv(x, apply=False)[0])
-            else:
-                x = conv(x)
-                if self.norm == "instancenorm":
-                    x = InstanceNorm(1e-5, name=f"norm{i}")(x)
-                elif self.norm == "layernorm":
-                    x = nn.GroupNorm(num_groups=1, epsilon=1e-5, name=f"norm{i}")(x)
-            x = avg_pool2(nn.relu(x))
-        x = x.reshape(x.shape[0], -1)
-        fan_in = x.shape[-1]
-        return nn.Dense(self.num_classes, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
-                        name="fc")(x)
-
-
 def resolve_conv_impl(conv_impl: str = "auto") -> str:
     """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU (their convolution libraries serve every form); else unchanged.
 
@@ -343,26 +234,3 @@ def resolve_conv_impl(conv_impl: str = "auto") -> str:
     if conv_impl not in CONVS:
         raise ValueError(f"unknown conv implementation {conv_impl!r}; choose auto or one of {', '.join(CONVS)}")
     return conv_impl
-
-
-def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
-               conv_impl: str = "auto") -> ConvNet:
-    """Builds a ConvNet; raises ValueError for an unknown norm or conv implementation."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    return ConvNet(num_classes=num_classes, width=width, depth=depth, norm=norm,
-                   conv_impl=resolve_conv_impl(conv_impl))
-
-
-def init_params(model: ConvNet, key: jax.Array, image_shape=(32, 32, 3)) -> Any:
-    """Fresh parameters for `model` (a pytree of arrays)."""
-    return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Mean cross-entropy over the batch; `weights` (batch,) masks padded rows (mean over the weighted rows)."""
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
-    if weights is None:
-        return nll.mean()
-    return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)

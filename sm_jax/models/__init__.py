@@ -1,0 +1,30 @@
+"""The models: one module per family, chosen by name through `MODELS`.
+
+`common` (normalisation, init, loss), `conv_ops` (the interchangeable 3x3 convolutions, Winograd and the fused RGB
+layer, usable by any model), `layers`, and one module per architecture family (`convnet`: DC/DSA/IDC's ConvNet-D).
+"""
+from __future__ import annotations
+
+from sm_jax.models.common import MEAN, STD, cross_entropy, denormalize, init_params, normalize, torch_uniform
+from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, conv3x3_fast, conv3x3_instancenorm, conv3x3_patches,
+                                    conv3x3_winograd, conv3x3_xla, resolve_conv_impl)
+from sm_jax.models.convnet import NORMS, ConvNet, make_convnet
+from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
+
+# name -> constructor(num_classes, **options); the family's options are its constructor's keyword arguments
+MODELS = {"convnet": make_convnet}
+
+
+def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
+               conv_impl: str = "auto", name: str = "convnet"):
+    """Builds the model `name` (default ConvNet-D, the methods' network); raises ValueError for an unknown name
+    or option."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
+
+
+__all__ = ["CONVS", "FEW_CHANNELS", "MEAN", "MODELS", "NORMS", "STD", "Conv3x3", "ConvNet", "InstanceNorm",
+           "avg_pool2", "conv3x3_fast", "conv3x3_instancenorm", "conv3x3_patches", "conv3x3_winograd", "conv3x3_xla",
+           "cross_entropy", "denormalize", "init_params", "make_convnet", "make_model", "normalize",
+           "resolve_conv_impl", "torch_uniform"]

@@ -1,0 +1,55 @@
+"""Layers the architectures are built from: the selectable 3x3 convolution, instance norm, 2x2 average pooling."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sm_jax.models.common import torch_uniform
+from sm_jax.models.conv_ops import CONVS, conv3x3_instancenorm
+
+
+class Conv3x3(nn.Module):
+    """nn.Conv(features, (3, 3), padding='SAME') with a selectable implementation and the same params."""
+
+    features: int
+    impl: str = "fast"
+
+    @nn.compact
+    def __call__(self, x, apply: bool = True):
+        """(N, H, W, Cin) -> (N, H, W, features); with apply=False, only the (kernel, bias) parameters."""
+        fan_in = x.shape[-1] * 9
+        kernel = self.param("kernel", torch_uniform(fan_in), (3, 3, x.shape[-1], self.features))
+        bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+        if not apply:
+            return kernel, bias
+        return CONVS[self.impl](x, kernel) + bias
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling, stride 2: (N, H, W, C) -> (N, H/2, W/2, C).
+
+    Written as a sum of four slices, not a reduction: XLA:CPU fuses it into the elementwise pass before it instead
+    of running a separate reduction kernel over the full-resolution activations (a few percent of a DC step).
+    """
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    return (x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]) * 0.25
+
+
+class InstanceNorm(nn.Module):
+    """Per-sample, per-channel normalisation over H, W (biased variance) with affine scale/shift."""
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, conv_kernel: jax.Array | None = None):
+        """Normalises x (N, H, W, C); given `conv_kernel`, normalises the 3x3 convolution of x with it, fused."""
+        channels = x.shape[-1] if conv_kernel is None else conv_kernel.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        if conv_kernel is not None:
+            return conv3x3_instancenorm(x, conv_kernel, scale, bias, self.epsilon)
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias

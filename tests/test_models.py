@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sm_jax import config
-from sm_jax.models import CONVS, MODELS, avg_pool2, conv3x3_instancenorm, cross_entropy, denormalize, init_params, \
-    make_model, normalize, resolve_conv_impl
+from sm_jax.models import CONVS, MODELS, avg_pool2, build, conv3x3_instancenorm, cross_entropy, denormalize, \
+    init_params, make_model, normalize, resolve_conv_impl
 
 
 def test_convnet3_parameter_count_and_shapes():
@@ -54,8 +54,30 @@ def test_options_and_errors():
     assert resolve_conv_impl("auto") == "fast"  # the tests run on CPU
     assert config.CONV_IMPLS == ("auto", *sorted(CONVS))  # the config validates the names models.CONVS knows
     with pytest.raises(ValueError, match="unknown model 'resnet99'"):
-        make_model(name="resnet99")
-    assert make_model(name="convnet", width=16) == MODELS["convnet"](10, width=16)  # the registry's constructor
+        build("resnet99")
+    assert make_model(width=16) == build("convnet", width=16) == MODELS["convnet"](10, width=16)
+
+
+# Parameter counts of the official definitions (DC/DSA code, networks.py) for 32x32 RGB inputs and 10 classes,
+# computed by hand from their layers (weights + biases):
+#   MLP: Linear(3072, 128) + Linear(128, 128) + Linear(128, 10) = 393,344 + 16,512 + 1,290 = 411,146
+#   LeNet: Conv2d(3, 6, 5) + Conv2d(6, 16, 5) + Linear(400, 120) + Linear(120, 84) + Linear(84, 10)
+#          = 456 + 2,416 + 48,120 + 10,164 + 850 = 62,006
+@pytest.mark.parametrize("name,count", [("mlp", 411_146), ("lenet", 62_006)])
+def test_zoo_parameter_counts_and_one_step_lowers_the_loss(name, count):
+    model = build(name)
+    params = init_params(model, jax.random.key(0))
+    assert sum(p.size for p in jax.tree.leaves(params)) == count
+    x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
+    y = jnp.arange(16) % 10
+
+    def loss(p):
+        return cross_entropy(model.apply({"params": p}, x), y)
+
+    value, grads = jax.value_and_grad(loss)(params)
+    stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+    assert model.apply({"params": params}, x).shape == (16, 10)
+    assert float(loss(stepped)) < float(value)
 
 
 def _xla_conv(x, k):

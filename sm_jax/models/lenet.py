@@ -1,0 +1,35 @@
+"""LeNet of the DC/DSA code (`networks.LeNet`): two 5x5 convolutions with ReLU and 2x2 max pooling, then
+400 -> 120 -> 84 -> classes (for 32x32 RGB inputs: no padding, 32 -> 28 -> 14 -> 10 -> 5)."""
+from __future__ import annotations
+
+import jax
+from flax import linen as nn
+
+from sm_jax.models.common import torch_uniform
+from sm_jax.models.mlp import dense
+
+
+def conv(features: int, size: int, in_channels: int, padding: int, name: str) -> nn.Conv:
+    """nn.Conv2d(in_channels, features, size, padding=padding) with PyTorch's default init."""
+    fan_in = in_channels * size * size
+    return nn.Conv(features, (size, size), padding=padding, kernel_init=torch_uniform(fan_in),
+                   bias_init=torch_uniform(fan_in), name=name)
+
+
+class LeNet(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
+        pad = 2 if x.shape[-1] == 1 else 0  # 28x28 grey images are padded to LeNet's 32x32
+        x = nn.max_pool(nn.relu(conv(6, 5, x.shape[-1], pad, "conv_1")(x)), (2, 2), (2, 2))
+        x = nn.max_pool(nn.relu(conv(16, 5, 6, 0, "conv_2")(x)), (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(dense(120, x.shape[-1], "fc_1")(x))
+        x = nn.relu(dense(84, 120, "fc_2")(x))
+        return dense(self.num_classes, 84, "fc_3")(x)
+
+
+def make_lenet(num_classes: int = 10) -> LeNet:
+    return LeNet(num_classes=num_classes)

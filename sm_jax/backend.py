@@ -4,8 +4,9 @@ Precision. On an NVIDIA GPU from Ampere on, XLA's default precision for float32 
 TF32 (10-bit mantissa); PyTorch's default is TF32 for convolutions (`torch.backends.cudnn.allow_tf32 = True`) and
 full fp32 for matmuls. sm_jax defaults to full float32 for both (`--precision float32`): gradient matching compares
 per-layer gradients (cosine or squared error) and differentiates through them, so TF32's ~1e-3 relative error
-enters the loss at first order, and a run's result then does not depend on the GPU generation. `--precision tensorfloat32` trades that for speed (benchmarks/gpu.sh measures both).
-On CPU the choice changes nothing (XLA:CPU computes float32 dots in float32).
+enters the loss at first order, and a run's result then does not depend on the GPU generation.
+`--precision tensorfloat32` trades that for speed (benchmarks/gpu.sh measures both). On CPU the choice changes
+nothing (XLA:CPU computes float32 dots in float32).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import jax
 
-PRECISIONS = ("float32", "tensorfloat32", "bfloat16")
+from sm_jax.config import PRECISIONS
+
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
 

@@ -79,4 +79,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-

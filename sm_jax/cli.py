@@ -75,14 +75,14 @@ def condense_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     """The run's Config; the default workdir is runs/<method>_ipc<N>_k<K>_s<seed> with K as resolved."""
     cfg = make_config(args.method, args.ipc, args.preset, subset_k=args.subset_k, subset_lambda=args.subset_lambda,
-                       subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
-                       iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
-                       batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
-                       eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
-                       checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices,
-                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir,
-                       precision=args.precision, checkpoint_minutes=args.checkpoint_minutes, stop_grace=args.stop_grace,
-                       log_every=args.log_every, seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
+                      subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
+                      iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
+                      batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
+                      eval_models=args.eval_models, eval_every=args.eval_every, eval_parallel=args.eval_parallel,
+                      checkpoint_every=args.checkpoint_every, holdout=args.holdout, devices=args.devices,
+                      class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir,
+                      precision=args.precision, checkpoint_minutes=args.checkpoint_minutes, stop_grace=args.stop_grace,
+                      log_every=args.log_every, seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
     return cfg.replace(workdir=args.workdir or f"runs/{cfg.method}_ipc{cfg.ipc}_k{cfg.subset_k}_s{cfg.seed}")
 
 

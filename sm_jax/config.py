@@ -9,7 +9,7 @@ from typing import Any
 METHODS = ("dc", "dsa", "idc")
 PRESETS = ("paper", "cpu")
 CONV_IMPLS = ("auto", "fast", "patches", "winograd", "xla")  # auto + sorted(models.CONVS)
-PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # backend.PRECISIONS (the config stays free of jax)
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_matmul_precision (backend.py)
 AUTO_CHUNK = -1  # class_chunk: backend.auto_class_chunk decides per device
 
 # DC/DSA (outer_loop, inner_loop) by ipc, from the official code.

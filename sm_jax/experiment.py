@@ -256,8 +256,8 @@ class Run:
                 _check_finite(it + 1, metrics, saved, self.workdir)
                 it += 1
                 last = _host(state)
-                peak = float(np.abs(last.images).max())
-                if peak > EXPLODED and not warned:  # finite but far outside the data: the loss may not show it
+                peak = 0.0 if warned else float(np.abs(last.images).max())
+                if peak > EXPLODED:  # finite but far outside the data: the loss may not show it
                     warned = True
                     self.log(f"warning: iteration {it}: synthetic pixels reach |x| = {peak:.3g} (real images lie "
                              f"within about 3 in these units): --lr-img {cfg.lr_img:g} may be too large")

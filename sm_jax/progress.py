@@ -40,14 +40,14 @@ class Progress:
 
     def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "it", enabled: bool = True,
                  every: float = 30.0, bar: bool | None = None, stream=None):
-        self.total, self.done, self.initial, self.desc, self.unit = total, initial, initial, desc, unit
+        self.total, self.done, self.desc, self.unit = total, initial, desc, unit
         self.enabled = enabled
         self.every = every
         self.stream = stream
         self.facts: dict[str, Any] = {}
         self._first: tuple[float, int] | None = None  # (time, done) at the first update: the rate's origin
         self._start = time.monotonic()
-        self._last_line = -float("inf")
+        self._last_line: float | None = None  # when the last plain line was printed
         self._printed = initial
         self._bar = None
         if enabled and (interactive() if bar is None else bar):
@@ -82,7 +82,7 @@ class Progress:
             if facts:
                 self._bar.set_postfix({k: _fmt(v) for k, v in facts.items()}, refresh=False)
             return
-        if now - self._last_line >= self.every or self._printed == self.initial or done >= self.total:
+        if self._last_line is None or now - self._last_line >= self.every or done >= self.total:
             self._line(now)
 
     def line(self) -> str:

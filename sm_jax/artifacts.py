@@ -52,15 +52,13 @@ def read_metrics(path: Path) -> list[dict]:
 
 def save_synthetic(workdir: Path, method, images, class_names) -> None:
     """synthetic.npz (pixels in [0, 1], labels; IDC also its decoded set) and a per-class grid PNG."""
-    from sm_jax.models import denormalize
-
-    pixels = np.asarray(method.to_pixels(images), np.float32)  # (C, ipc, 32, 32, 3)
+    pixels = np.asarray(method.to_pixels(images), np.float32)  # (classes, ipc, H, W, C)
     c, ipc = pixels.shape[:2]
     arrays = {"images": pixels.reshape(-1, *pixels.shape[2:]), "labels": np.repeat(np.arange(c), ipc),
               "class_names": np.asarray(class_names)}
     decoded = np.asarray(method.decode(images))
     if decoded.shape[1] != ipc:
-        dec = np.clip(np.asarray(denormalize(decoded)), 0, 1).astype(np.float32)
+        dec = np.clip(np.asarray(method.denormalize(decoded)), 0, 1).astype(np.float32)
         arrays["decoded_images"] = dec.reshape(-1, *dec.shape[2:])
         arrays["decoded_labels"] = np.repeat(np.arange(c), dec.shape[1])
     tmp = Path(workdir) / "synthetic.tmp.npz"
@@ -75,14 +73,15 @@ def save_grid(path: Path, pixels: np.ndarray, class_names, max_cols: int = 10, s
 
     c, n = pixels.shape[:2]
     cols = min(n, max_cols)
-    h = w = pixels.shape[2] * scale
+    h, w = pixels.shape[2] * scale, pixels.shape[3] * scale
     label_w, pad = 80, 2
     canvas = Image.new("RGB", (label_w + cols * (w + pad), c * (h + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for ci in range(c):
         draw.text((4, ci * (h + pad) + h // 2 - 6), str(class_names[ci])[:12], fill="black")
         for j in range(cols):
-            tile = Image.fromarray((pixels[ci, j] * 255).round().astype(np.uint8)).resize((w, h), Image.NEAREST)
+            tile = Image.fromarray((pixels[ci, j] * 255).round().astype(np.uint8).squeeze(-1) if pixels.shape[-1] == 1
+                                   else (pixels[ci, j] * 255).round().astype(np.uint8)).resize((w, h), Image.NEAREST)
             canvas.paste(tile, (label_w + j * (w + pad), ci * (h + pad)))
     canvas.save(path)
 

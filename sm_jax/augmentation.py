@@ -18,8 +18,10 @@ import jax.numpy as jnp
 
 # DSA's parameters (ParamDiffAug): brightness 1.0, saturation 2.0, contrast 0.5, crop 0.125, cutout 0.5,
 # scale 1.2, rotate 15 degrees, flip 0.5.
-CROP_SHIFT = 4  # int(32 * 0.125 + 0.5)
-CUTOUT_SIZE = 16  # int(32 * 0.5 + 0.5)
+# Crop shift and cutout size are fractions of the image side, rounded as the official code does: for 32x32,
+# shift int(32 * 0.125 + 0.5) = 4 and cutout int(32 * 0.5 + 0.5) = 16; for 28x28, 4 and 14.
+CROP_RATIO = 0.125
+CUTOUT_RATIO = 0.5
 SCALE_RATIO = 1.2
 ROTATE_DEGREES = 15.0
 FLIP_PROB = 0.5
@@ -35,37 +37,42 @@ IDC_EVAL_POLICY: Policy = (("flip",), ("color",), ("crop", "scale", "rotate"))
 NO_POLICY: Policy = ()
 
 
-# --- parameter sampling: each returns a dict of (n,) arrays -----------------------------------------
+def _side(size: int, ratio: float) -> int:
+    return int(size * ratio + 0.5)
 
-def _sample_color(key, n):
+
+# --- parameter sampling: each returns a dict of (n,) arrays; `size` is the images' (H, W) -----------
+
+def _sample_color(key, n, size):
     kb, ks, kc = jax.random.split(key, 3)
     return {"brightness": jax.random.uniform(kb, (n,)), "saturation": jax.random.uniform(ks, (n,)),
             "contrast": jax.random.uniform(kc, (n,))}
 
 
-def _sample_crop(key, n):
+def _sample_crop(key, n, size):
     kx, ky = jax.random.split(key)
-    return {"dx": jax.random.randint(kx, (n,), -CROP_SHIFT, CROP_SHIFT + 1),
-            "dy": jax.random.randint(ky, (n,), -CROP_SHIFT, CROP_SHIFT + 1)}
+    sx, sy = _side(size[0], CROP_RATIO), _side(size[1], CROP_RATIO)
+    return {"dx": jax.random.randint(kx, (n,), -sx, sx + 1), "dy": jax.random.randint(ky, (n,), -sy, sy + 1)}
 
 
-def _sample_cutout(key, n, size=32):
+def _sample_cutout(key, n, size):
     kx, ky = jax.random.split(key)
-    hi = size + (1 - CUTOUT_SIZE % 2)
-    return {"cx": jax.random.randint(kx, (n,), 0, hi), "cy": jax.random.randint(ky, (n,), 0, hi)}
+    cut_h, cut_w = _side(size[0], CUTOUT_RATIO), _side(size[1], CUTOUT_RATIO)
+    return {"cx": jax.random.randint(kx, (n,), 0, size[0] + (1 - cut_h % 2)),
+            "cy": jax.random.randint(ky, (n,), 0, size[1] + (1 - cut_w % 2))}
 
 
-def _sample_flip(key, n):
+def _sample_flip(key, n, size):
     return {"flip": jax.random.uniform(key, (n,)) < FLIP_PROB}
 
 
-def _sample_scale(key, n):
+def _sample_scale(key, n, size):
     kx, ky = jax.random.split(key)
     lo, hi = 1.0 / SCALE_RATIO, SCALE_RATIO
     return {"sx": jax.random.uniform(kx, (n,)) * (hi - lo) + lo, "sy": jax.random.uniform(ky, (n,)) * (hi - lo) + lo}
 
 
-def _sample_rotate(key, n):
+def _sample_rotate(key, n, size):
     u = jax.random.uniform(key, (n,))
     return {"angle": (u - 0.5) * 2.0 * ROTATE_DEGREES / 180.0 * math.pi}
 
@@ -101,11 +108,11 @@ def _apply_crop(p, x):
 def _apply_cutout(p, x):
     n, h, w = x.shape[:3]
     cx, cy = jnp.broadcast_to(p["cx"], (n,)), jnp.broadcast_to(p["cy"], (n,))
-    half = CUTOUT_SIZE // 2
+    cut_h, cut_w = _side(h, CUTOUT_RATIO), _side(w, CUTOUT_RATIO)
     rows = jnp.arange(h)[None, :]
     cols = jnp.arange(w)[None, :]
-    in_r = (rows >= cx[:, None] - half) & (rows < cx[:, None] - half + CUTOUT_SIZE)
-    in_c = (cols >= cy[:, None] - half) & (cols < cy[:, None] - half + CUTOUT_SIZE)
+    in_r = (rows >= cx[:, None] - cut_h // 2) & (rows < cx[:, None] - cut_h // 2 + cut_h)
+    in_c = (cols >= cy[:, None] - cut_w // 2) & (cols < cy[:, None] - cut_w // 2 + cut_w)
     keep = ~(in_r[:, :, None] & in_c[:, None, :])
     return x * keep[..., None].astype(x.dtype)
 
@@ -170,6 +177,72 @@ def _apply_rotate(p, x):
     return _apply_theta(x, theta)
 
 
+# --- DC's evaluation augmentation (utils.augment of the DC/DSA code) ---------------------------------------
+# Not differentiable and not siamese: used when training evaluation networks, one op drawn per image. The official
+# code applies it on MNIST (crop_scale_rotate) and for BatchNorm ConvNets (crop_noise). crop: shift by -4..3 pixels,
+# filling with the batch's channel means; scale: nearest resize of each side by U(0.8, 1.2), centred, zero fill;
+# rotate: -45..44 degrees about the centre, filling with the mean of the channel means; noise: + 0.001 N(0, 1).
+DC_CROP, DC_SCALE, DC_ROTATE, DC_NOISE = 4, 0.2, 45, 0.001
+
+
+def _dc_sampler(strategy: tuple[str, ...]):
+    def sample(key, n, size):
+        kc, kr, kx, ks, ka, kn = jax.random.split(key, 6)
+        return {"choice": jax.random.randint(kc, (n,), 0, len(strategy)),
+                "shift": jax.random.randint(kr, (n, 2), 0, 2 * DC_CROP) - DC_CROP,
+                "scale": jax.random.uniform(ks, (n, 2), minval=1 - DC_SCALE, maxval=1 + DC_SCALE),
+                "angle": jax.random.randint(ka, (n,), -DC_ROTATE, DC_ROTATE).astype(jnp.float32),
+                "noise": jax.random.split(kn, n)}
+    return sample
+
+
+def _dc_crop(img, shift, mean):
+    h, w = img.shape[:2]
+    i, j = jnp.arange(h)[:, None] + shift[0], jnp.arange(w)[None, :] + shift[1]
+    valid = ((i >= 0) & (i < h) & (j >= 0) & (j < w))[..., None]
+    return jnp.where(valid, img[jnp.clip(i, 0, h - 1), jnp.clip(j, 0, w - 1)], mean)
+
+
+def _dc_scale(img, scale):
+    # F.interpolate (nearest) to (int(s0 * H), int(s1 * H)), pasted centred on a zero canvas, centre crop H x W
+    h, w = img.shape[:2]
+    nh, nw = jnp.floor(scale[0] * h).astype(jnp.int32), jnp.floor(scale[1] * h).astype(jnp.int32)
+    side = jnp.maximum(jnp.maximum(nh, nw), max(h, w))
+    a = jnp.arange(h)[:, None] + (side - h) // 2 - (side - nh) // 2  # row of the resized image
+    b = jnp.arange(w)[None, :] + (side - w) // 2 - (side - nw) // 2
+    valid = ((a >= 0) & (a < nh) & (b >= 0) & (b < nw))[..., None]
+    src_i = jnp.floor(a * (h / nh)).astype(jnp.int32)
+    src_j = jnp.floor(b * (w / nw)).astype(jnp.int32)
+    return jnp.where(valid, img[jnp.clip(src_i, 0, h - 1), jnp.clip(src_j, 0, w - 1)], 0.0)
+
+
+def _dc_rotate(img, angle, fill):
+    # about the centre, bilinear (scipy's rotate is a cubic spline: a departure, README), filled with `fill`
+    rad = angle * math.pi / 180.0
+    theta = jnp.array([[jnp.cos(rad), -jnp.sin(rad), 0.0], [jnp.sin(rad), jnp.cos(rad), 0.0]])
+    inside = affine_resample(jnp.ones(img.shape[:2] + (1,), img.dtype), theta, align_corners=True)
+    return affine_resample(img, theta, align_corners=True) + (1.0 - inside) * fill
+
+
+def _dc_applier(strategy: tuple[str, ...]):
+    def apply(p, x):
+        mean = x.mean(axis=(0, 1, 2))  # (C,): the batch's channel means, as the official code takes them
+        n = x.shape[0]
+        branches = {
+            "crop": lambda: jax.vmap(_dc_crop, (0, 0, None))(x, jnp.broadcast_to(p["shift"], (n, 2)), mean),
+            "scale": lambda: jax.vmap(_dc_scale)(x, jnp.broadcast_to(p["scale"], (n, 2))),
+            "rotate": lambda: jax.vmap(_dc_rotate, (0, 0, None))(x, jnp.broadcast_to(p["angle"], (n,)), mean.mean()),
+            "noise": lambda: x + DC_NOISE * jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(
+                p["noise"]),
+        }
+        choice = jnp.broadcast_to(p["choice"], (n,))
+        out = x
+        for i, op in enumerate(strategy):
+            out = jnp.where((choice == i)[:, None, None, None], branches[op](), out)
+        return out
+    return apply
+
+
 OPS: dict[str, tuple[Callable, Callable]] = {
     "color": (_sample_color, _apply_color),
     "crop": (_sample_crop, _apply_crop),
@@ -177,7 +250,17 @@ OPS: dict[str, tuple[Callable, Callable]] = {
     "flip": (_sample_flip, _apply_flip),
     "scale": (_sample_scale, _apply_scale),
     "rotate": (_sample_rotate, _apply_rotate),
+    # DC's evaluation augmentations: one op (of those named) per image
+    "dc_crop_scale_rotate": (_dc_sampler(("crop", "scale", "rotate")), _dc_applier(("crop", "scale", "rotate"))),
+    "dc_crop_noise": (_dc_sampler(("crop", "noise")), _dc_applier(("crop", "noise"))),
 }
+DC_MNIST_POLICY: Policy = (("dc_crop_scale_rotate",),)
+DC_BN_POLICY: Policy = (("dc_crop_noise",),)
+
+
+def drop_ops(policy: Policy, ops: Sequence[str]) -> Policy:
+    """`policy` without the named ops (a stage left empty disappears): e.g. no flips for digits."""
+    return tuple(st for st in (tuple(op for op in stage if op not in ops) for stage in policy) if st)
 
 
 def check_policy(policy: Policy) -> None:
@@ -187,20 +270,22 @@ def check_policy(policy: Policy) -> None:
                 raise ValueError(f"unknown augmentation op {op!r}; known: {', '.join(OPS)}")
 
 
-def sample_policy(key: jax.Array, policy: Policy, n: int) -> tuple[dict[str, Any], ...]:
+def sample_policy(key: jax.Array, policy: Policy, n: int, size: tuple[int, int] = (32, 32)
+                  ) -> tuple[dict[str, Any], ...]:
     """Draws the parameters of every stage of `policy`.
 
     Args:
       key: PRNG key.
       policy: tuple of stages (tuples of op names).
       n: 1 for one draw shared by a whole batch (siamese), or the batch size for per-sample draws.
+      size: the images' (H, W) (crop shifts and cutout boxes scale with it).
     Returns:
       One dict per stage: {'choice': int32 scalar, op_name: op params with leading dim n, ...}.
     """
     out = []
     for stage, k in zip(policy, jax.random.split(key, max(len(policy), 1))):
         kc, *ks = jax.random.split(k, len(stage) + 1)
-        params = {op: OPS[op][0](kk, n) for op, kk in zip(stage, ks)}
+        params = {op: OPS[op][0](kk, n, tuple(size)) for op, kk in zip(stage, ks)}
         params["choice"] = jax.random.randint(kc, (), 0, len(stage))
         out.append(params)
     return tuple(out)
@@ -221,7 +306,7 @@ def augment(key: jax.Array, policy: Policy, x: jax.Array) -> jax.Array:
     """Per-sample augmentation of a batch (op chosen once per batch): the inner-loop and evaluation form."""
     if not policy:
         return x
-    return apply_policy(policy, sample_policy(key, policy, x.shape[0]), x)
+    return apply_policy(policy, sample_policy(key, policy, x.shape[0], x.shape[1:3]), x)
 
 
 def cutmix(key: jax.Array, x: jax.Array, valid: jax.Array, prob: float = 0.5):

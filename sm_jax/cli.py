@@ -24,9 +24,20 @@ def class_chunk(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
 
 
-def condense_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m experiments.cifar10",
-                description="Condense CIFAR-10 with DC, DSA or IDC (+ subset matching), then evaluate.")
+def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
+    """The flags of `experiments.condense`; with `dataset` given (experiments.cifar10), no --dataset flag."""
+    from sm_jax.data import DATASETS
+
+    if dataset is None:
+        p = _Parser(prog="python -m experiments.condense",
+                    description="Condense a dataset with DC, DSA or IDC (+ subset matching), then evaluate.")
+        p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)} (folder: any "
+                       "{train,test}/<class>/ image folder or .tar.gz given by --data-dir)")
+    else:
+        p = _Parser(prog=f"python -m experiments.{dataset}",
+                    description=f"Condense {dataset} with DC, DSA or IDC (+ subset matching), then evaluate "
+                    f"(= python -m experiments.condense --dataset {dataset}).")
+        p.set_defaults(dataset=dataset)
     p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     p.add_argument("--ipc", type=int, required=True, help="stored images per class")
     p.add_argument("--preset", default="paper", help=f"budget preset: {', '.join(PRESETS)} (default paper)")
@@ -60,12 +71,18 @@ def condense_parser() -> argparse.ArgumentParser:
                    "(0 = all; default 1)")
     p.add_argument("--holdout", type=int, help="hold N training images per class out and evaluate on them "
                    "instead of the test set (for choosing hyper-parameters)")
-    p.add_argument("--data-dir", help="TFDS data dir, image-folder archive/directory, or official CIFAR-10 archive")
+    p.add_argument("--data-dir", help="TFDS data dir, image-folder archive/directory, or the dataset's official "
+                   "archive (or its extracted folder); default: TFDS download")
     p.add_argument("--workdir", help="run directory (default runs/<method>_ipc<N>_k<K>_s<seed>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int)
     p.add_argument("--depth", type=int)
     p.add_argument("--norm")
+    p.add_argument("--distance", help="matching distance: cosine, mse or l1 (default: the method's, or the dataset's "
+                   "preset)")
+    p.add_argument("--aug-drop", help="comma-separated augmentation ops removed from the method's policies")
+    p.add_argument("--eval-aug", help="evaluation augmentation: none, dc_crop_scale_rotate, dc_crop_noise or one "
+                   "DSA op (default: the method's own, or the dataset's preset)")
     p.add_argument("--conv-impl", help="ConvNet convolution: auto (default: fast on CPU, xla on GPU/TPU), fast, "
                    "patches, winograd or xla; all give the same network up to float rounding")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
@@ -74,7 +91,9 @@ def condense_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The run's Config; the default workdir is runs/<method>_ipc<N>_k<K>_s<seed> with K as resolved."""
-    cfg = make_config(args.method, args.ipc, args.preset, subset_k=args.subset_k, subset_lambda=args.subset_lambda,
+    cfg = make_config(args.method, args.ipc, args.preset, args.dataset, subset_k=args.subset_k,
+                      subset_lambda=args.subset_lambda, distance=args.distance, aug_drop=args.aug_drop,
+                      eval_aug=args.eval_aug,
                       subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
                       iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                       batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
@@ -83,7 +102,8 @@ def config_from_args(args: argparse.Namespace):
                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, data_dir=args.data_dir,
                       precision=args.precision, checkpoint_minutes=args.checkpoint_minutes, stop_grace=args.stop_grace,
                       log_every=args.log_every, seed=args.seed, width=args.width, depth=args.depth, norm=args.norm)
-    return cfg.replace(workdir=args.workdir or f"runs/{cfg.method}_ipc{cfg.ipc}_k{cfg.subset_k}_s{cfg.seed}")
+    prefix = "" if cfg.dataset == "cifar10" else f"{cfg.dataset}_"
+    return cfg.replace(workdir=args.workdir or f"runs/{prefix}{cfg.method}_ipc{cfg.ipc}_k{cfg.subset_k}_s{cfg.seed}")
 
 
 def _guard(fn):
@@ -117,8 +137,9 @@ def _guard(fn):
         os._exit(lifecycle.exit_code(signal.SIGINT))
 
 
-def condense_main(argv=None) -> None:
-    args = condense_parser().parse_args(argv)
+def condense_main(argv=None, dataset: str | None = None) -> None:
+    """`python -m experiments.condense`; with `dataset`, the per-dataset alias (experiments.cifar10)."""
+    args = condense_parser(dataset).parse_args(argv)
 
     def go():
         from sm_jax.experiment import Run

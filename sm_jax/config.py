@@ -6,11 +6,18 @@ import json
 import math
 from typing import Any
 
+from sm_jax.data.registry import dataset_info
+
 METHODS = ("dc", "dsa", "idc")
 PRESETS = ("paper", "cpu")
 CONV_IMPLS = ("auto", "fast", "patches", "winograd", "xla")  # auto + sorted(models.CONVS)
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_matmul_precision (backend.py)
 AUTO_CHUNK = -1  # class_chunk: backend.auto_class_chunk decides per device
+DISTANCE_NAMES = ("cosine", "mse", "l1")  # keys of matching.DISTANCES
+METHOD_DISTANCE = {"dc": "cosine", "dsa": "cosine", "idc": "mse"}  # each method's own (Config.distance '')
+AUG_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # DSA's ops (augmentation.OPS)
+EVAL_AUGS = ("none", "dc_crop_scale_rotate", "dc_crop_noise", *AUG_OPS)  # --eval-aug values besides ''
+
 
 # DC/DSA (outer_loop, inner_loop) by ipc, from the official code.
 _DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -32,6 +39,7 @@ class Config:
 
     method: str = "dc"
     ipc: int = 10
+    dataset: str = "cifar10"  # a name of data.DATASETS
     # subset matching
     subset_k: int = 2
     subset_lambda: float = 1.0
@@ -46,6 +54,10 @@ class Config:
     max_syn_per_class: int = 0  # IDC: decoded images matched per class per step (128); 0 = all
     factor: int = 1  # IDC multi-formation factor (2); 1 = no decoding
     init: str = "noise"  # 'noise' | 'real' | 'idc'
+    distance: str = ""  # matching distance: '' = the method's own (cosine DC/DSA, mse IDC); 'mse', 'l1', 'cosine'
+    aug_drop: str = ""  # comma-separated augmentation ops removed from the method's policies (e.g. 'flip' for digits)
+    cutmix_prob: float = 0.5  # IDC: CutMix probability in network training and evaluation (0 = none)
+    eval_aug: str = ""  # evaluation augmentation: '' = the method's own, 'none', or one op (e.g. DC's on MNIST)
     lr_img: float = 0.1
     momentum_img: float = 0.5
     lr_net: float = 0.01
@@ -102,31 +114,62 @@ class Config:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def identity(self) -> dict[str, Any]:
-        """Fields a resumed run must share with the checkpoint (what changes the synthetic set)."""
-        skip = {"eval_epochs", "eval_models", "eval_every", "eval_batch", "eval_parallel", "checkpoint_every",
-                "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl", "checkpoint_minutes",
-                "stop_grace", "log_every", "precision"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        """Fields a resumed run must share with the checkpoint (what changes the synthetic set); the distance as
+        resolved, so that '' and the method's own name are the same run."""
+        skip = {"eval_epochs", "eval_models", "eval_aug", "eval_every", "eval_batch", "eval_parallel",
+                "checkpoint_every", "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl",
+                "checkpoint_minutes", "stop_grace", "log_every", "precision"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out["distance"] = self.distance or METHOD_DISTANCE.get(self.method, "")
+        return out
 
 
-def paper_preset(method: str, ipc: int) -> dict[str, Any]:
-    """The published budget of `method` at `ipc` (METHOD.md); IDC uses the subset-matching paper's 200 iterations."""
+def legacy_identity(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's identity with the fields that older versions did not record set to what they used
+    (CIFAR-10, the method's own distance, no dropped augmentation, IDC's CutMix 0.5)."""
+    old = {"dataset": "cifar10", "distance": METHOD_DISTANCE.get(stored.get("method"), ""), "aug_drop": "",
+           "cutmix_prob": 0.5}
+    return {**old, **stored}
+
+
+# IDC's per-dataset settings (its code's misc/reproduce.py and argument.py): matching distance, lr_img at ipc 10
+# (scaled by ipc / 10 and, as its `tune_lr_img` does, by (28 / 32)^2 for Fashion-MNIST), images seen per network
+# update (n_data; 64 per step), augmentation ops removed. CIFAR-100 is not in reproduce.py: CIFAR-10's distance
+# and lr with the default n_data. MNIST at factor > 1 also drops cutout and CutMix (set in paper_preset).
+IDC_DATASETS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(distance="mse", lr_img=5e-3, n_data=2000, aug_drop=""),
+    "cifar100": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop=""),
+    "svhn": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop="flip"),
+    "mnist": dict(distance="l1", lr_img=1e-4, n_data=500, aug_drop="flip"),
+    "fashion_mnist": dict(distance="l1", lr_img=1e-4 * (28 / 32) ** 2, n_data=500, aug_drop=""),
+}
+
+
+def paper_preset(method: str, ipc: int, dataset: str = "cifar10") -> dict[str, Any]:
+    """The published budget of `method` at `ipc` on `dataset` (METHOD.md; the official codes for the other
+    datasets); IDC uses the subset-matching paper's 200 iterations on every dataset."""
     if method in ("dc", "dsa"):
         outer, inner = _DC_LOOPS.get(ipc, (10, 50))
+        dc_mnist = method == "dc" and dataset == "mnist"  # utils.get_daparam: augmented evaluation, 1000 epochs
         return dict(iterations=1000, outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
                     factor=1, init="noise" if method == "dc" else "real", lr_img=0.1, momentum_img=0.5,
                     lr_net=0.01, momentum_net=0.0, weight_decay_net=0.0, max_syn_per_class=0,
-                    eval_epochs=300 if method == "dc" else 1000, eval_models=20, eval_batch=256,
+                    eval_epochs=300 if method == "dc" and not dc_mnist else 1000, eval_models=20, eval_batch=256,
+                    eval_aug="dc_crop_scale_rotate" if dc_mnist else "",
                     checkpoint_every=50)
-    return dict(iterations=200, outer_loop=100, inner_loop=32, batch_real=64, batch_train=64, factor=2,
-                init="idc", lr_img=5e-3 * ipc / 10, momentum_img=0.5, lr_net=0.01, momentum_net=0.9,
-                weight_decay_net=5e-4, max_syn_per_class=128, eval_epochs=1000, eval_models=20, eval_batch=64,
-                checkpoint_every=10)
+    d = IDC_DATASETS.get(dataset, IDC_DATASETS["cifar10"])  # an image folder: CIFAR-10's settings
+    p = dict(iterations=200, outer_loop=100, inner_loop=-(-d["n_data"] // 64), batch_real=64, batch_train=64,
+             factor=2, init="idc", lr_img=d["lr_img"] * ipc / 10, momentum_img=0.5, lr_net=0.01, momentum_net=0.9,
+             weight_decay_net=5e-4, max_syn_per_class=128, eval_epochs=1000, eval_models=20, eval_batch=64,
+             checkpoint_every=10, distance=d["distance"], aug_drop=d["aug_drop"], cutmix_prob=0.5)
+    if dataset == "mnist":  # factor 2 > 1: "cutmix or cutout is not much effective" (reproduce.py)
+        p.update(aug_drop="flip,cutout", cutmix_prob=0.0)
+    return p
 
 
-def cpu_preset(method: str, ipc: int) -> dict[str, Any]:
+def cpu_preset(method: str, ipc: int, dataset: str = "cifar10") -> dict[str, Any]:
     """A reduced budget that finishes on 2 CPU cores in minutes (same algorithm, fewer/smaller steps)."""
-    p = paper_preset(method, ipc)
+    p = paper_preset(method, ipc, dataset)
     if method in ("dc", "dsa"):
         p.update(iterations=6, outer_loop=min(p["outer_loop"], 3), inner_loop=min(p["inner_loop"], 5),
                  batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2)
@@ -145,7 +188,7 @@ def default_subset_k(syn_per_class: int) -> int:
     return 2 if syn_per_class % 2 == 0 else 1
 
 
-def make_config(method: str, ipc: int, preset: str = "paper", **overrides: Any) -> Config:
+def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "cifar10", **overrides: Any) -> Config:
     """Resolves preset then explicit overrides (None values are ignored) and validates.
 
     Raises:
@@ -157,7 +200,8 @@ def make_config(method: str, ipc: int, preset: str = "paper", **overrides: Any) 
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if not isinstance(ipc, int) or ipc < 1:
         raise ConfigError(f"--ipc must be a positive integer, got {ipc}")
-    fields = dict(_PRESETS[preset](method, ipc), method=method, ipc=ipc, preset=preset)
+    dataset = _dataset_name(dataset)
+    fields = dict(_PRESETS[preset](method, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     fields.setdefault("subset_k", default_subset_k(ipc * fields.get("factor", 1) ** 2))
     cfg = Config(**fields)
@@ -203,5 +247,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if cfg.conv_impl not in CONV_IMPLS:
         raise ConfigError(f"unknown conv implementation {cfg.conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
-    if cfg.factor > 1 and 32 % cfg.factor:
-        raise ConfigError(f"--factor {cfg.factor} must divide the image size 32")
+    _dataset_name(cfg.dataset)
+    if cfg.distance and cfg.distance not in DISTANCE_NAMES:
+        raise ConfigError(f"unknown distance {cfg.distance!r}; choose one of {', '.join(DISTANCE_NAMES)}")
+    if not 0 <= cfg.cutmix_prob <= 1:
+        raise ConfigError(f"--cutmix-prob must be in [0, 1], got {cfg.cutmix_prob}")
+    if cfg.eval_aug and cfg.eval_aug not in EVAL_AUGS:
+        raise ConfigError(f"unknown evaluation augmentation {cfg.eval_aug!r}; choose one of {', '.join(EVAL_AUGS)}")
+    unknown = [op for op in aug_drop_ops(cfg) if op not in AUG_OPS]
+    if unknown:
+        raise ConfigError(f"unknown augmentation op {unknown[0]!r} in --aug-drop; known: {', '.join(AUG_OPS)}")
+
+
+def aug_drop_ops(cfg: Config) -> tuple[str, ...]:
+    return tuple(op.strip() for op in cfg.aug_drop.split(",") if op.strip())
+
+
+def _dataset_name(name: str) -> str:
+    """The registry name of `name`; ConfigError for an unknown one."""
+    try:
+        return dataset_info(name).name
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sm_jax import sharding
-from sm_jax.models import init_params, normalize
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
 
@@ -16,12 +15,12 @@ def train_network(method, proto: TrainProtocol, x: jax.Array, y: jax.Array, key:
     """One fresh network (initialised from `key`) trained on a set with the evaluation protocol.
 
     Args:
-      x: (M, 32, 32, 3) normalised images; y: (M,) labels.
+      x: (M, H, W, C) normalised images; y: (M,) labels.
     Returns:
       the trained parameters.
     """
     k_init, k_train = jax.random.split(key)
-    return train_on_set(method.apply_fn, init_params(method.model, k_init), x, y, k_train, proto)
+    return train_on_set(method.apply_fn, method.init_params(k_init), x, y, k_train, proto)
 
 
 def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1):
@@ -30,12 +29,12 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     Args:
       method: a methods.GradientMatching (model, apply_fn).
       proto: the training protocol.
-      test_x: (N, 32, 32, 3) uint8 test images; test_y: (N,) labels.
+      test_x: (N, H, W, C) uint8 test images; test_y: (N,) labels.
       parallel: networks per call (the vmapped width).
     Returns:
-      fn(x (M, 32, 32, 3) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
+      fn(x (M, H, W, C) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
     """
-    tx_ = normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
+    tx_ = method.normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
     ty_ = jnp.asarray(test_y, jnp.int32)
 
     @jax.jit
@@ -52,7 +51,7 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
 
     Args:
       method: the run's method (its eval protocol is used).
-      images: (C, n, 32, 32, 3) decoded, normalised synthetic images.
+      images: (classes, n, H, W, C) decoded, normalised synthetic images.
       key: evaluation key; network i uses fold_in(key, i), so results do not depend on `parallel`.
       models: number of networks; epochs: override of the protocol's epochs.
       progress: called with the number of networks finished after each chunk.

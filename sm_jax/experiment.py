@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -15,8 +14,8 @@ import numpy as np
 
 from sm_jax import artifacts, backend
 from sm_jax.checkpointing import Checkpointer, CheckpointError
-from sm_jax.config import AUTO_CHUNK, Config, ConfigError, validate
-from sm_jax.data import DataError, Dataset, load_cifar10
+from sm_jax.config import AUTO_CHUNK, Config, ConfigError, legacy_identity, validate
+from sm_jax.data import DataError, Dataset, load_dataset
 from sm_jax.evaluation import evaluate_set
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
@@ -93,7 +92,7 @@ class Run:
         self.workdir = Path(cfg.workdir)
         self.log = log
         self.progress = progress
-        self.data = data if data is not None else load_cifar10(cfg.data_dir)
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.holdout:
             self.data = self.data.holdout(cfg.holdout)
         if self.data.num_classes < 2:
@@ -101,7 +100,7 @@ class Run:
         self.mesh = make_mesh(cfg.devices)
         check_divides(self.mesh, self.data.num_classes, "the number of classes")
         backend.apply_precision(cfg.precision)
-        self.method = make_method(cfg, self.data.num_classes, self.mesh)
+        self.method = make_method(cfg, self.data.spec, self.mesh)
         self.key = jax.random.key(cfg.seed)
 
     # --- state ---------------------------------------------------------------------------------------------
@@ -123,8 +122,9 @@ class Run:
             ckpt.wait()
             return state, partitions
         _, meta = ckpt.read_meta(step)
-        if meta.get("identity") != json.loads(json.dumps(self.cfg.identity())):
-            diff = _diff(meta.get("identity", {}), self.cfg.identity())
+        stored = legacy_identity(meta.get("identity", {}))
+        if stored != json.loads(json.dumps(self.cfg.identity())):
+            diff = _diff(stored, self.cfg.identity())
             raise RunError(f"{self.workdir} holds another run ({diff}); "
                            "use a new --workdir or the same settings")
         state, partitions = self.restore(ckpt, step, state, partitions)
@@ -190,11 +190,11 @@ class Run:
         """The method with the largest class chunk whose iteration is predicted to fit the device's memory (or
         `limit` bytes)."""
         def compile_with(chunk: int):
-            method = make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
+            method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
             return jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
 
         chunk = backend.auto_class_chunk(self.data.num_classes, compile_with, limit=limit, log=self.log)
-        return make_method(self.cfg.replace(class_chunk=chunk), self.data.num_classes, self.mesh)
+        return make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
 
     # --- the run -------------------------------------------------------------------------------------------
     def execute(self) -> dict:

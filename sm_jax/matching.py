@@ -45,7 +45,17 @@ def mse_distance(g_real: Params, g_syn: Params) -> jax.Array:
     return total
 
 
-DISTANCES: dict[str, Callable[[Params, Params], jax.Array]] = {"cosine": cosine_distance, "mse": mse_distance}
+def l1_distance(g_real: Params, g_syn: Params) -> jax.Array:
+    """IDC's `l1` metric (its MNIST and Fashion-MNIST setting): sum of absolute differences over conv kernels."""
+    total = jnp.zeros((), jnp.float32)
+    for a, b in zip(jax.tree.leaves(g_real), jax.tree.leaves(g_syn)):
+        if a.ndim == 4:
+            total = total + jnp.sum(jnp.abs(a - b))
+    return total
+
+
+DISTANCES: dict[str, Callable[[Params, Params], jax.Array]] = {"cosine": cosine_distance, "mse": mse_distance,
+                                                                "l1": l1_distance}
 
 
 def lambda_schedule(lambda0: float, iteration, total: int):
@@ -107,7 +117,7 @@ def class_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Para
       scalar distance; its gradient flows into `syn` only (real gradients are constants).
     """
     if policy:
-        aug = sample_policy(key, policy, 1)
+        aug = sample_policy(key, policy, 1, real.shape[1:3])
         real, syn = apply_policy(policy, aug, real), apply_policy(policy, aug, syn)
     g_real = jax.lax.stop_gradient(param_grad(apply_fn, params, real, jnp.full(real.shape[:1], label)))
     g_syn = param_grad(apply_fn, params, syn, jnp.full(syn.shape[:1], label))

@@ -2,7 +2,8 @@
 
 A method owns: how the synthetic set is initialised and stored, how it is decoded into the images that
 are matched and evaluated, the matching distance and augmentation, what one condensation iteration does,
-and its evaluation protocol. `METHODS[name](config, num_classes)` builds one.
+and its evaluation protocol. `METHODS[name](config, spec)` builds one for a dataset's DataSpec (classes, image
+shape, normalisation statistics).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import optax
 from sm_jax import augmentation as aug
 from sm_jax import sharding
 from sm_jax.backend import CPU_CLASS_CHUNK
-from sm_jax.config import AUTO_CHUNK, Config, ConfigError
-from sm_jax.data import Dataset
+from sm_jax.config import AUTO_CHUNK, Config, ConfigError, aug_drop_ops
+from sm_jax.data import DataSpec, Dataset
 from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
 from sm_jax.models import denormalize, init_params, make_model, normalize
 from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
@@ -26,7 +27,7 @@ from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
 class Context(NamedTuple):
     """Device-resident constants of a run (the dataset and the fixed subset partitions)."""
 
-    train_x: jax.Array  # (N, 32, 32, 3) uint8
+    train_x: jax.Array  # (N, H, W, C) uint8
     train_y: jax.Array  # (N,) int32
     class_idx: jax.Array  # (C, M) int32 indices into train_x, -1 padded
     real_part: jax.Array  # (C, K, M/K) int32 indices into train_x, -1 padded
@@ -34,7 +35,7 @@ class Context(NamedTuple):
 
 
 class CondenseState(NamedTuple):
-    images: jax.Array  # (C, ipc, 32, 32, 3): normalised (DC/DSA) or [0, 1] pixels (IDC)
+    images: jax.Array  # (classes, ipc, H, W, C): normalised (DC/DSA) or [0, 1] pixels (IDC)
     opt_state: Any  # image optimiser state
     iteration: jax.Array  # int32 scalar: iterations completed
 
@@ -68,9 +69,9 @@ def make_context(cfg: Config, data: Dataset, partitions=None) -> Context:
                    jnp.asarray(real_part), jnp.asarray(syn_part))
 
 
-def real_batch(ctx: Context, idx: jax.Array) -> jax.Array:
-    """Normalised float images for integer indices of any shape: (...,) -> (..., 32, 32, 3)."""
-    return normalize(ctx.train_x[idx].astype(jnp.float32) / 255.0)
+def real_batch(ctx: Context, idx: jax.Array, spec: DataSpec = DataSpec()) -> jax.Array:
+    """Normalised float images for integer indices of any shape: (...,) -> (..., H, W, C)."""
+    return normalize(ctx.train_x[idx].astype(jnp.float32) / 255.0, spec.mean, spec.std)
 
 
 class GradientMatching:
@@ -82,37 +83,58 @@ class GradientMatching:
     net_policy: aug.Policy = aug.NO_POLICY
     eval_policy: aug.Policy = aug.NO_POLICY
 
-    def __init__(self, cfg: Config, num_classes: int = 10, mesh=None):
+    def __init__(self, cfg: Config, spec: DataSpec | int = DataSpec(), mesh=None):
         self.cfg = cfg
-        self.num_classes = num_classes
+        self.spec = DataSpec(num_classes=spec) if isinstance(spec, int) else spec  # an int: CIFAR-like classes
+        self.num_classes = self.spec.num_classes
         self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
-        self.model = make_model(num_classes, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
+        self.model = make_model(self.num_classes, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
-        self.dist = DISTANCES[self.distance]
+        self.dist = DISTANCES[cfg.distance or self.distance]
+        drop = aug_drop_ops(cfg)
+        self.match_policy = aug.drop_ops(type(self).match_policy, drop)
+        self.net_policy = aug.drop_ops(type(self).net_policy, drop)
+        self.eval_policy = aug.drop_ops(type(self).eval_policy, drop)
+        if cfg.eval_aug:
+            self.eval_policy = () if cfg.eval_aug == "none" else ((cfg.eval_aug,),)
+        h, w = self.spec.image_shape[:2]
+        if h % cfg.factor or w % cfg.factor:
+            raise ConfigError(f"--factor {cfg.factor} must divide the image size {h}x{w}")
 
     # --- the synthetic set ------------------------------------------------------------------------------
     def apply_fn(self, params, x):
         return self.model.apply({"params": params}, x)
 
+    def init_params(self, key: jax.Array):
+        """Fresh parameters of the matching network for this dataset's image shape."""
+        return init_params(self.model, key, self.spec.image_shape)
+
+    def normalize(self, x01: jax.Array) -> jax.Array:
+        """[0, 1] pixels -> the networks' input space, with the dataset's statistics."""
+        return normalize(x01, self.spec.mean, self.spec.std)
+
+    def denormalize(self, x: jax.Array) -> jax.Array:
+        return denormalize(x, self.spec.mean, self.spec.std)
+
     def init_images(self, data: Dataset, key: jax.Array) -> jax.Array:
-        """Initial stored images (C, ipc, 32, 32, 3) as the config's `init` says."""
+        """Initial stored images (classes, ipc, H, W, C) as the config's `init` says."""
         c, ipc = data.num_classes, self.cfg.ipc
         if self.cfg.init == "noise":
-            return jax.random.normal(key, (c, ipc, 32, 32, 3), jnp.float32)
+            return jax.random.normal(key, (c, ipc, *data.train_x.shape[1:]), jnp.float32)
         idx = data.class_indices()
         if self.cfg.init == "real":
             picks = [jax.random.choice(k, row[row >= 0], (ipc,), replace=False)
                      for k, row in zip(jax.random.split(key, c), idx)]
-            return normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
+            return self.normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
         return idc_init(data.train_x, idx, ipc, self.cfg.factor)
 
     def decode(self, images: jax.Array) -> jax.Array:
-        """Stored images -> the normalised images that are matched and evaluated: (C, n, 32, 32, 3)."""
+        """Stored images -> the normalised images that are matched and evaluated: (classes, n, H, W, C)."""
         return images
 
     def to_pixels(self, images: jax.Array) -> jax.Array:
         """Stored images -> [0, 1] pixels for saving and viewing."""
-        return jnp.clip(denormalize(images), 0.0, 1.0)
+        return jnp.clip(self.denormalize(images), 0.0, 1.0)
 
     def init_state(self, images: jax.Array) -> CondenseState:
         return CondenseState(images, self.img_tx.init(images), jnp.zeros((), jnp.int32))
@@ -122,7 +144,7 @@ class GradientMatching:
         """The synthetic images of one class's whole-class term (IDC caps their number).
 
         Args:
-          syn: (n, 32, 32, 3) one class's decoded images; key: that class's key.
+          syn: (n, H, W, C) one class's decoded images; key: that class's key.
         """
         return syn
 
@@ -143,20 +165,20 @@ class GradientMatching:
         xs = {"images": images, "label": jnp.arange(c), "k_syn": jax.random.split(k_syn, c)}
         if not cfg.subset_only:
             idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            xs["real"] = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, B, 32, 32, 3)
+            xs["real"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, B, H, W, C)
             xs["k_all"] = jax.random.split(ka_all, c)
         if cfg.use_subsets:
             k = ctx.real_part.shape[1]
             keys = jax.random.split(k_sub, c * k).reshape(c, k)
             idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx), self.mesh)  # (C, K, Bs, 32, 32, 3)
+            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, K, Bs, H, W, C)
             xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
             xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
         sub_weight = 1.0 if cfg.subset_only else lam
 
         def class_grad(x):
-            def loss_fn(images_c):  # (ipc, 32, 32, 3) stored images of one class
-                syn = self.decode(images_c[None])[0]  # (n, 32, 32, 3)
+            def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
+                syn = self.decode(images_c[None])[0]  # (n, H, W, C)
                 la = ls = jnp.zeros((), jnp.float32)
                 if "real" in x:
                     la = class_match(self.apply_fn, self.dist, self.match_policy, params, x["real"],
@@ -224,7 +246,7 @@ class GradientMatching:
         """
         cfg = self.cfg
         k_net, k_loop = jax.random.split(key)
-        params = init_params(self.model, k_net)
+        params = self.init_params(k_net)
         lam = self.lam(state.iteration)
         images = self.prepare(state.images)
 
@@ -266,7 +288,7 @@ def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int =
 
     Block k (row-major) of stored image j holds real image k * ipc + j of the class.
     Returns:
-      (C, ipc, 32, 32, 3) float32 in [0, 1].
+      (classes, ipc, H, W, C) float32 in [0, 1].
     """
     n = factor * factor * ipc
     out = []
@@ -274,10 +296,10 @@ def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int =
         row = row[row >= 0]
         if len(row) < n:
             raise ConfigError(f"IDC init needs {n} images per class, a class has {len(row)}")
-        small = train_x[row[:n]][:, ::factor, ::factor].astype(np.float32) / 255.0  # (f*f*ipc, h, w, 3)
-        h, w = small.shape[1:3]
-        blocks = small.reshape(factor, factor, ipc, h, w, 3)  # (block row, block col, image, ...)
-        out.append(blocks.transpose(2, 0, 3, 1, 4, 5).reshape(ipc, factor * h, factor * w, 3))
+        small = train_x[row[:n]][:, ::factor, ::factor].astype(np.float32) / 255.0  # (f*f*ipc, h, w, C)
+        h, w, ch = small.shape[1:]
+        blocks = small.reshape(factor, factor, ipc, h, w, ch)  # (block row, block col, image, ...)
+        out.append(blocks.transpose(2, 0, 3, 1, 4, 5).reshape(ipc, factor * h, factor * w, ch))
     return jnp.asarray(np.stack(out))
 
 
@@ -285,16 +307,16 @@ def idc_decode(images: jax.Array, factor: int = 2) -> jax.Array:
     """Each stored image -> its factor^2 crops (row-major), upsampled bilinearly (align_corners False).
 
     Args:
-      images: (C, ipc, H, W, 3).
+      images: (classes, ipc, H, W, C), H and W multiples of factor.
     Returns:
-      (C, factor^2 * ipc, H, W, 3), crop-major: index = crop * ipc + image.
+      (classes, factor^2 * ipc, H, W, C), crop-major: index = crop * ipc + image.
     """
     if factor == 1:
         return images
     c, ipc, h, w, ch = images.shape
-    s = h // factor
-    crops = images.reshape(c, ipc, factor, s, factor, s, ch).transpose(0, 2, 4, 1, 3, 5, 6)
-    crops = crops.reshape(c, factor * factor * ipc, s, s, ch)
+    sh, sw = h // factor, w // factor
+    crops = images.reshape(c, ipc, factor, sh, factor, sw, ch).transpose(0, 2, 4, 1, 3, 5, 6)
+    crops = crops.reshape(c, factor * factor * ipc, sh, sw, ch)
     return jax.image.resize(crops, (c, factor * factor * ipc, h, w, ch), "bilinear", antialias=False)
 
 
@@ -308,7 +330,7 @@ class IDC(GradientMatching):
     eval_policy = aug.IDC_EVAL_POLICY
 
     def decode(self, images):
-        return normalize(idc_decode(images, self.cfg.factor))
+        return self.normalize(idc_decode(images, self.cfg.factor))
 
     def to_pixels(self, images):
         return jnp.clip(images, 0.0, 1.0)
@@ -347,9 +369,10 @@ class IDC(GradientMatching):
             params, opt_state = carry
             k_idx, k_step = jax.random.split(jax.random.fold_in(key, s))
             idx = jax.random.randint(k_idx, (cfg.batch_train,), 0, n)
-            x, y = real_batch(ctx, idx), ctx.train_y[idx]
+            x, y = real_batch(ctx, idx, self.spec), ctx.train_y[idx]
             params, opt_state, _ = train_step(self.apply_fn, tx, params, opt_state, x, y,
-                                              jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy, 0.5)
+                                              jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy,
+                                              cfg.cutmix_prob)
             return (params, opt_state), None
 
         (params, net_state), _ = jax.lax.scan(step, (params, net_state), jnp.arange(cfg.inner_loop))
@@ -358,19 +381,20 @@ class IDC(GradientMatching):
     def eval_protocol(self, epochs=None):
         e = self.cfg.eval_epochs if epochs is None else epochs
         return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
-                             weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=0.5,
+                             weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=self.cfg.cutmix_prob,
                              milestones=((2 * e // 3, 0.2), (5 * e // 6, 0.2)), reset_momentum_at_milestones=False)
 
 
 METHODS: dict[str, type[GradientMatching]] = {"dc": GradientMatching, "dsa": DSA, "idc": IDC}
 
 
-def make_method(cfg: Config, num_classes: int = 10, mesh=None) -> GradientMatching:
-    """The method named by cfg.method; `mesh` shards its class axis (see sharding.py).
+def make_method(cfg: Config, spec: DataSpec | int = DataSpec(), mesh=None) -> GradientMatching:
+    """The method named by cfg.method for a dataset's DataSpec (or a class count, for CIFAR-shaped data); `mesh`
+    shards its class axis (see sharding.py).
 
     `class_chunk` auto becomes backend.CPU_CLASS_CHUNK on CPU and all classes elsewhere; `Run` resolves it by the
     device's memory first (backend.auto_class_chunk).
     """
     if cfg.class_chunk == AUTO_CHUNK:
         cfg = cfg.replace(class_chunk=CPU_CLASS_CHUNK if jax.default_backend() == "cpu" else 0)
-    return METHODS[cfg.method](cfg, num_classes, mesh)
+    return METHODS[cfg.method](cfg, spec, mesh)

@@ -204,7 +204,7 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
       execute: fn(argv, data) -> results; default: the CLI code path with a dataset loaded once.
     """
     from sm_jax.cli import condense_parser, config_from_args
-    from sm_jax.data import load_cifar10
+    from sm_jax.data import load_dataset
     from sm_jax.experiment import Run
 
     specs = load_plan(name)
@@ -212,10 +212,10 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
     cache: dict[str, Any] = {}
 
     def default_execute(argv, _):
-        cfg = config_from_args(condense_parser().parse_args(argv))
-        if cfg.data_dir not in cache:
-            cache[cfg.data_dir] = load_cifar10(cfg.data_dir)
-        return Run(cfg, data=cache[cfg.data_dir], progress=False, log=log).execute()
+        cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
+        if (cfg.dataset, cfg.data_dir) not in cache:
+            cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir)
+        return Run(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log).execute()
 
     execute = execute or default_execute
     results: dict[str, dict] = {}
@@ -246,13 +246,13 @@ def _matches(done: dict, argv: list[str]) -> bool:
     """Whether a finished run's results come from the config these flags build (else the run resumes/extends)."""
     from sm_jax.cli import condense_parser, config_from_args
 
-    cfg = config_from_args(condense_parser().parse_args(argv))
-    have = done.get("config", {})
-    same = {**cfg.identity(), "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,
-            "eval_every": cfg.eval_every}
-    # fields added to Config after a run finished hold their defaults, which the run used
-    defaults = json.loads(type(cfg)().to_json())
-    return all(have.get(k, defaults.get(k)) == v for k, v in same.items()) and done.get("iterations") == cfg.iterations
+    cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
+    # fields added to Config after a run finished hold their defaults there, which the run used
+    have = type(cfg).from_dict(done.get("config", {}))
+    same = lambda c: {**c.identity(), "eval_epochs": c.eval_epochs, "eval_models": c.eval_models,  # noqa: E731
+                      "eval_every": c.eval_every}
+    return json.loads(json.dumps(same(have))) == json.loads(json.dumps(same(cfg))) and \
+        done.get("iterations") == cfg.iterations
 
 
 # --- reporting --------------------------------------------------------------------------------------------------

@@ -101,3 +101,57 @@ def test_cutmix_box_and_label_weight():
 def test_unknown_op_rejected():
     with pytest.raises(ValueError, match="unknown augmentation op"):
         aug.check_policy((("color", "blur"),))
+
+
+# --- DC's evaluation augmentation (per image, not differentiable) ------------------------------------------
+
+def _dc(op, x, **params):
+    n = x.shape[0]
+    strategy = {"crop": 0, "scale": 1, "rotate": 2}
+    p = {"choice": jnp.full((n,), strategy[op]), "shift": jnp.zeros((n, 2), jnp.int32), "scale": jnp.ones((n, 2)),
+         "angle": jnp.zeros((n,)), "noise": jax.random.split(jax.random.key(0), n)}
+    p.update({k: jnp.asarray(v) for k, v in params.items()})
+    return aug.OPS["dc_crop_scale_rotate"][1](p, x)
+
+
+def test_dc_crop_shifts_and_fills_with_the_channel_mean():
+    x = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1)
+    out = _dc("crop", x, shift=[[1, -2], [0, 0]])
+    mean = float(x.mean())
+    expect = np.full((6, 6), mean, np.float32)
+    expect[:5, 2:] = np.asarray(x[0, 1:, :4, 0])  # out[i, j] = x[i + 1, j - 2]
+    np.testing.assert_allclose(out[0, ..., 0], expect)
+    np.testing.assert_array_equal(out[1], x[1])
+
+
+def test_dc_scale_is_a_centred_nearest_resize():
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 1))
+    np.testing.assert_array_equal(_dc("scale", x, scale=[[1.0, 1.0]]), x)
+    out = np.asarray(_dc("scale", x, scale=[[0.5, 1.0]])[0, ..., 0])  # rows: 8 -> 4, centred in rows 2..5
+    expect = np.zeros((8, 8), np.float32)
+    expect[2:6] = np.asarray(x[0, ::2, :, 0])  # nearest: source row floor(a * 8 / 4)
+    np.testing.assert_allclose(out, expect)
+
+
+def test_dc_rotate_quarter_turn_and_identity():
+    x = jax.random.normal(jax.random.key(2), (1, 7, 7, 2))
+    np.testing.assert_allclose(_dc("rotate", x, angle=[0.0]), x, rtol=1e-5, atol=1e-6)
+    out = np.asarray(_dc("rotate", x, angle=[90.0])[0])
+    assert any(np.allclose(out, np.rot90(np.asarray(x[0]), k, axes=(0, 1)), atol=1e-5) for k in (1, 3))
+
+
+def test_dc_augment_draws_one_op_per_image():
+    x = jax.random.normal(jax.random.key(3), (64, 8, 8, 1))
+    p = aug.sample_policy(jax.random.key(4), aug.DC_MNIST_POLICY, 64, (8, 8))[0]["dc_crop_scale_rotate"]
+    assert set(np.asarray(p["choice"]).tolist()) == {0, 1, 2}
+    assert set(np.asarray(p["shift"]).ravel().tolist()) <= set(range(-4, 4))
+    assert set(np.asarray(p["angle"]).tolist()) <= set(range(-45, 45))
+    out = np.asarray(aug.augment(jax.random.key(4), aug.DC_MNIST_POLICY, x))
+    apply = aug.OPS["dc_crop_scale_rotate"][1]
+    branches = [np.asarray(apply({**p, "choice": jnp.full((64,), k)}, x)) for k in range(3)]
+    for i, k in enumerate(np.asarray(p["choice"])):  # each image went through the op its own choice names
+        np.testing.assert_array_equal(out[i], branches[k][i])
+    noisy = aug.augment(jax.random.key(5), aug.DC_BN_POLICY, x)
+    diff = np.asarray(noisy - x).reshape(64, -1)
+    small = (np.abs(diff).max(1) < 0.01) & (np.abs(diff).max(1) > 0)  # the noise images: 0.001 N(0, 1)
+    assert 0 < small.sum() < 64 and np.std(diff[small]) == pytest.approx(1e-3, rel=0.2)

@@ -28,3 +28,42 @@ def test_lifecycle_and_device_settings_do_not_change_the_run_identity():
     a = make_config("dsa", 10, stop_grace=5.0, checkpoint_minutes=1.0, log_every=2.0, precision="tensorfloat32",
                     class_chunk=3)
     assert a.identity() == make_config("dsa", 10).identity()
+
+
+def test_cifar10_entry_point_is_condense_with_dataset_cifar10():
+    from sm_jax.cli import condense_parser, config_from_args
+
+    flags = ["--method", "dsa", "--ipc", "10", "--preset", "cpu", "--data-dir", "x.tar.gz"]
+    alias = config_from_args(condense_parser("cifar10").parse_args(flags))
+    assert alias == config_from_args(condense_parser().parse_args(["--dataset", "cifar10", *flags]))
+    assert alias.dataset == "cifar10" and alias.workdir == "runs/dsa_ipc10_k2_s0"
+    mnist = config_from_args(condense_parser().parse_args(["--dataset", "MNIST", *flags]))
+    assert mnist.dataset == "mnist" and mnist.workdir == "runs/mnist_dsa_ipc10_k2_s0"
+
+
+def test_dataset_presets_follow_the_official_codes():
+    from sm_jax.config import make_config
+
+    c10, mnist = make_config("idc", 10, dataset="cifar10"), make_config("idc", 10, dataset="mnist")
+    assert (c10.identity()["distance"], c10.lr_img, c10.inner_loop, c10.cutmix_prob) == ("mse", 5e-3, 32, 0.5)
+    assert (mnist.distance, mnist.lr_img, mnist.inner_loop) == ("l1", 1e-4, 8)  # n_data 500: 8 steps of 64
+    assert (mnist.aug_drop, mnist.cutmix_prob) == ("flip,cutout", 0.0)
+    fashion = make_config("idc", 50, dataset="fashion_mnist")
+    assert fashion.lr_img == pytest.approx(1e-4 * 5 * (28 / 32) ** 2) and fashion.aug_drop == ""
+    assert make_config("idc", 10, dataset="svhn").aug_drop == "flip"
+    dc_mnist, dc_c10 = make_config("dc", 10, dataset="mnist"), make_config("dc", 10)
+    assert (dc_mnist.eval_aug, dc_mnist.eval_epochs) == ("dc_crop_scale_rotate", 1000)  # utils.get_daparam
+    assert (dc_c10.eval_aug, dc_c10.eval_epochs) == ("", 300)
+    for ds in ("mnist", "svhn", "cifar100"):  # DC/DSA: the same loops on every dataset (utils.get_loops)
+        assert make_config("dsa", 10, dataset=ds).outer_loop == 10
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+        make_config("dc", 10, dataset="imagenet")
+
+
+def test_checkpoints_of_older_versions_keep_their_identity():
+    from sm_jax.config import legacy_identity, make_config
+
+    for method in ("dc", "idc"):
+        new = make_config(method, 10).identity()
+        old = {k: v for k, v in new.items() if k not in ("dataset", "distance", "aug_drop", "cutmix_prob")}
+        assert legacy_identity(old) == new

@@ -63,7 +63,7 @@ def test_idc_decode_quarters_upsampled_like_torch():
 
 def test_idc_per_class_steps_replay_sequential_momentum():
     cfg = tiny_cfg("idc", ipc=1, lr_img=0.1)
-    m = IDC(cfg, num_classes=3)
+    m = IDC(cfg, 3)
     images = jax.random.uniform(jax.random.key(0), (3, 1, 32, 32, 3))
     grads = jax.random.normal(jax.random.key(1), images.shape)
     state = m.init_state(images)

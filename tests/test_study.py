@@ -29,7 +29,7 @@ def test_select_resolves_to_best_validation_group_and_skips_finished(tmp_path):
         from sm_jax.cli import condense_parser, config_from_args
         from sm_jax.experiment import artifacts
 
-        cfg = config_from_args(condense_parser().parse_args(argv))
+        cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
         calls.append(cfg.subset_lambda)
         res = {"accuracy_mean": acc.get(cfg.subset_lambda, 0.1), "iterations": cfg.iterations,
                "config": json.loads(cfg.to_json())}
@@ -67,7 +67,7 @@ def test_builtin_plans_build_valid_configs():
         assert specs
         for s in specs:
             resolved = {k: 1.0 for k, v in s.flags.items() if isinstance(v, str) and v.startswith(study.SELECT)}
-            cfg = config_from_args(condense_parser().parse_args(s.argv(study.Path("w"), None, resolved)))
+            cfg = config_from_args(condense_parser("cifar10").parse_args(s.argv(study.Path("w"), None, resolved)))
             assert cfg.method == s.flags["method"]
     table = study.load_plan("table")
     seeds = {s.flags["seed"] for s in table if s.group.endswith("/sm")}

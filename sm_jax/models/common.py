@@ -12,14 +12,15 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 
 
-def normalize(x01: jax.Array) -> jax.Array:
-    """Map [0, 1] pixels (..., H, W, 3) to the normalised space the networks see."""
-    return (x01 - jnp.asarray(MEAN, x01.dtype)) / jnp.asarray(STD, x01.dtype)
+def normalize(x01: jax.Array, mean=MEAN, std=STD) -> jax.Array:
+    """Map [0, 1] pixels (..., H, W, C) to the normalised space the networks see (the dataset's per-channel
+    mean and std; CIFAR-10's by default)."""
+    return (x01 - jnp.asarray(mean, x01.dtype)) / jnp.asarray(std, x01.dtype)
 
 
-def denormalize(x: jax.Array) -> jax.Array:
+def denormalize(x: jax.Array, mean=MEAN, std=STD) -> jax.Array:
     """Inverse of `normalize`."""
-    return x * jnp.asarray(STD, x.dtype) + jnp.asarray(MEAN, x.dtype)
+    return x * jnp.asarray(std, x.dtype) + jnp.asarray(mean, x.dtype)
 
 
 def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:

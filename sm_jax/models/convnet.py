@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from sm_jax.models.common import torch_uniform
@@ -30,6 +31,9 @@ class ConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
+        if x.shape[-1] == 1:
+            # grey images: the official first convolution pads by 3, not 1 (28x28 MNIST -> 32x32 features)
+            x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
         for i in range(self.depth):
             conv = Conv3x3(self.width, self.conv_impl, name=f"conv{i}")
             if self.norm == "instancenorm" and self.conv_impl == "fast" and x.shape[-1] < FEW_CHANNELS:

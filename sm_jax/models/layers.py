@@ -27,13 +27,14 @@ class Conv3x3(nn.Module):
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
-    """2x2 average pooling, stride 2: (N, H, W, C) -> (N, H/2, W/2, C).
+    """2x2 average pooling, stride 2: (N, H, W, C) -> (N, H//2, W//2, C) (an odd last row/column is dropped,
+    as in PyTorch).
 
     Written as a sum of four slices, not a reduction: XLA:CPU fuses it into the elementwise pass before it instead
     of running a separate reduction kernel over the full-resolution activations (a few percent of a DC step).
     """
     n, h, w, c = x.shape
-    x = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
     return (x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]) * 0.25
 
 

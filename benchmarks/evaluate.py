@@ -1,6 +1,7 @@
 """Evaluation throughput: N networks trained on a synthetic set one after another vs vmapped in one program.
 
 python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32] [--width 128]
+    [--arch resnet18bn]   (any name of the model zoo, or a comma-separated list / pool letter: one line each)
 
 Prints one JSON line with model-epochs per second for both forms, their ratio (vmapped / sequential), and the
 flops of one model-epoch (XLA's cost analysis) with the GFLOP/s each form reaches.
@@ -28,17 +29,26 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--precision", default="float32", help="float32 or tensorfloat32 (GPU)")
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers'; smaller for smoke runs)")
+    p.add_argument("--arch", default="convnet", help="architecture(s) trained: names of models.ARCHS or pools "
+                   "(M, B, W, D, A, P, N), comma-separated; one JSON line each")
     args = p.parse_args(argv)
+    from sm_jax.models import arch_names
+
+    return [measure(args, arch) for arch in arch_names(args.arch)][-1]
+
+
+def measure(args, arch: str) -> dict:
     cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width)
     apply_precision(cfg.precision)
     method = make_method(cfg)
-    proto = method.eval_protocol(args.epochs)
+    net = method.eval_net(arch)
+    proto = method.eval_protocol(args.epochs, arch)
     n = cfg.syn_per_class * 10
     x = jax.random.normal(jax.random.key(0), (n, 32, 32, 3))
     y = jax.numpy.repeat(jax.numpy.arange(10), cfg.syn_per_class)
 
     def train(key):
-        return train_network(method, proto, x, y, key)
+        return train_network(net, proto, x, y, key)
 
     keys = jax.random.split(jax.random.key(1), args.models)
     one = jax.jit(train)
@@ -54,7 +64,7 @@ def main(argv=None) -> dict:
     vm = time.perf_counter() - t0
     work = args.models * args.epochs
     # XLA counts a loop body once, so the flops of one epoch are those of a one-epoch program
-    cost = jax.jit(lambda k: train_network(method, method.eval_protocol(1), x, y, k)).lower(keys[0]).compile()
+    cost = jax.jit(lambda k: train_network(net, method.eval_protocol(1, arch), x, y, k)).lower(keys[0]).compile()
     cost = cost.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -64,8 +74,8 @@ def main(argv=None) -> dict:
            "vmapped_gflops_per_second": flops * work / vm / 1e9,
            "device": str(jax.devices()[0].device_kind), "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
-                      "epochs": args.epochs, "conv_impl": method.model.conv_impl,
-                      "width": cfg.width}}
+                      "epochs": args.epochs, "conv_impl": getattr(net.module, "conv_impl", "xla"),
+                      "width": cfg.width, "arch": arch, "params": net.num_params()}}
     print(json.dumps(out))
     return out
 

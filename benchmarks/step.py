@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     flops_compiled = compiled
     if cfg.class_chunk:  # XLA counts a loop body once: count the flops on the all-classes program (same math)
         full = make_method(cfg.replace(class_chunk=0), data.num_classes)
-        full.model = method.model
+        full.net, full.model = method.net, method.model
         flops_compiled = jax.jit(lambda im, os_, p_, k: full.matching_step(im, os_, p_, ctx, k, 0.5)).lower(
             state.images, state.opt_state, params, key).compile()
     cost = flops_compiled.cost_analysis()

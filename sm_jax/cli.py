@@ -75,6 +75,11 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
                    "archive (or its extracted folder); default: TFDS download")
     p.add_argument("--workdir", help="run directory (default runs/<method>_ipc<N>_k<K>_s<seed>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="matching network: a name of the model zoo, official spelling accepted "
+                   "(ConvNet, ConvNetBN, ResNet18BN_AP, ...; default convnet)")
+    p.add_argument("--eval-arch", help="evaluate on these architectures: comma-separated names and/or official "
+                   "pools M (MLP, ConvNet, LeNet, AlexNet, VGG11, ResNet18), B (the batch-norm ones), W, D, A, P, N "
+                   "(default: the matching network)")
     p.add_argument("--width", type=int)
     p.add_argument("--depth", type=int)
     p.add_argument("--norm")
@@ -93,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
     """The run's Config; the default workdir is runs/<method>_ipc<N>_k<K>_s<seed> with K as resolved."""
     cfg = make_config(args.method, args.ipc, args.preset, args.dataset, subset_k=args.subset_k,
                       subset_lambda=args.subset_lambda, distance=args.distance, aug_drop=args.aug_drop,
-                      eval_aug=args.eval_aug,
+                      eval_aug=args.eval_aug, model=args.model, eval_arch=args.eval_arch,
                       subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
                       iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                       batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,
@@ -163,6 +168,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-models", type=int)
     p.add_argument("--eval-epochs", type=int)
     p.add_argument("--data-dir", help="override the data source recorded in the checkpoint")
+    p.add_argument("--eval-arch", help="architectures to evaluate on (names and/or pools M, B, W, D, A, P, N; "
+                   "default: the run's)")
     p.add_argument("--log-every", type=float, default=30.0,
                    help="seconds between progress lines when the output is not a terminal (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
@@ -180,7 +187,7 @@ def evaluate_main(argv=None) -> None:
         from sm_jax.experiment import evaluate_checkpoint
 
         out = evaluate_checkpoint(args.workdir, args.step, args.eval_models, args.eval_epochs, args.data_dir,
-                                  progress=not args.no_progress, log_every=args.log_every)
+                                  progress=not args.no_progress, log_every=args.log_every, eval_arch=args.eval_arch)
         print(json.dumps(out))
 
     _guard(go)

@@ -64,6 +64,7 @@ class Config:
     momentum_net: float = 0.0
     weight_decay_net: float = 0.0
     # network
+    model: str = "convnet"  # the matching network: a name of models.ARCHS (the official --model)
     width: int = 128
     depth: int = 3
     norm: str = "instancenorm"
@@ -75,6 +76,8 @@ class Config:
     eval_batch: int = 256
     eval_lr: float = 0.01
     eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
+    eval_arch: str = ""  # architectures evaluated: comma-separated models.ARCHS names or pools (M, B, W, D, A, P, N);
+    # '' = the matching network
     class_chunk: int = AUTO_CHUNK  # classes per vmapped program (bounds memory); 0 = all at once; -1 = auto
     precision: str = "float32"  # fp32 matmul / convolution precision on GPU/TPU (see backend.py for why)
     devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
@@ -116,7 +119,7 @@ class Config:
     def identity(self) -> dict[str, Any]:
         """Fields a resumed run must share with the checkpoint (what changes the synthetic set); the distance as
         resolved, so that '' and the method's own name are the same run."""
-        skip = {"eval_epochs", "eval_models", "eval_aug", "eval_every", "eval_batch", "eval_parallel",
+        skip = {"eval_epochs", "eval_models", "eval_aug", "eval_arch", "eval_every", "eval_batch", "eval_parallel",
                 "checkpoint_every", "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl",
                 "checkpoint_minutes", "stop_grace", "log_every", "precision"}
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
@@ -128,7 +131,7 @@ def legacy_identity(stored: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's identity with the fields that older versions did not record set to what they used
     (CIFAR-10, the method's own distance, no dropped augmentation, IDC's CutMix 0.5)."""
     old = {"dataset": "cifar10", "distance": METHOD_DISTANCE.get(stored.get("method"), ""), "aug_drop": "",
-           "cutmix_prob": 0.5}
+           "cutmix_prob": 0.5, "model": "convnet"}
     return {**old, **stored}
 
 
@@ -203,6 +206,8 @@ def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "ci
     dataset = _dataset_name(dataset)
     fields = dict(_PRESETS[preset](method, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
     fields.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(fields.get("model"), str):
+        fields["model"] = fields["model"].lower()  # official names are CamelCase: ConvNetBN = convnetbn
     fields.setdefault("subset_k", default_subset_k(ipc * fields.get("factor", 1) ** 2))
     cfg = Config(**fields)
     validate(cfg)
@@ -239,8 +244,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"--subset-lambda must be >= 0, got {cfg.subset_lambda}")
     if cfg.init not in ("noise", "real", "idc"):
         raise ConfigError(f"unknown init {cfg.init!r}; choose noise, real or idc")
-    if cfg.norm not in ("instancenorm", "layernorm", "none"):
-        raise ConfigError(f"unknown norm {cfg.norm!r}; choose instancenorm, layernorm or none")
+    from sm_jax.models import ARCHS, NORMS, arch_names  # here: the models pull in jax, the config does not
+
+    if cfg.norm not in NORMS:
+        raise ConfigError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
+    if cfg.model.lower() not in ARCHS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(ARCHS)}")
+    try:
+        arch_names(cfg.eval_arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.class_chunk < AUTO_CHUNK:
         raise ConfigError(f"--class-chunk must be auto or >= 0, got {cfg.class_chunk}")
     if cfg.precision not in PRECISIONS:

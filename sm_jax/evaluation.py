@@ -11,42 +11,45 @@ from sm_jax import sharding
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
 
-def train_network(method, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array):
+def train_network(net, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array):
     """One fresh network (initialised from `key`) trained on a set with the evaluation protocol.
 
     Args:
-      x: (M, H, W, C) normalised images; y: (M,) labels.
+      net: a models.Net; x: (M, H, W, C) normalised images; y: (M,) labels.
     Returns:
-      the trained parameters.
+      the trained (parameters, running statistics).
     """
     k_init, k_train = jax.random.split(key)
-    return train_on_set(method.apply_fn, method.init_params(k_init), x, y, k_train, proto)
+    params, state = net.init(k_init)
+    return train_on_set(net, params, state, x, y, k_train, proto)
 
 
-def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1):
+def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1,
+                   net=None):
     """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
 
     Args:
-      method: a methods.GradientMatching (model, apply_fn).
+      method: a methods.GradientMatching (its normalisation; its matching network unless `net` is given).
       proto: the training protocol.
       test_x: (N, H, W, C) uint8 test images; test_y: (N,) labels.
       parallel: networks per call (the vmapped width).
     Returns:
       fn(x (M, H, W, C) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
     """
+    net = net or method.net
     tx_ = method.normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
     ty_ = jnp.asarray(test_y, jnp.int32)
 
     @jax.jit
     def run(x, y, keys, tx, ty):  # the test set is an argument: as a closed-over constant XLA folds it (slowly)
-        return jax.vmap(lambda k: accuracy(method.apply_fn, train_network(method, proto, x, y, k), tx, ty))(keys)
+        return jax.vmap(lambda k: accuracy(net, *train_network(net, proto, x, y, k), tx, ty))(keys)
 
     return lambda x, y, keys: run(x, y, keys, tx_, ty_)
 
 
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
                  models: int, epochs: int | None = None, parallel: int = 1,
-                 progress: Callable[[int], None] | None = None, mesh=None) -> np.ndarray:
+                 progress: Callable[[int], None] | None = None, mesh=None, arch: str | None = None) -> np.ndarray:
     """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
 
     Args:
@@ -56,14 +59,15 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
       models: number of networks; epochs: override of the protocol's epochs.
       progress: called with the number of networks finished after each chunk.
       mesh: when given and `parallel` is a multiple of its size, each chunk's networks are split over its devices.
+      arch: the architecture trained (models.ARCHS; default the matching network), with its protocol.
     Returns:
       (models,) float accuracies in [0, 1].
     """
-    proto = method.eval_protocol(epochs)
+    proto = method.eval_protocol(epochs, arch)
     x = images.reshape(-1, *images.shape[2:])
     y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
     parallel = max(1, min(parallel, models))
-    fn = make_evaluator(method, proto, test_x, test_y, parallel)
+    fn = make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch))
     accs = []
     for start in range(0, models, parallel):
         ids = np.arange(start, start + parallel)

@@ -17,6 +17,7 @@ from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import AUTO_CHUNK, Config, ConfigError, legacy_identity, validate
 from sm_jax.data import DataError, Dataset, load_dataset
 from sm_jax.evaluation import evaluate_set
+from sm_jax.models import arch_names
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
 from sm_jax.progress import Progress
@@ -145,31 +146,51 @@ class Run:
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None,
-                 stop: StopSignals | None = None) -> dict:
-        """The method's evaluation of `state`'s synthetic set; raises _EvalStopped between networks once `stop`
-        is requested."""
+                 stop: StopSignals | None = None, archs: tuple[str, ...] | None = None) -> dict:
+        """The method's evaluation of `state`'s synthetic set on each architecture of `archs` (default: the
+        config's `eval_arch`, or the matching network); raises _EvalStopped between networks once `stop` is
+        requested.
+
+        Returns:
+          the first architecture's accuracies at the top level (accuracy_mean, ...) and, per architecture,
+          `archs[name]` = {accuracies, accuracy_mean, accuracy_std, eval_epochs}.
+        """
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
+        archs = archs or arch_names(cfg.eval_arch) or (self.method.net.name,)
         if models == 0:
             return {"accuracies": [], "accuracy_mean": None, "accuracy_std": None}
-        bar = Progress(models, desc=f"evaluate iteration {int(state.iteration)}: network", unit="net",
+        bar = Progress(models * len(archs), desc=f"evaluate iteration {int(state.iteration)}: network", unit="net",
                        enabled=self.progress, every=cfg.log_every)
-
-        def progress(done: int) -> None:
-            bar.update(done)
-            if stop is not None and stop.requested:
-                raise _EvalStopped
-
         t0 = time.time()
+        per: dict[str, dict] = {}
         try:
-            accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
-                                jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration)), models,
-                                epochs=epochs, parallel=cfg.eval_parallel, progress=progress, mesh=self.mesh)
+            for a, arch in enumerate(archs):
+                def progress(done: int, a=a) -> None:
+                    bar.update(a * models + done)
+                    if stop is not None and stop.requested:
+                        raise _EvalStopped
+
+                key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
+                if a:  # the first architecture keeps the key the evaluation always had
+                    key = jax.random.fold_in(key, a)
+                accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
+                                    key, models, epochs=epochs, parallel=cfg.eval_parallel, progress=progress,
+                                    mesh=self.mesh, arch=arch)
+                per[arch] = {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()),
+                             "accuracy_std": float(accs.std()),
+                             "eval_epochs": self.method.eval_protocol(epochs, arch).epochs}
+                if len(archs) > 1 or arch != self.method.net.name:
+                    self.log(f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
+                             f" ({models} networks, {per[arch]['eval_epochs']} epochs)")
         finally:
             bar.close()
-        return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
-                "eval_epochs": cfg.eval_epochs if epochs is None else epochs, "eval_models": models,
-                "eval_seconds": time.time() - t0}
+        first = per[archs[0]]
+        out = {k: first[k] for k in ("accuracies", "accuracy_mean", "accuracy_std")}
+        out.update(eval_epochs=first["eval_epochs"], eval_models=models, eval_seconds=time.time() - t0)
+        if len(archs) > 1 or archs[0] != self.method.net.name:
+            out["archs"] = per
+        return out
 
     def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
         it = int(state.iteration)
@@ -220,7 +241,9 @@ class Run:
         done_results = self.workdir / "results.json"
         if start >= cfg.iterations and done_results.exists():
             done = json.loads(done_results.read_text())
-            if (done["budget"]["eval_epochs"], done["budget"]["eval_models"]) == (cfg.eval_epochs, cfg.eval_models):
+            budget = done["budget"]
+            if (budget["eval_epochs"], budget["eval_models"], budget.get("eval_arch", "")) == \
+                    (cfg.eval_epochs, cfg.eval_models, cfg.eval_arch):
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
@@ -297,7 +320,8 @@ class Run:
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,
-                       "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models}}
+                       "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,
+                       "eval_arch": cfg.eval_arch}}
         artifacts.write_json(done_results, results)
         artifacts.plot_progress(self.workdir)
         return results
@@ -309,8 +333,9 @@ class _EvalStopped(Exception):
 
 def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: int | None = None,
                         epochs: int | None = None, data_dir: str | None = None, progress: bool = True,
-                        log=print, log_every: float | None = None) -> dict:
-    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation.
+                        log=print, log_every: float | None = None, eval_arch: str | None = None) -> dict:
+    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation, on the
+    architectures `eval_arch` names (default: the run's).
 
     Raises:
       Stopped: on SIGINT / SIGTERM (between networks; nothing is written).
@@ -327,6 +352,9 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
         cfg = cfg.replace(data_dir=data_dir)
     if log_every is not None:
         cfg = cfg.replace(log_every=log_every)
+    if eval_arch is not None:
+        cfg = cfg.replace(eval_arch=eval_arch)
+    validate(cfg)
     run = Run(cfg, progress=progress, log=log)
     state, _ = run.restore(ckpt, step, *run.fresh())
     ckpt.close()

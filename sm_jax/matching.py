@@ -20,6 +20,14 @@ def _rows(g: jax.Array) -> jax.Array:
     return g.T.reshape(g.shape[-1], -1) if g.ndim == 2 else g.reshape(g.shape[0], -1)
 
 
+def _norm(a: jax.Array) -> jax.Array:
+    """Row norms whose gradient at a zero row is 0, as torch.norm's, not NaN: a channel that no image activates
+    (a dead ReLU after batch norm) has an all-zero gradient row."""
+    sq = jnp.sum(a * a, axis=-1)
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+
+
 def cosine_distance(g_real: Params, g_syn: Params) -> jax.Array:
     """DC/DSA's layer-wise distance: per weight tensor (ndim > 1), sum over output rows of 1 - cos.
 
@@ -31,7 +39,7 @@ def cosine_distance(g_real: Params, g_syn: Params) -> jax.Array:
             continue
         a, b = _rows(a), _rows(b)
         dot = jnp.sum(a * b, axis=-1)
-        den = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-6
+        den = _norm(a) * _norm(b) + 1e-6
         total = total + jnp.sum(1.0 - dot / den)
     return total
 

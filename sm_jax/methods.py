@@ -20,8 +20,12 @@ from sm_jax.backend import CPU_CLASS_CHUNK
 from sm_jax.config import AUTO_CHUNK, Config, ConfigError, aug_drop_ops
 from sm_jax.data import DataSpec, Dataset
 from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
-from sm_jax.models import denormalize, init_params, make_model, normalize
+from sm_jax.models import denormalize, make_net, normalize
 from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
+
+
+BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
+BN_KEY = 0xB0  # folded into an outer step's key for that draw
 
 
 class Context(NamedTuple):
@@ -82,13 +86,18 @@ class GradientMatching:
     match_policy: aug.Policy = aug.NO_POLICY
     net_policy: aug.Policy = aug.NO_POLICY
     eval_policy: aug.Policy = aug.NO_POLICY
+    bn_eval_policy: aug.Policy = aug.DC_BN_POLICY  # DC's evaluation of ConvNetBN (utils.get_daparam)
 
     def __init__(self, cfg: Config, spec: DataSpec | int = DataSpec(), mesh=None):
         self.cfg = cfg
         self.spec = DataSpec(num_classes=spec) if isinstance(spec, int) else spec  # an int: CIFAR-like classes
         self.num_classes = self.spec.num_classes
         self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
-        self.model = make_model(self.num_classes, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
+        # the matching network (the official --model; ConvNet-3 by default)
+        self.net = make_net(cfg.model, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm,
+                            cfg.conv_impl)
+        self.model = self.net.module
+        self.batch_norm = self.net.has_state
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.dist = DISTANCES[cfg.distance or self.distance]
         drop = aug_drop_ops(cfg)
@@ -103,11 +112,27 @@ class GradientMatching:
 
     # --- the synthetic set ------------------------------------------------------------------------------
     def apply_fn(self, params, x):
-        return self.model.apply({"params": params}, x)
+        """Logits of the matching network (evaluation mode; a batch-norm network needs `frozen_apply`)."""
+        return self.net.apply(params, {}, x)[0]
 
     def init_params(self, key: jax.Array):
         """Fresh parameters of the matching network for this dataset's image shape."""
-        return init_params(self.model, key, self.spec.image_shape)
+        return self.net.init(key)[0]
+
+    def eval_net(self, arch: str | None = None):
+        """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the matching one."""
+        if arch is None or arch == self.net.name:
+            return self.net
+        cfg = self.cfg
+        return make_net(arch, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
+
+    def freeze_bn(self, params, state, ctx: Context, key: jax.Array):
+        """The official code's step before matching with a batch-norm network: one training-mode pass over 16 real
+        images per class updates the running statistics, which the matching then uses (evaluation mode)."""
+        per_class = min(BN_PER_CLASS, self.cfg.batch_real)
+        idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(key, self.num_classes), ctx.class_idx, per_class)
+        x = real_batch(ctx, idx.reshape(-1), self.spec)  # (classes * 16, H, W, C)
+        return self.net.apply(params, state, x, True)[1]
 
     def normalize(self, x01: jax.Array) -> jax.Array:
         """[0, 1] pixels -> the networks' input space, with the dataset's statistics."""
@@ -148,17 +173,19 @@ class GradientMatching:
         """
         return syn
 
-    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam):
+    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
         """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
 
         Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
         vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
         through one vmapped program at a time (0 = all at once), which bounds the memory of the second-order
         activations; the result is the same for every chunk size.
+        `apply_fn(params, x)`: the network's logits (default `self.apply_fn`; a batch-norm network's frozen one).
         Returns:
           (grads like images, (loss_all (C,), loss_sub (C, K))).
         """
         cfg = self.cfg
+        apply_fn = apply_fn or self.apply_fn
         c = images.shape[0]
         k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
         ka_all, ka_sub = jax.random.split(k_aug)
@@ -181,10 +208,10 @@ class GradientMatching:
                 syn = self.decode(images_c[None])[0]  # (n, H, W, C)
                 la = ls = jnp.zeros((), jnp.float32)
                 if "real" in x:
-                    la = class_match(self.apply_fn, self.dist, self.match_policy, params, x["real"],
+                    la = class_match(apply_fn, self.dist, self.match_policy, params, x["real"],
                                      self.select_syn(syn, x["k_syn"]), x["label"], x["k_all"])
                 if "real_sub" in x:
-                    match = lambda r, part, kk: class_match(self.apply_fn, self.dist, self.match_policy,  # noqa: E731
+                    match = lambda r, part, kk: class_match(apply_fn, self.dist, self.match_policy,  # noqa: E731
                                                            params, r, syn[part], x["label"], kk)
                     ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
                 return la + sub_weight * ls.sum(), (la, ls)
@@ -218,22 +245,28 @@ class GradientMatching:
         return images
 
     def net_init(self, params):
+        """The inner loop's optimiser state (IDC's momentum; none for DC/DSA's fresh optimiser per loop)."""
         return None
 
     def train_net(self, params, net_state, images, ctx: Context, key):
-        """Inner-loop network training between matching steps: DC/DSA train on the (detached) synthetic set."""
+        """Inner-loop network training between matching steps: DC/DSA train on the (detached) synthetic set.
+
+        net_state: (running statistics, optimiser state of net_init).
+        """
+        bn, opt = net_state
         syn = jax.lax.stop_gradient(self.decode(images))
         x = syn.reshape(-1, *syn.shape[2:])
         y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
-        return train_on_set(self.apply_fn, params, x, y, key, self.net_protocol()), net_state
+        params, bn = train_on_set(self.net, params, bn, x, y, key, self.net_protocol())
+        return params, (bn, opt)
 
-    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam):
+    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
         """One outer step: the matching of all classes and subsets, then the image update.
 
         Returns:
           (images, opt_state, metrics dict of scalars).
         """
-        grads, (la, ls) = self.match(images, params, ctx, key, lam)
+        grads, (la, ls) = self.match(images, params, ctx, key, lam, apply_fn)
         images, opt_state = self.update_images(images, opt_state, grads)
         return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
 
@@ -246,31 +279,46 @@ class GradientMatching:
         """
         cfg = self.cfg
         k_net, k_loop = jax.random.split(key)
-        params = self.init_params(k_net)
+        params, bn = self.net.init(k_net)
         lam = self.lam(state.iteration)
         images = self.prepare(state.images)
 
         def outer(carry, step):
             images, opt_state, params, net_state = carry
             k_match, k_train = jax.random.split(jax.random.fold_in(k_loop, step))
-            images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam)
+            apply_fn = None
+            if self.batch_norm:  # statistics from real data, frozen for the matching (static: the net's kind)
+                bn = self.freeze_bn(params, net_state[0], ctx, jax.random.fold_in(jax.random.fold_in(k_loop, step),
+                                                                                     BN_KEY))
+                net_state = (bn, net_state[1])
+                apply_fn = lambda p, x: self.net.apply(p, bn, x)[0]  # noqa: E731
+            images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam, apply_fn)
             params, net_state = jax.lax.cond(
                 step < cfg.outer_loop - 1,
                 lambda p, s: self.train_net(p, s, images, ctx, k_train),
                 lambda p, s: (p, s), params, net_state)
             return (images, opt_state, params, net_state), metrics
 
-        carry = (images, state.opt_state, params, self.net_init(params))
+        carry = (images, state.opt_state, params, (bn, self.net_init(params)))
         (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
         metrics = jax.tree.map(jnp.mean, metrics)
         metrics["lambda"] = jnp.asarray(0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam))
         return CondenseState(images, opt_state, state.iteration + 1), metrics
 
     # --- evaluation ---------------------------------------------------------------------------------------
-    def eval_protocol(self, epochs: int | None = None) -> TrainProtocol:
+    def eval_protocol(self, epochs: int | None = None, arch: str | None = None) -> TrainProtocol:
+        """The evaluation training of architecture `arch` (default: the matching network's protocol).
+
+        DC evaluates ConvNetBN with its crop / noise augmentation and, as augmented training "needs more epochs"
+        in the official code (1000 instead of 300), 10/3 times the configured epochs unless `epochs` is given.
+        """
         e = self.cfg.eval_epochs if epochs is None else epochs
+        policy = self.eval_policy
+        if self.bn_eval_policy and arch == "convnetbn" and not self.cfg.eval_aug:
+            policy = self.bn_eval_policy
+            e = e * 10 // 3 if epochs is None else e
         return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
-                             weight_decay=5e-4, policy=self.eval_policy, milestones=((e // 2 + 1, 0.1),),
+                             weight_decay=5e-4, policy=policy, milestones=((e // 2 + 1, 0.1),),
                              reset_momentum_at_milestones=True)
 
 
@@ -281,6 +329,7 @@ class DSA(GradientMatching):
     match_policy = aug.DSA_POLICY
     net_policy = aug.DSA_POLICY
     eval_policy = aug.DSA_POLICY
+    bn_eval_policy = aug.NO_POLICY  # DSA evaluates every network with its own augmentation
 
 
 def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int = 2) -> jax.Array:
@@ -366,19 +415,19 @@ class IDC(GradientMatching):
         n = ctx.train_x.shape[0]
 
         def step(carry, s):
-            params, opt_state = carry
+            params, bn, opt_state = carry
             k_idx, k_step = jax.random.split(jax.random.fold_in(key, s))
             idx = jax.random.randint(k_idx, (cfg.batch_train,), 0, n)
             x, y = real_batch(ctx, idx, self.spec), ctx.train_y[idx]
-            params, opt_state, _ = train_step(self.apply_fn, tx, params, opt_state, x, y,
-                                              jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy,
-                                              cfg.cutmix_prob)
-            return (params, opt_state), None
+            params, bn, opt_state, _ = train_step(self.net, tx, params, bn, opt_state, x, y,
+                                                  jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy,
+                                                  cfg.cutmix_prob)
+            return (params, bn, opt_state), None
 
-        (params, net_state), _ = jax.lax.scan(step, (params, net_state), jnp.arange(cfg.inner_loop))
-        return params, net_state
+        (params, *net_state), _ = jax.lax.scan(step, (params, *net_state), jnp.arange(cfg.inner_loop))
+        return params, tuple(net_state)
 
-    def eval_protocol(self, epochs=None):
+    def eval_protocol(self, epochs=None, arch=None):
         e = self.cfg.eval_epochs if epochs is None else epochs
         return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
                              weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=self.cfg.cutmix_prob,

@@ -1,8 +1,12 @@
-"""Network training loops shared by condensation (inner loops) and evaluation: pure, scan-based."""
+"""Network training loops shared by condensation (inner loops) and evaluation: pure, scan-based.
+
+A network is anything with `apply(params, state, x, train) -> (logits, state)` (models.Net): parameters are
+trained, the state (batch norm's running statistics, or {}) is carried along.
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,18 +44,19 @@ def reset_momentum(opt_state, reset) -> Any:
     return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
 
 
-def train_step(apply_fn: Callable, tx: optax.GradientTransformation, params: Params, opt_state, x: jax.Array,
+def train_step(net, tx: optax.GradientTransformation, params: Params, state, opt_state, x: jax.Array,
                y: jax.Array, w: jax.Array, key: jax.Array, lr, policy: Policy = (), cutmix_prob: float = 0.0):
-    """One SGD step on a (possibly padded) batch.
+    """One SGD step on a (possibly padded) batch, the network in training mode.
 
     Args:
-      x: (B, H, W, 3) normalised images; y: (B,) labels; w: (B,) 1 for real rows, 0 for padding.
+      net: a models.Net (or FnNet); state: its running statistics ({} for most networks).
+      x: (B, H, W, C) normalised images; y: (B,) labels; w: (B,) 1 for real rows, 0 for padding.
       key: augmentation / CutMix key.
       lr: learning rate (scalar, may be traced).
       policy: per-sample augmentation policy (op chosen once per batch).
       cutmix_prob: probability of CutMix for this batch (0 disables it).
     Returns:
-      (params, opt_state, loss).
+      (params, state, opt_state, loss).
     """
     k_aug, k_mix = jax.random.split(key)
     x = augment(k_aug, policy, x)
@@ -62,12 +67,12 @@ def train_step(apply_fn: Callable, tx: optax.GradientTransformation, params: Par
         y2, lam = y, 1.0
 
     def loss_fn(p):
-        logits = apply_fn(p, x)
-        return lam * cross_entropy(logits, y, w) + (1.0 - lam) * cross_entropy(logits, y2, w)
+        logits, new_state = net.apply(p, state, x, True)
+        return lam * cross_entropy(logits, y, w) + (1.0 - lam) * cross_entropy(logits, y2, w), new_state
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return apply_lr(params, updates, lr), opt_state, loss
+    return apply_lr(params, updates, lr), state, opt_state, loss
 
 
 def epoch_batches(key: jax.Array, n: int, batch: int):
@@ -106,14 +111,15 @@ def lr_at_epoch(proto: TrainProtocol, epoch) -> jax.Array:
     return lr
 
 
-def train_on_set(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, key: jax.Array,
-                 proto: TrainProtocol) -> Params:
-    """Trains `params` on (x, y) for proto.epochs epochs (pure; jit at the call site).
+def train_on_set(net, params: Params, state, x: jax.Array, y: jax.Array, key: jax.Array,
+                 proto: TrainProtocol) -> tuple[Params, Any]:
+    """Trains `params` (and the running statistics `state`) on (x, y) for proto.epochs epochs (pure; jit at the
+    call site).
 
     Args:
-      x: (N, H, W, 3) normalised images; y: (N,) int32 labels.
+      net: a models.Net; x: (N, H, W, C) normalised images; y: (N,) int32 labels.
     Returns:
-      trained params.
+      (trained params, state).
     """
     tx = sgd(proto.momentum, proto.weight_decay)
     n = x.shape[0]
@@ -121,7 +127,7 @@ def train_on_set(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array,
     milestones = jnp.asarray([e for e, _ in proto.milestones] or [-1], jnp.int32)
 
     def epoch_fn(carry, epoch):
-        params, opt_state = carry
+        params, state, opt_state = carry
         k = jax.random.fold_in(key, epoch)
         idx, w = epoch_batches(jax.random.fold_in(k, 0), n, batch)
         lr = lr_at_epoch(proto, epoch)
@@ -129,25 +135,28 @@ def train_on_set(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array,
             opt_state = reset_momentum(opt_state, jnp.any(epoch == milestones))
 
         def step_fn(carry, inp):
-            params, opt_state = carry
+            params, state, opt_state = carry
             i, wi, s = inp
-            params, opt_state, _ = train_step(apply_fn, tx, params, opt_state, x[i], y[i], wi,
-                                              jax.random.fold_in(k, s + 1), lr, proto.policy, proto.cutmix_prob)
-            return (params, opt_state), None
+            params, state, opt_state, _ = train_step(net, tx, params, state, opt_state, x[i], y[i], wi,
+                                                     jax.random.fold_in(k, s + 1), lr, proto.policy,
+                                                     proto.cutmix_prob)
+            return (params, state, opt_state), None
 
-        (params, opt_state), _ = jax.lax.scan(step_fn, (params, opt_state), (idx, w, jnp.arange(idx.shape[0])))
-        return (params, opt_state), None
+        carry, _ = jax.lax.scan(step_fn, (params, state, opt_state), (idx, w, jnp.arange(idx.shape[0])))
+        return carry, None
 
-    (params, _), _ = jax.lax.scan(epoch_fn, (params, tx.init(params)), jnp.arange(proto.epochs))
-    return params
+    (params, state, _), _ = jax.lax.scan(epoch_fn, (params, state, tx.init(params)), jnp.arange(proto.epochs))
+    return params, state
 
 
-def accuracy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array, chunk: int = 1000) -> jax.Array:
-    """Top-1 accuracy (fraction) of `params` on normalised x (N, H, W, 3), in chunks to bound memory."""
+def accuracy(net, params: Params, state, x: jax.Array, y: jax.Array, chunk: int = 1000) -> jax.Array:
+    """Top-1 accuracy (fraction) of the network in evaluation mode on normalised x (N, H, W, C), in chunks to
+    bound memory."""
     n = x.shape[0]
     steps = -(-n // chunk)
     pad = steps * chunk - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(steps, chunk, *x.shape[1:])
     yp = jnp.concatenate([y, jnp.full((pad,), -1, y.dtype)]).reshape(steps, chunk)
-    correct = jax.lax.map(lambda xy: jnp.sum(jnp.argmax(apply_fn(params, xy[0]), -1) == xy[1]), (xp, yp))
+    correct = jax.lax.map(lambda xy: jnp.sum(jnp.argmax(net.apply(params, state, xy[0])[0], -1) == xy[1]),
+                          (xp, yp))
     return correct.sum() / n

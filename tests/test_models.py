@@ -48,7 +48,7 @@ def test_options_and_errors():
     p = init_params(make_model(width=16, depth=2, norm="none"), jax.random.key(0))
     assert set(p) == {"conv0", "conv1", "fc"} and p["fc"]["kernel"].shape == (8 * 8 * 16, 10)
     with pytest.raises(ValueError, match="unknown norm"):
-        make_model(norm="batchnorm")
+        make_model(norm="spectral")
     with pytest.raises(ValueError, match="unknown conv implementation"):
         make_model(conv_impl="fft")
     assert resolve_conv_impl("auto") == "fast"  # the tests run on CPU

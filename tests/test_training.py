@@ -5,7 +5,7 @@ import optax
 
 from sm_jax.config import make_config
 from sm_jax.methods import make_method
-from sm_jax.models import init_params, make_model
+from sm_jax.models import FnNet, init_params, make_model
 from sm_jax.training import epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
 
 
@@ -64,9 +64,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     y = jnp.array([0, 1, 2, 0, 1, 2])
     tx = sgd(0.9, 5e-4)
     state = tx.init(params)
-    step = jax.jit(lambda p, s, k: train_step(apply_fn, tx, p, s, x, y, jnp.ones(6), k, 0.05))
+    step = jax.jit(lambda p, s, k: train_step(FnNet(apply_fn), tx, p, {}, s, x, y, jnp.ones(6), k, 0.05))
     losses = []
     for i in range(15):
-        params, state, loss = step(params, state, jax.random.key(i))
+        params, _, state, loss = step(params, state, jax.random.key(i))
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]

@@ -1,28 +1,108 @@
-"""The models: one module per family, chosen by name through `MODELS`.
+"""The models: one module per family, chosen by name.
 
-`common` (normalisation, init, loss), `conv_ops` (the interchangeable 3x3 convolutions, Winograd and the fused RGB
-layer, usable by any model), `layers`, and one module per architecture family: `convnet` (DC/DSA/IDC's
-ConvNet-D), `mlp` and `lenet` (the DC/DSA code's MLP and LeNet).
+`MODELS` maps a family to its constructor (`build(family, classes, **options)`); `ARCHS` maps the official
+architecture names of the DC/DSA and IDC codes (`--model`, `--eval-arch`) to a family and its options, and
+`EVAL_POOLS` the official evaluation pools (`M`, `W`, `D`, `A`, `P`, `N`) to names. `make_net` builds a pure `Net`
+for a dataset's image shape. `common` (normalisation, init, loss), `conv_ops` (the interchangeable 3x3
+convolutions, Winograd and the fused RGB layer, usable by any model), `layers`, `norms` and `net` are shared.
 """
 from __future__ import annotations
 
+from sm_jax.models.alexnet import AlexNet, make_alexnet
 from sm_jax.models.common import MEAN, STD, cross_entropy, denormalize, init_params, normalize, torch_uniform
 from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, conv3x3_fast, conv3x3_instancenorm, conv3x3_patches,
                                     conv3x3_winograd, conv3x3_xla, resolve_conv_impl)
-from sm_jax.models.convnet import NORMS, ConvNet, make_convnet
+from sm_jax.models.convnet import ACTIVATIONS, POOLINGS, ConvNet, make_convnet
 from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
 from sm_jax.models.lenet import LeNet, make_lenet
 from sm_jax.models.mlp import MLP, make_mlp
+from sm_jax.models.net import FnNet, Net
+from sm_jax.models.norms import NORMS, BatchNorm
+from sm_jax.models.resnet import ResNet, make_resnet10_ap, make_resnet18
+from sm_jax.models.vgg import VGG, make_vgg11
 
-# name -> constructor(num_classes, **options); the family's options are its constructor's keyword arguments
-MODELS = {"convnet": make_convnet, "mlp": make_mlp, "lenet": make_lenet}
+# family -> constructor(num_classes, **options); the family's options are its constructor's keyword arguments
+MODELS = {"convnet": make_convnet, "mlp": make_mlp, "lenet": make_lenet, "alexnet": make_alexnet,
+          "vgg11": make_vgg11, "resnet18": make_resnet18, "resnet10_ap": make_resnet10_ap}
+
+# official architecture name (lower case) -> (family, options); `convnet` itself takes the run's width/depth/norm
+ARCHS: dict[str, tuple[str, dict]] = {
+    "convnet": ("convnet", {}),
+    "mlp": ("mlp", {}), "lenet": ("lenet", {}),
+    "alexnet": ("alexnet", {}), "alexnetbn": ("alexnet", {"norm": "batchnorm"}),
+    "vgg11": ("vgg11", {}), "vgg11bn": ("vgg11", {"norm": "batchnorm"}),
+    "resnet18": ("resnet18", {}), "resnet18bn": ("resnet18", {"norm": "batchnorm"}),
+    "resnet18bn_ap": ("resnet18", {"norm": "batchnorm", "avgpool_down": True}),
+    "resnet10_ap": ("resnet10_ap", {}), "resnet10_ap_in": ("resnet10_ap", {"norm": "instancenorm"}),
+    **{f"convnetw{w}": ("convnet", {"width": w}) for w in (32, 64, 128, 256)},
+    **{f"convnetd{d}": ("convnet", {"depth": d}) for d in (1, 2, 3, 4)},
+    "convnetas": ("convnet", {"act": "sigmoid"}), "convnetar": ("convnet", {"act": "relu"}),
+    "convnetal": ("convnet", {"act": "leakyrelu"}), "convnetasw": ("convnet", {"act": "swish"}),
+    "convnetnn": ("convnet", {"norm": "none"}), "convnetbn": ("convnet", {"norm": "batchnorm"}),
+    "convnetln": ("convnet", {"norm": "layernorm"}), "convnetin": ("convnet", {"norm": "instancenorm"}),
+    "convnetgn": ("convnet", {"norm": "groupnorm"}),
+    "convnetnp": ("convnet", {"pooling": "none"}), "convnetmp": ("convnet", {"pooling": "maxpooling"}),
+    "convnetap": ("convnet", {"pooling": "avgpooling"}),
+}
+# the official `--eval_mode` pools (DC/DSA utils.get_eval_pool)
+EVAL_POOLS = {
+    "M": ("mlp", "convnet", "lenet", "alexnet", "vgg11", "resnet18"),
+    "B": ("convnetbn", "alexnetbn", "vgg11bn", "resnet18bn", "resnet18bn_ap"),
+    "W": ("convnetw32", "convnetw64", "convnetw128", "convnetw256"),
+    "D": ("convnetd1", "convnetd2", "convnetd3", "convnetd4"),
+    "A": ("convnetas", "convnetar", "convnetal"),
+    "P": ("convnetnp", "convnetmp", "convnetap"),
+    "N": ("convnetnn", "convnetbn", "convnetln", "convnetin", "convnetgn"),
+}
 
 
 def build(name: str, num_classes: int = 10, **options):
-    """The model `name` of MODELS with its family's options; ValueError for an unknown name."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes, **options)
+    """The Flax module of family `name` (MODELS) or architecture `name` (ARCHS; `options` override its own).
+
+    Raises:
+      ValueError: for an unknown name or option value.
+    """
+    key = name.lower()
+    if key in MODELS:
+        return MODELS[key](num_classes, **options)
+    if key in ARCHS:
+        family, own = ARCHS[key]
+        return MODELS[family](num_classes, **{**own, **options})
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
+
+
+def arch_names(text: str) -> tuple[str, ...]:
+    """'a,b' or pool letters ('M', 'B', ...; mixable: 'M,convnetbn') -> architecture names, in order, once each.
+
+    Raises:
+      ValueError: naming the first unknown entry.
+    """
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        names = EVAL_POOLS.get(part) or (part.lower(),)
+        for n in names:
+            if n not in ARCHS:
+                raise ValueError(f"unknown architecture {part!r}; choose from {', '.join(ARCHS)} or a pool "
+                                 f"{'/'.join(EVAL_POOLS)}")
+            if n not in out:
+                out.append(n)
+    return tuple(out)
+
+
+def make_net(name: str, num_classes: int, image_shape=(32, 32, 3), width: int = 128, depth: int = 3,
+             norm: str = "instancenorm", conv_impl: str = "auto") -> Net:
+    """A pure Net of architecture `name` for images of `image_shape`. ConvNets run on `conv_impl`; the plain
+    `convnet` takes width / depth / norm (the run's matching network), named variants their official ones."""
+    key = name.lower()
+    if key not in ARCHS and key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
+    family = ARCHS[key][0] if key in ARCHS else key
+    options: dict = {}
+    if family == "convnet":
+        options = {"conv_impl": conv_impl}
+        if key == "convnet":
+            options.update(width=width, depth=depth, norm=norm)
+    return Net(build(key, num_classes, **options), tuple(image_shape), key)
 
 
 def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
@@ -31,7 +111,9 @@ def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: st
     return build("convnet", num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
 
 
-__all__ = ["CONVS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS", "STD", "Conv3x3", "ConvNet", "InstanceNorm",
-           "LeNet", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm", "conv3x3_patches",
-           "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params", "make_convnet",
-           "make_lenet", "make_mlp", "make_model", "normalize", "resolve_conv_impl", "torch_uniform"]
+__all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS", "POOLINGS",
+           "STD", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net", "ResNet", "VGG",
+           "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm", "conv3x3_patches",
+           "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params", "make_alexnet",
+           "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap", "make_resnet18",
+           "make_vgg11", "normalize", "resolve_conv_impl", "torch_uniform"]

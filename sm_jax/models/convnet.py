@@ -1,4 +1,5 @@
-"""ConvNet-D, the network of DC, DSA and IDC: depth x [conv3x3 -> norm -> relu -> avgpool2] -> dense."""
+"""ConvNet-D, the network of DC, DSA and IDC, with every ablation axis of the official code (`networks.ConvNet`):
+depth x [conv3x3 -> norm -> activation -> pooling] -> dense; width, depth, norm, activation, pooling."""
 from __future__ import annotations
 
 import jax
@@ -8,28 +9,35 @@ from flax import linen as nn
 from sm_jax.models.common import torch_uniform
 from sm_jax.models.conv_ops import FEW_CHANNELS, resolve_conv_impl
 from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
+from sm_jax.models.norms import NORMS, apply_norm, make_norm
 
-NORMS = ("instancenorm", "layernorm", "none")
+ACTIVATIONS = {"relu": nn.relu, "sigmoid": nn.sigmoid, "leakyrelu": lambda x: nn.leaky_relu(x, 0.01),
+               "swish": nn.swish}
+POOLINGS = {"avgpooling": avg_pool2, "maxpooling": lambda x: nn.max_pool(x, (2, 2), (2, 2)), "none": lambda x: x}
 
 
 class ConvNet(nn.Module):
-    """depth x [conv3x3 -> norm -> relu -> avgpool2] -> dense.
+    """depth x [conv3x3 -> norm -> act -> pool] -> dense.
 
     Attributes:
       num_classes: output size.
       width: channels of every conv.
       depth: number of conv blocks.
-      norm: 'instancenorm' (GroupNorm, one group per channel, eps 1e-5), 'layernorm' (one group), or 'none'.
+      norm: a name of norms.NORMS ('instancenorm': GroupNorm with one group per channel, eps 1e-5).
+      act: a key of ACTIVATIONS; pooling: a key of POOLINGS.
+      conv_impl: a key of conv_ops.CONVS.
     """
 
     num_classes: int = 10
     width: int = 128
     depth: int = 3
     norm: str = "instancenorm"
-    conv_impl: str = "fast"  # a key of CONVS
+    conv_impl: str = "fast"
+    act: str = "relu"
+    pooling: str = "avgpooling"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         if x.shape[-1] == 1:
             # grey images: the official first convolution pads by 3, not 1 (28x28 MNIST -> 32x32 features)
@@ -40,12 +48,8 @@ class ConvNet(nn.Module):
                 # The RGB layer: convolution and norm in one (conv3x3_instancenorm); the conv bias cancels there.
                 x = InstanceNorm(1e-5, name=f"norm{i}")(x, conv(x, apply=False)[0])
             else:
-                x = conv(x)
-                if self.norm == "instancenorm":
-                    x = InstanceNorm(1e-5, name=f"norm{i}")(x)
-                elif self.norm == "layernorm":
-                    x = nn.GroupNorm(num_groups=1, epsilon=1e-5, name=f"norm{i}")(x)
-            x = avg_pool2(nn.relu(x))
+                x = apply_norm(make_norm(self.norm, f"norm{i}"), conv(x), train)
+            x = POOLINGS[self.pooling](ACTIVATIONS[self.act](x))
         x = x.reshape(x.shape[0], -1)
         fan_in = x.shape[-1]
         return nn.Dense(self.num_classes, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
@@ -53,9 +57,11 @@ class ConvNet(nn.Module):
 
 
 def make_convnet(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
-                 conv_impl: str = "auto") -> ConvNet:
-    """Builds a ConvNet; raises ValueError for an unknown norm or conv implementation."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+                 conv_impl: str = "auto", act: str = "relu", pooling: str = "avgpooling") -> ConvNet:
+    """Builds a ConvNet; raises ValueError for an unknown norm, activation, pooling or conv implementation."""
+    for what, value, known in (("norm", norm, NORMS), ("activation", act, ACTIVATIONS),
+                               ("pooling", pooling, POOLINGS)):
+        if value not in known:
+            raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(known)}")
     return ConvNet(num_classes=num_classes, width=width, depth=depth, norm=norm,
-                   conv_impl=resolve_conv_impl(conv_impl))
+                   conv_impl=resolve_conv_impl(conv_impl), act=act, pooling=pooling)

@@ -9,18 +9,19 @@ from sm_jax.models.common import torch_uniform
 from sm_jax.models.mlp import dense
 
 
-def conv(features: int, size: int, in_channels: int, padding: int, name: str) -> nn.Conv:
-    """nn.Conv2d(in_channels, features, size, padding=padding) with PyTorch's default init."""
+def conv(features: int, size: int, in_channels: int, padding: int, name: str, stride: int = 1,
+         bias: bool = True, kernel_init=None) -> nn.Conv:
+    """nn.Conv2d(in_channels, features, size, stride, padding, bias) with PyTorch's default init (or `kernel_init`)."""
     fan_in = in_channels * size * size
-    return nn.Conv(features, (size, size), padding=padding, kernel_init=torch_uniform(fan_in),
-                   bias_init=torch_uniform(fan_in), name=name)
+    return nn.Conv(features, (size, size), strides=stride, padding=[(padding, padding)] * 2, use_bias=bias,
+                   kernel_init=kernel_init or torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name)
 
 
 class LeNet(nn.Module):
     num_classes: int = 10
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         pad = 2 if x.shape[-1] == 1 else 0  # 28x28 grey images are padded to LeNet's 32x32
         x = nn.max_pool(nn.relu(conv(6, 5, x.shape[-1], pad, "conv_1")(x)), (2, 2), (2, 2))

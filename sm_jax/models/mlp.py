@@ -17,7 +17,7 @@ class MLP(nn.Module):
     width: int = 128
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(dense(self.width, x.shape[-1], "fc_1")(x))

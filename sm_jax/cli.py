@@ -71,6 +71,8 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
                    "(0 = all; default 1)")
     p.add_argument("--holdout", type=int, help="hold N training images per class out and evaluate on them "
                    "instead of the test set (for choosing hyper-parameters)")
+    p.add_argument("--eval-test-per-class", type=int, help="evaluate on the first N test images of each class "
+                   "only (a cheaper, fixed test subset for studies; default: the whole test set)")
     p.add_argument("--data-dir", help="TFDS data dir, image-folder archive/directory, or the dataset's official "
                    "archive (or its extracted folder); default: TFDS download")
     p.add_argument("--workdir", help="run directory (default runs/<method>_ipc<N>_k<K>_s<seed>)")
@@ -99,6 +101,7 @@ def config_from_args(args: argparse.Namespace):
     cfg = make_config(args.method, args.ipc, args.preset, args.dataset, subset_k=args.subset_k,
                       subset_lambda=args.subset_lambda, distance=args.distance, aug_drop=args.aug_drop,
                       eval_aug=args.eval_aug, model=args.model, eval_arch=args.eval_arch,
+                      eval_test_per_class=args.eval_test_per_class,
                       subset_only=args.subset_only or None, subset_batch_real=args.subset_batch_real,
                       iterations=args.iterations, outer_loop=args.outer_loop, inner_loop=args.inner_loop,
                       batch_real=args.batch_real, lr_img=args.lr_img, eval_epochs=args.eval_epochs,

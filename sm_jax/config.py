@@ -82,6 +82,7 @@ class Config:
     precision: str = "float32"  # fp32 matmul / convolution precision on GPU/TPU (see backend.py for why)
     devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
     holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
+    eval_test_per_class: int = 0  # >0: evaluate on the first N test images of each class only (cheaper studies)
     # bookkeeping
     checkpoint_every: int = 100
     checkpoint_minutes: float = 5.0  # also checkpoint when this much wall time passed since the last save; 0 = off
@@ -121,7 +122,7 @@ class Config:
         resolved, so that '' and the method's own name are the same run."""
         skip = {"eval_epochs", "eval_models", "eval_aug", "eval_arch", "eval_every", "eval_batch", "eval_parallel",
                 "checkpoint_every", "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl",
-                "checkpoint_minutes", "stop_grace", "log_every", "precision"}
+                "checkpoint_minutes", "stop_grace", "log_every", "precision", "eval_test_per_class"}
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["distance"] = self.distance or METHOD_DISTANCE.get(self.method, "")
         return out
@@ -233,7 +234,7 @@ def validate(cfg: Config) -> None:
     if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
         raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
     for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop", "holdout", "devices"):
+                 "max_syn_per_class", "inner_loop", "holdout", "devices", "eval_test_per_class"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",

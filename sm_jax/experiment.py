@@ -96,6 +96,8 @@ class Run:
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.holdout:
             self.data = self.data.holdout(cfg.holdout)
+        if cfg.eval_test_per_class:
+            self.data = self.data.test_subset(cfg.eval_test_per_class)
         if self.data.num_classes < 2:
             raise DataError("the dataset needs at least 2 classes")
         self.mesh = make_mesh(cfg.devices)
@@ -242,8 +244,9 @@ class Run:
         if start >= cfg.iterations and done_results.exists():
             done = json.loads(done_results.read_text())
             budget = done["budget"]
-            if (budget["eval_epochs"], budget["eval_models"], budget.get("eval_arch", "")) == \
-                    (cfg.eval_epochs, cfg.eval_models, cfg.eval_arch):
+            if (budget["eval_epochs"], budget["eval_models"], budget.get("eval_arch", ""),
+                    budget.get("eval_test_per_class", 0)) == \
+                    (cfg.eval_epochs, cfg.eval_models, cfg.eval_arch, cfg.eval_test_per_class):
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
@@ -321,7 +324,7 @@ class Run:
                    "device": str(jax.devices()[0].device_kind), "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,
                        "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,
-                       "eval_arch": cfg.eval_arch}}
+                       "eval_arch": cfg.eval_arch, "eval_test_per_class": cfg.eval_test_per_class}}
         artifacts.write_json(done_results, results)
         artifacts.plot_progress(self.workdir)
         return results

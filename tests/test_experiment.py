@@ -133,6 +133,17 @@ def test_evaluate_roundtrip(env, finished):
     res = cli(env, "--workdir", wd, "--step", 6, "--eval-models", 1, "--eval-epochs", 1, "--no-progress",
               module="experiments.evaluate")
     assert res.returncode == 2 and "no checkpoint 6" in res.stderr  # max_to_keep dropped it
+    # other architectures: one line each, and one entry each in the output (the first also at the top level)
+    res = cli(env, "--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--eval-arch", "MLP,lenet",
+              "--no-progress", module="experiments.evaluate")
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines[-3:-1]] == ["mlp", "lenet"]
+    out = json.loads(lines[-1])
+    assert list(out["archs"]) == ["mlp", "lenet"] and out["accuracies"] == out["archs"]["mlp"]["accuracies"]
+    assert all(len(r["accuracies"]) == 1 and r["eval_epochs"] == 1 for r in out["archs"].values())
+    assert_one_line_error(cli(env, "--workdir", wd, "--eval-arch", "resnet99", module="experiments.evaluate"),
+                          "unknown architecture 'resnet99'")
 
 
 def test_bad_input_one_line_errors(env, tiny_archive, finished, tmp_path):

@@ -66,7 +66,8 @@ def test_builtin_plans_build_valid_configs():
         specs = study.load_plan(name)
         assert specs
         for s in specs:
-            resolved = {k: 1.0 for k, v in s.flags.items() if isinstance(v, str) and v.startswith(study.SELECT)}
+            resolved = {k: 1.0 for k, v in s.flags.items()
+                        if isinstance(v, str) and v.startswith((study.SELECT, study.SELECT_FROM))}
             cfg = config_from_args(condense_parser("cifar10").parse_args(s.argv(study.Path("w"), None, resolved)))
             assert cfg.method == s.flags["method"]
     table = study.load_plan("table")
@@ -156,3 +157,35 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
     both = [ln for ln in md.splitlines() if ln.startswith("| both |")][0]
     assert "30.00 (1 seed)" in both and "2: 26.00, 4: 28.00, 6: 30.00" in both
     assert (tmp_path / "loss_ablation.png").exists()
+
+
+def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_path):
+    """The arch plan's sets have the table plan's flags (so the same sets), its lambda_0 comes from the table plan's
+    exported validation runs, and the report pairs base and subset matching per seed and architecture."""
+    from sm_jax.study.plans import ARCH_EVAL
+
+    arch = {s.id: s for s in study.load_plan("arch")}
+    table = {s.id: s for s in study.load_plan("table")}
+    assert len(arch) == 18 and list(arch)[:6] == ["dc10_base_s0", "dc10_sm_s0", "dsa10_base_s0", "dsa10_sm_s0",
+                                                  "idc10_base_s0", "idc10_sm_s0"]
+    for rid, spec in arch.items():
+        extra = {"eval_arch", "eval_models", "eval_test_per_class", "subset_lambda"}
+        assert {k: v for k, v in spec.flags.items() if k not in extra} == \
+            {k: v for k, v in table[rid].flags.items() if k not in extra | {"eval_models"}}
+    # lambda_0 from another plan's exported validation runs
+    export = tmp_path / "export"
+    for lam, acc in ((0.3, 0.2), (1.0, 0.25), (3.0, 0.3)):
+        d = export / "table" / f"dc10_val_lambda{lam:g}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"accuracy_mean": acc, "config": {"subset_lambda": lam}}))
+    assert study.resolve(arch["dc10_sm_s0"], list(arch.values()), {}, export) == {"subset_lambda": 3.0}
+    # the report: base 20/30 %, + SM 22/33 % on convnet for seeds 0 and 1 -> paired gains 2 and 3 points
+    results = {}
+    for seed, (b, m) in enumerate(((0.20, 0.22), (0.30, 0.33))):
+        for rid, acc in ((f"dc10_base_s{seed}", b), (f"dc10_sm_s{seed}", m)):
+            archs = {a: {"accuracy_mean": acc - 0.01 * i} for i, a in enumerate(ARCH_EVAL.split(","))}
+            results[rid] = {"accuracy_mean": acc, "config": {"seed": seed}, "archs": archs}
+    text = study.report_arch(list(arch.values()), results, {}, tmp_path)
+    row = [ln for ln in text.splitlines() if ln.startswith("| dc10 | convnet |")][0]
+    assert "| 25.00 ± 7.07 | 27.50 ± 7.78 | 2.50 ± 0.71 |" in row and row.endswith("| 0, 1 |")
+    assert (tmp_path / "arch.png").exists()

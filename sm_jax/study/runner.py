@@ -1,0 +1,130 @@
+"""Running a plan: every run through the CLI code path, resumable, finished runs exported for the reports."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sm_jax.config import ConfigError
+from sm_jax.study.plans import SELECT, SELECT_FROM, RunSpec, load_plan, plan_name
+
+ROOT = "runs/study"  # run directories: ROOT/PLAN/RUN
+EXPORT = "docs/study/runs"  # committed copies of finished runs' small files: EXPORT/PLAN/RUN
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """results.json of a finished run (None if absent)."""
+    f = run_dir / "results.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def group_runs(results: dict[str, dict], specs: Sequence[RunSpec]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for s in specs:
+        if s.id in results:
+            out.setdefault(s.group, []).append(results[s.id])
+    return out
+
+
+def exported_results(export: str | Path, name: str) -> tuple[list[RunSpec], dict[str, dict]]:
+    """(specs, {id: results}) of plan `name`'s finished runs under `export`."""
+    specs = load_plan(name)
+    found = {s.id: read_run(Path(export) / plan_name(name) / s.id) for s in specs}
+    return specs, {k: v for k, v in found.items() if v is not None}
+
+
+def resolve(spec: RunSpec, specs: Sequence[RunSpec], results: dict[str, dict],
+            export: str | Path | None = EXPORT) -> dict[str, Any]:
+    """Values of the spec's `select:` flags: the flag's value in the best (mean accuracy) matching group; for
+    `select-from:<plan>:<group>`, among that plan's runs exported under `export`."""
+    out = {}
+    for flag, v in spec.flags.items():
+        if isinstance(v, str) and v.startswith(SELECT_FROM):
+            other, prefix = v[len(SELECT_FROM):].split(":", 1)
+            other_specs, other_results = exported_results(export, other)
+            out[flag] = resolve(RunSpec(spec.id, spec.group, {flag: f"{SELECT}{prefix}"}), other_specs,
+                                other_results)[flag]
+            continue
+        if not (isinstance(v, str) and v.startswith(SELECT)):
+            continue
+        prefix = v[len(SELECT):]
+        cands = [s for s in specs if s.group.startswith(prefix)]
+        missing = [s.id for s in cands if s.id not in results]
+        if not cands or missing:
+            raise ConfigError(f"run {spec.id}: {flag} selects from group {prefix!r}, whose runs "
+                              f"{'do not exist' if not cands else 'are unfinished: ' + ', '.join(missing)}")
+        groups = group_runs(results, cands)
+        best = max(groups, key=lambda g: (np.mean([r["accuracy_mean"] for r in groups[g]]), g))
+        out[flag] = groups[best][0]["config"][flag]
+    return out
+
+
+def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
+             data_dir: str | None = None, log: Callable[[str], None] = print,
+             execute: Callable[[list[str], Any], dict] | None = None) -> dict[str, dict]:
+    """Runs (or resumes) every run of a plan in order, skipping finished ones; returns {id: results}.
+
+    Args:
+      name: built-in plan name or JSON plan path.
+      root: where run directories live (`<root>/<plan>/<id>`).
+      export: where finished runs' small files are copied for reporting (None: no copy).
+      data_dir: passed to every run as --data-dir.
+      execute: fn(argv, data) -> results; default: the CLI code path with a dataset loaded once.
+    """
+    from sm_jax.cli import condense_parser, config_from_args
+    from sm_jax.data import load_dataset
+    from sm_jax.experiment import Run
+
+    specs = load_plan(name)
+    pname = plan_name(name)
+    cache: dict[str, Any] = {}
+
+    def default_execute(argv, _):
+        cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
+        if (cfg.dataset, cfg.data_dir) not in cache:
+            cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir)
+        return Run(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log).execute()
+
+    execute = execute or default_execute
+    results: dict[str, dict] = {}
+    for i, spec in enumerate(specs):
+        run_dir = Path(root) / pname / spec.id
+        resolved = resolve(spec, specs, results, export)
+        argv = spec.argv(run_dir, data_dir, resolved)
+        done = read_run(run_dir)
+        if done is not None and _matches(done, argv):
+            results[spec.id] = done
+            log(f"[{i + 1}/{len(specs)}] {spec.id}: done ({100 * done['accuracy_mean']:.2f}%)")
+        else:
+            t0 = time.time()
+            log(f"[{i + 1}/{len(specs)}] {spec.id}: running {' '.join(argv)}")
+            results[spec.id] = execute(argv, None)
+            log(f"[{i + 1}/{len(specs)}] {spec.id}: {100 * results[spec.id]['accuracy_mean']:.2f}% "
+                f"in {time.time() - t0:.0f} s")
+        if export is not None:
+            dst = Path(export) / pname / spec.id
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("results.json", "metrics.jsonl", "config.json"):
+                if (run_dir / f).exists():
+                    shutil.copyfile(run_dir / f, dst / f)
+    return results
+
+
+def _matches(done: dict, argv: list[str]) -> bool:
+    """Whether a finished run's results come from the config these flags build (else the run resumes/extends)."""
+    from sm_jax.cli import condense_parser, config_from_args
+
+    cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
+    # fields added to Config after a run finished hold their defaults there, which the run used
+    have = type(cfg).from_dict(done.get("config", {}))
+    same = lambda c: {**c.identity(), "eval_epochs": c.eval_epochs, "eval_models": c.eval_models,  # noqa: E731
+                      "eval_every": c.eval_every, "eval_arch": c.eval_arch,
+                      "eval_test_per_class": c.eval_test_per_class}
+    return json.loads(json.dumps(same(have))) == json.loads(json.dumps(same(cfg))) and \
+        done.get("iterations") == cfg.iterations
+

@@ -149,7 +149,7 @@ def train_on_set(net, params: Params, state, x: jax.Array, y: jax.Array, key: ja
     return params, state
 
 
-def accuracy(net, params: Params, state, x: jax.Array, y: jax.Array, chunk: int = 1000) -> jax.Array:
+def accuracy(net, params: Params, state, x: jax.Array, y: jax.Array, chunk: int = 500) -> jax.Array:
     """Top-1 accuracy (fraction) of the network in evaluation mode on normalised x (N, H, W, C), in chunks to
     bound memory."""
     n = x.shape[0]

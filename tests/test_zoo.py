@@ -64,8 +64,7 @@ def test_every_official_pool_name_resolves():
 
 
 # one network per code path: each family, each norm, each activation/pooling branch (ConvNets at width 8)
-TRAINED = ["mlp", "lenet", "alexnetbn", "vgg11", "resnet18bn_ap", "resnet10_ap", "convnetgn", "convnetln",
-           "convnetmp", "convnetal", "convnetasw"]
+TRAINED = ["mlp", "lenet", "alexnetbn", "vgg11", "resnet18bn_ap", "resnet10_ap", "convnetgn", "convnetln"]
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -121,13 +120,13 @@ def test_vmapped_training_of_batch_norm_networks_equals_sequential():
     net = make_net("convnetbn", 3, width=8)  # the evaluation's convolution (on CPU: the matmul forms, vmap-friendly)
     x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
     y = jnp.arange(6) % 3
-    proto = TrainProtocol(epochs=2, batch=4, lr=0.05)
+    proto = TrainProtocol(epochs=1, batch=4, lr=0.05)  # 2 steps: the running statistics move twice
 
     def one(k):
         params, state = train_network(net, proto, x, y, k)
         return params, state, accuracy(net, params, state, x, y)
 
-    keys = jax.random.split(jax.random.key(1), 3)
+    keys = jax.random.split(jax.random.key(1), 2)
     many = jax.jit(jax.vmap(one))(keys)
     for i, k in enumerate(keys):
         single = jax.jit(one)(k)

@@ -16,5 +16,5 @@ from sm_jax.study.runner import EXPORT, ROOT, group_runs, read_run, resolve, run
 
 __all__ = ["EXPORT", "HOLDOUT", "LAMBDA_FROM", "LAMBDA_GRID", "OUT", "PLANS", "REPORTS", "ROOT", "SEEDS", "SELECT",
            "SELECT_FROM", "SETTINGS", "RunSpec", "fmt", "group_runs", "load_exported", "load_plan", "plan_name",
-           "read_run", "report", "report_arch", "report_k", "report_loss", "report_table", "resolve", "run_plan", "seed_means",
-           "verdict"]
+           "read_run", "report", "report_arch", "report_k", "report_loss", "report_table", "resolve", "run_plan",
+           "seed_means", "verdict"]

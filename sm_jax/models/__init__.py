@@ -111,9 +111,9 @@ def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: st
     return build("convnet", num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
 
 
-__all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS",
-           "POOLINGS", "STD", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net",
-           "ResNet", "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm",
-           "conv3x3_patches", "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params", "make_alexnet",
+__all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS", "POOLINGS",
+           "STD", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net", "ResNet",
+           "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm", "conv3x3_patches",
+           "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params", "make_alexnet",
            "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap", "make_resnet18",
            "make_vgg11", "normalize", "resolve_conv_impl", "torch_uniform"]

@@ -166,6 +166,9 @@ class Run:
                        enabled=self.progress, every=cfg.log_every)
         t0 = time.time()
         per: dict[str, dict] = {}
+        several = len(archs) > 1 or archs[0] != self.method.net.name
+        images = self.method.decode(state.images)
+        base_key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
         try:
             for a, arch in enumerate(archs):
                 def progress(done: int, a=a) -> None:
@@ -173,16 +176,15 @@ class Run:
                     if stop is not None and stop.requested:
                         raise _EvalStopped
 
-                key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
-                if a:  # the first architecture keeps the key the evaluation always had
-                    key = jax.random.fold_in(key, a)
-                accs = evaluate_set(self.method, self.method.decode(state.images), self.data.test_x, self.data.test_y,
-                                    key, models, epochs=epochs, parallel=cfg.eval_parallel, progress=progress,
-                                    mesh=self.mesh, arch=arch)
+                # the first architecture keeps the key the evaluation always had
+                key = jax.random.fold_in(base_key, a) if a else base_key
+                accs = evaluate_set(self.method, images, self.data.test_x, self.data.test_y, key, models,
+                                    epochs=epochs, parallel=cfg.eval_parallel, progress=progress, mesh=self.mesh,
+                                    arch=arch)
                 per[arch] = {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()),
                              "accuracy_std": float(accs.std()),
                              "eval_epochs": self.method.eval_protocol(epochs, arch).epochs}
-                if len(archs) > 1 or arch != self.method.net.name:
+                if several:
                     self.log(f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
                              f" ({models} networks, {per[arch]['eval_epochs']} epochs)")
         finally:
@@ -190,7 +192,7 @@ class Run:
         first = per[archs[0]]
         out = {k: first[k] for k in ("accuracies", "accuracy_mean", "accuracy_std")}
         out.update(eval_epochs=first["eval_epochs"], eval_models=models, eval_seconds=time.time() - t0)
-        if len(archs) > 1 or archs[0] != self.method.net.name:
+        if several:
             out["archs"] = per
         return out
 
@@ -357,7 +359,6 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
         cfg = cfg.replace(log_every=log_every)
     if eval_arch is not None:
         cfg = cfg.replace(eval_arch=eval_arch)
-    validate(cfg)
     run = Run(cfg, progress=progress, log=log)
     state, _ = run.restore(ckpt, step, *run.fresh())
     ckpt.close()

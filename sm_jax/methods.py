@@ -112,7 +112,8 @@ class GradientMatching:
 
     # --- the synthetic set ------------------------------------------------------------------------------
     def apply_fn(self, params, x):
-        """Logits of the matching network (evaluation mode; a batch-norm network needs `frozen_apply`)."""
+        """Logits of the matching network without running statistics (a batch-norm network's matching builds its
+        own from the statistics `freeze_bn` sets)."""
         return self.net.apply(params, {}, x)[0]
 
     def init_params(self, key: jax.Array):
@@ -285,11 +286,11 @@ class GradientMatching:
 
         def outer(carry, step):
             images, opt_state, params, net_state = carry
-            k_match, k_train = jax.random.split(jax.random.fold_in(k_loop, step))
+            k_step = jax.random.fold_in(k_loop, step)
+            k_match, k_train = jax.random.split(k_step)
             apply_fn = None
             if self.batch_norm:  # statistics from real data, frozen for the matching (static: the net's kind)
-                bn = self.freeze_bn(params, net_state[0], ctx, jax.random.fold_in(jax.random.fold_in(k_loop, step),
-                                                                                     BN_KEY))
+                bn = self.freeze_bn(params, net_state[0], ctx, jax.random.fold_in(k_step, BN_KEY))
                 net_state = (bn, net_state[1])
                 apply_fn = lambda p, x: self.net.apply(p, bn, x)[0]  # noqa: E731
             images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam, apply_fn)

@@ -46,6 +46,22 @@ def test_parameter_counts_equal_the_official_definitions(name):
     assert net.has_state == ("bn" in name or name == "resnet10_ap")
 
 
+@pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 1, 2, 3),
+                                              (11, 4, 2, 3), (1, 2, 0, 16)])
+def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
+    # conv_any's CPU forms (Winograd for 3x3 stride 1 padding 1, im2col otherwise) against XLA's own convolution:
+    # the value, the input gradient and the kernel gradient
+    from sm_jax.models.conv_ops import conv_any, conv_native
+
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, cin))
+    w = jax.random.normal(jax.random.key(1), (k, k, cin, 8)) / k
+    t = jax.random.normal(jax.random.key(2), conv_native(x, w, stride, pad).shape)
+    f = lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, pad)) * t)
+    np.testing.assert_allclose(conv_any(x, w, stride, pad), conv_native(x, w, stride, pad), rtol=1e-4, atol=1e-4)
+    for got, want in zip(jax.grad(f(conv_any), (0, 1))(x, w), jax.grad(f(conv_native), (0, 1))(x, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(GREY))
 def test_grey_28px_shapes_and_counts(name):
     net = make_net(name, 10, (28, 28, 1), conv_impl="xla")

@@ -248,9 +248,16 @@ def conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int =
 
 
 def conv_any(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
-    """The zoo's general convolution: im2col on CPU (see conv_im2col), XLA's elsewhere."""
-    fn = conv_im2col if jax.default_backend() == "cpu" else conv_native
-    return fn(x, kernel, stride, padding)
+    """The zoo's general convolution; (N, H, W, Cin), (k, k, Cin, Cout) -> (N, Ho, Wo, Cout).
+
+    XLA's elsewhere. On CPU, 3x3 stride-1 padding-1 layers (VGG's, the ResNets') run on conv3x3_fast (measured,
+    training in a scan: VGG-11 1.2x, ResNet-18 1.5x faster than im2col), any other on conv_im2col.
+    """
+    if jax.default_backend() != "cpu":
+        return conv_native(x, kernel, stride, padding)
+    if kernel.shape[:2] == (3, 3) and stride == 1 and padding == 1:
+        return conv3x3_fast(x, kernel)
+    return conv_im2col(x, kernel, stride, padding)
 
 
 # The interchangeable convolutions (same parameters, same function up to float rounding), by name.

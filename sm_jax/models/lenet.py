@@ -14,7 +14,8 @@ from sm_jax.models.mlp import dense
 
 class Conv(nn.Module):
     """nn.Conv2d(in, features, size, stride, padding, bias): `kernel` (HWIO) and `bias` parameters like nn.Conv's,
-    computed by conv_ops.conv_any (im2col on CPU, where XLA's convolution is slow inside the training loops)."""
+    computed by conv_ops.conv_any (Winograd or im2col on CPU, where XLA's convolution is slow inside the training
+    loops)."""
 
     features: int
     size: int

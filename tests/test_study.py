@@ -188,4 +188,13 @@ def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_pat
     text = study.report_arch(list(arch.values()), results, {}, tmp_path)
     row = [ln for ln in text.splitlines() if ln.startswith("| dc10 | convnet |")][0]
     assert "| 25.00 ± 7.07 | 27.50 ± 7.78 | 2.50 ± 0.71 |" in row and row.endswith("| 0, 1 |")
+    assert "all (pooled)" not in text  # one setting: nothing to pool
+    # a second setting, DSA seed 0: base 40 %, + SM 39 % -> pooled convnet pairs (20, 22), (30, 33), (40, 39):
+    # base 30 ± 10, SM 31.33 ± 8.62, gains 2, 3, -1 -> 1.33 ± 2.08, within 2 standard errors (2.40) of 0
+    for rid, acc in (("dsa10_base_s0", 0.40), ("dsa10_sm_s0", 0.39)):
+        archs = {a: {"accuracy_mean": acc - 0.01 * i} for i, a in enumerate(ARCH_EVAL.split(","))}
+        results[rid] = {"accuracy_mean": acc, "config": {"seed": 0}, "archs": archs}
+    text = study.report_arch(list(arch.values()), results, {}, tmp_path)
+    row = [ln for ln in text.splitlines() if ln.startswith("| all (pooled) | convnet |")][0]
+    assert row == "| all (pooled) | convnet | 30.00 ± 10.00 | 31.33 ± 8.62 | 1.33 ± 2.08 | within noise | 3 pairs |"
     assert (tmp_path / "arch.png").exists()

@@ -219,6 +219,7 @@ def report_arch(specs, results, metrics, out: Path) -> str:
     lines = ["| setting | architecture | base (%) | + subset matching (%) | paired Δ (points) | verdict | seeds |",
              "|---|---|---|---|---|---|---|"]
     deltas: dict[str, dict[str, np.ndarray]] = {}
+    pooled: dict[str, list] = {a: [[], []] for a in archs}  # arch -> [base, sm] over every (setting, seed) pair
     for s in ARCH_SETTINGS:
         base = {r["config"]["seed"]: r for r in groups.get(f"{s}/base", [])}
         sm = {r["config"]["seed"]: r for r in groups.get(f"{s}/sm", [])}
@@ -230,8 +231,15 @@ def report_arch(specs, results, metrics, out: Path) -> str:
             m = np.asarray([arch_accuracy(sm[k], arch) for k in seeds], float)
             d = m - b
             deltas.setdefault(s, {})[arch] = d
+            pooled[arch][0].extend(b)
+            pooled[arch][1].extend(m)
             lines.append(f"| {s} | {arch} | {fmt(b)} | {fmt(m)} | {fmt(d)} | {verdict(d)} | "
                          f"{', '.join(map(str, seeds))} |")
+    if len(deltas) > 1:  # every setting's pairs together: the answer per architecture
+        for arch in archs:
+            b, m = (np.asarray(v, float) for v in pooled[arch])
+            lines.append(f"| all (pooled) | {arch} | {fmt(b)} | {fmt(m)} | {fmt(m - b)} | {verdict(m - b)} | "
+                         f"{len(b)} pairs |")
     if deltas:
         fig, ax = _figure(figsize=(1.3 * len(archs) + 2.5, 3.4))
         x = np.arange(len(archs))

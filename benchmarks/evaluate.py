@@ -2,6 +2,7 @@
 
 python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32] [--width 128]
     [--arch resnet18bn]   (any name of the model zoo, or a comma-separated list / pool letter: one line each)
+    [--zoo-conv auto,im2col]   (the zoo's convolution forms, models.ZOO_CONVS: one line each, side by side)
 
 Prints one JSON line with model-epochs per second for both forms, their ratio (vmapped / sequential), and the
 flops of one model-epoch (XLA's cost analysis) with the GFLOP/s each form reaches.
@@ -31,13 +32,27 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers'; smaller for smoke runs)")
     p.add_argument("--arch", default="convnet", help="architecture(s) trained: names of models.ARCHS or pools "
                    "(M, B, W, D, A, P, N), comma-separated; one JSON line each")
+    p.add_argument("--zoo-conv", default="auto", help="the zoo's convolution form(s) (auto or names of "
+                   "models.ZOO_CONVS), comma-separated; ConvNet and MLP do not use them")
     args = p.parse_args(argv)
-    from sm_jax.models import arch_names
+    from sm_jax.models import ZOO_CONVS, arch_names, zoo_conv
 
-    return [measure(args, arch) for arch in arch_names(args.arch)][-1]
+    forms = args.zoo_conv.split(",")
+    if bad := [f for f in forms if f != "auto" and f not in ZOO_CONVS]:
+        p.error(f"unknown zoo convolution {bad[0]!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
+    try:
+        archs = arch_names(args.arch)
+    except ValueError as e:
+        p.error(str(e))
+    out = None
+    for arch in archs:
+        for form in forms:
+            with zoo_conv(form):  # read at trace time: every jitted function below is traced inside
+                out = measure(args, arch, form)
+    return out
 
 
-def measure(args, arch: str) -> dict:
+def measure(args, arch: str, zoo_form: str = "auto") -> dict:
     cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width)
     apply_precision(cfg.precision)
     method = make_method(cfg)
@@ -75,7 +90,7 @@ def measure(args, arch: str) -> dict:
            "device": str(jax.devices()[0].device_kind), "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
                       "epochs": args.epochs, "conv_impl": getattr(net.module, "conv_impl", "xla"),
-                      "width": cfg.width, "arch": arch, "params": net.num_params()}}
+                      "width": cfg.width, "arch": arch, "params": net.num_params(), "zoo_conv": zoo_form}}
     print(json.dumps(out))
     return out
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from sm_jax.models.alexnet import AlexNet, make_alexnet
 from sm_jax.models.common import MEAN, STD, cross_entropy, denormalize, init_params, normalize, torch_uniform
-from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, conv3x3_fast, conv3x3_instancenorm, conv3x3_patches,
-                                    conv3x3_winograd, conv3x3_xla, resolve_conv_impl)
+from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, ZOO_CONVS, conv3x3_fast, conv3x3_instancenorm,
+                                    conv3x3_patches, conv3x3_winograd, conv3x3_xla, resolve_conv_impl, zoo_conv)
 from sm_jax.models.convnet import ACTIVATIONS, POOLINGS, ConvNet, make_convnet
 from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
 from sm_jax.models.lenet import LeNet, make_lenet
@@ -112,8 +112,8 @@ def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: st
 
 
 __all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS", "POOLINGS",
-           "STD", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net", "ResNet",
-           "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm", "conv3x3_patches",
-           "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params", "make_alexnet",
-           "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap", "make_resnet18",
-           "make_vgg11", "normalize", "resolve_conv_impl", "torch_uniform"]
+           "STD", "ZOO_CONVS", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net",
+           "ResNet", "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm",
+           "conv3x3_patches", "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params",
+           "make_alexnet", "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap",
+           "make_resnet18", "make_vgg11", "normalize", "resolve_conv_impl", "torch_uniform", "zoo_conv"]

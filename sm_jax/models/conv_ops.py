@@ -4,6 +4,7 @@ Kept apart from the architectures: any model's 3x3 layers can use them through `
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -247,17 +248,44 @@ def conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int =
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_any(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
-    """The zoo's general convolution; (N, H, W, Cin), (k, k, Cin, Cout) -> (N, Ho, Wo, Cout).
-
-    XLA's elsewhere. On CPU, 3x3 stride-1 padding-1 layers (VGG's, the ResNets') run on conv3x3_fast (measured,
-    training in a scan: VGG-11 1.2x, ResNet-18 1.5x faster than im2col), any other on conv_im2col.
-    """
-    if jax.default_backend() != "cpu":
-        return conv_native(x, kernel, stride, padding)
+def conv_cpu(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """conv_any's CPU form: 3x3 stride-1 padding-1 layers (VGG's, the ResNets') on conv3x3_fast, others on im2col."""
     if kernel.shape[:2] == (3, 3) and stride == 1 and padding == 1:
         return conv3x3_fast(x, kernel)
     return conv_im2col(x, kernel, stride, padding)
+
+
+# The zoo's convolution forms (same parameters, same function up to float rounding), by name; 'auto' is conv_cpu on
+# CPU and XLA's elsewhere. The zoo's training speed on CPU per form: `python -m benchmarks.evaluate --zoo-conv`.
+ZOO_CONVS = {"cpu": conv_cpu, "im2col": conv_im2col, "xla": conv_native}
+_zoo_form = ["auto"]
+
+
+@contextlib.contextmanager
+def zoo_conv(form: str):
+    """Within the block, the zoo's convolutions trace as `form` (a name of ZOO_CONVS, or 'auto').
+
+    Read when a model is traced, so it applies to the functions jitted inside the block (benchmarks compare forms).
+    """
+    if form != "auto" and form not in ZOO_CONVS:
+        raise ValueError(f"unknown zoo convolution {form!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
+    old, _zoo_form[0] = _zoo_form[0], form
+    try:
+        yield
+    finally:
+        _zoo_form[0] = old
+
+
+def conv_any(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """The zoo's general convolution; (N, H, W, Cin), (k, k, Cin, Cout) -> (N, Ho, Wo, Cout).
+
+    On CPU conv_cpu (XLA's own convolution runs tens of times slower there inside the training scans), XLA's
+    elsewhere; `zoo_conv` overrides the choice.
+    """
+    form = _zoo_form[0]
+    if form == "auto":
+        form = "cpu" if jax.default_backend() == "cpu" else "xla"
+    return ZOO_CONVS[form](x, kernel, stride, padding)
 
 
 # The interchangeable convolutions (same parameters, same function up to float rounding), by name.

@@ -3,8 +3,8 @@
 `MODELS` maps a family to its constructor (`build(family, classes, **options)`); `ARCHS` maps the official
 architecture names of the DC/DSA and IDC codes (`--model`, `--eval-arch`) to a family and its options, and
 `EVAL_POOLS` the official evaluation pools (`M`, `W`, `D`, `A`, `P`, `N`) to names. `make_net` builds a pure `Net`
-for a dataset's image shape. `common` (normalisation, init, loss), `conv_ops` (the interchangeable 3x3
-convolutions, Winograd and the fused RGB layer, usable by any model), `layers`, `norms` and `net` are shared.
+for a dataset's image shape. `common` (normalisation, init, loss), `conv_ops` (the interchangeable
+convolution forms: Winograd, im2col, XLA's, the fused RGB layer), `layers`, `norms` and `net` are shared.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The 3x3 convolutions a model can run on (interchangeable, same parameters) and the fused RGB conv + instance norm.
+"""The convolutions models run on: interchangeable forms of one function (same parameters), chosen per platform.
 
-Kept apart from the architectures: any model's 3x3 layers can use them through `layers.Conv3x3`.
+ConvNet's 3x3 layers pick one of `CONVS` through `layers.Conv3x3` (and the fused RGB conv + instance norm); every
+other model's convolutions go through `conv_any`, whose forms are `ZOO_CONVS`. Kept apart from the architectures.
 """
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ def test_parameter_counts_equal_the_official_definitions(name):
     assert net.has_state == ("bn" in name or name == "resnet10_ap")
 
 
-@pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 1, 2, 3),
-                                              (11, 4, 2, 3), (1, 2, 0, 16)])
+@pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 2, 2, 3),
+                                              (1, 2, 0, 16)])
 def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
     # the zoo's CPU forms (Winograd for 3x3 stride 1 padding 1, im2col otherwise; im2col alone) against XLA's own
     # convolution: the value, the input gradient and the kernel gradient
@@ -58,7 +58,7 @@ def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
     t = jax.random.normal(jax.random.key(2), conv_native(x, w, stride, pad).shape)
     f = lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, pad)) * t)
     want = (conv_native(x, w, stride, pad), *jax.grad(f(conv_native), (0, 1))(x, w))
-    for form in ("auto", "cpu", "im2col"):
+    for form in ("auto", "im2col"):  # auto: Winograd / im2col on CPU, XLA's elsewhere
         with zoo_conv(form):
             got = (conv_any(x, w, stride, pad), *jax.grad(f(conv_any), (0, 1))(x, w))
         for g, v in zip(got, want):

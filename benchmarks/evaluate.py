@@ -35,12 +35,12 @@ def main(argv=None) -> dict:
     p.add_argument("--zoo-conv", default="auto", help="the zoo's convolution form(s) (auto or names of "
                    "models.ZOO_CONVS), comma-separated; ConvNet and MLP do not use them")
     args = p.parse_args(argv)
-    from sm_jax.models import ZOO_CONVS, arch_names, zoo_conv
+    from sm_jax.models import arch_names, resolve_zoo_conv, zoo_conv
 
     forms = args.zoo_conv.split(",")
-    if bad := [f for f in forms if f != "auto" and f not in ZOO_CONVS]:
-        p.error(f"unknown zoo convolution {bad[0]!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
     try:
+        for form in forms:
+            resolve_zoo_conv(form)
         archs = arch_names(args.arch)
     except ValueError as e:
         p.error(str(e))

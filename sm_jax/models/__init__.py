@@ -11,7 +11,8 @@ from __future__ import annotations
 from sm_jax.models.alexnet import AlexNet, make_alexnet
 from sm_jax.models.common import MEAN, STD, cross_entropy, denormalize, init_params, normalize, torch_uniform
 from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, ZOO_CONVS, conv3x3_fast, conv3x3_instancenorm,
-                                    conv3x3_patches, conv3x3_winograd, conv3x3_xla, resolve_conv_impl, zoo_conv)
+                                    conv3x3_patches, conv3x3_winograd, conv3x3_xla, resolve_conv_impl, resolve_zoo_conv,
+                                    zoo_conv)
 from sm_jax.models.convnet import ACTIVATIONS, POOLINGS, ConvNet, make_convnet
 from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
 from sm_jax.models.lenet import LeNet, make_lenet
@@ -116,4 +117,5 @@ __all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN"
            "ResNet", "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm",
            "conv3x3_patches", "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params",
            "make_alexnet", "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap",
-           "make_resnet18", "make_vgg11", "normalize", "resolve_conv_impl", "torch_uniform", "zoo_conv"]
+           "make_resnet18", "make_vgg11", "normalize", "resolve_conv_impl", "resolve_zoo_conv", "torch_uniform",
+           "zoo_conv"]

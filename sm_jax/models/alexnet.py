@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from sm_jax.models.lenet import conv
+from sm_jax.models.layers import conv
 from sm_jax.models.mlp import dense
 from sm_jax.models.norms import apply_norm, make_norm
 

@@ -262,14 +262,22 @@ ZOO_CONVS = {"cpu": conv_cpu, "im2col": conv_im2col, "xla": conv_native}
 _zoo_form = ["auto"]
 
 
+def resolve_zoo_conv(form: str = "auto") -> str:
+    """'auto' -> 'cpu' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name."""
+    if form == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if form not in ZOO_CONVS:
+        raise ValueError(f"unknown zoo convolution {form!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
+    return form
+
+
 @contextlib.contextmanager
 def zoo_conv(form: str):
     """Within the block, the zoo's convolutions trace as `form` (a name of ZOO_CONVS, or 'auto').
 
     Read when a model is traced, so it applies to the functions jitted inside the block (benchmarks compare forms).
     """
-    if form != "auto" and form not in ZOO_CONVS:
-        raise ValueError(f"unknown zoo convolution {form!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
+    resolve_zoo_conv(form)
     old, _zoo_form[0] = _zoo_form[0], form
     try:
         yield
@@ -283,10 +291,7 @@ def conv_any(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0)
     On CPU conv_cpu (XLA's own convolution runs tens of times slower there inside the training scans), XLA's
     elsewhere; `zoo_conv` overrides the choice.
     """
-    form = _zoo_form[0]
-    if form == "auto":
-        form = "cpu" if jax.default_backend() == "cpu" else "xla"
-    return ZOO_CONVS[form](x, kernel, stride, padding)
+    return ZOO_CONVS[resolve_zoo_conv(_zoo_form[0])](x, kernel, stride, padding)
 
 
 # The interchangeable convolutions (same parameters, same function up to float rounding), by name.

@@ -1,12 +1,15 @@
-"""Layers the architectures are built from: the selectable 3x3 convolution, instance norm, 2x2 average pooling."""
+"""Layers the architectures are built from: the selectable 3x3 convolution, the zoo's general convolution, instance
+norm, 2x2 average pooling."""
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from sm_jax.models.common import torch_uniform
-from sm_jax.models.conv_ops import CONVS, conv3x3_instancenorm
+from sm_jax.models.conv_ops import CONVS, conv3x3_instancenorm, conv_any
 
 
 class Conv3x3(nn.Module):
@@ -54,3 +57,32 @@ class InstanceNorm(nn.Module):
         mean = x.mean(axis=(1, 2), keepdims=True)
         var = jnp.square(x - mean).mean(axis=(1, 2), keepdims=True)
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+class Conv(nn.Module):
+    """nn.Conv2d(in, features, size, stride, padding, bias): `kernel` (HWIO) and `bias` parameters like nn.Conv's,
+    computed by conv_ops.conv_any (Winograd or im2col on CPU, where XLA's convolution is slow inside the training
+    loops)."""
+
+    features: int
+    size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    kernel_init: Callable | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1] * self.size * self.size
+        kernel = self.param("kernel", self.kernel_init or torch_uniform(fan_in),
+                            (self.size, self.size, x.shape[-1], self.features))
+        y = conv_any(x, kernel, self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
+        return y
+
+
+def conv(features: int, size: int, in_channels: int, padding: int, name: str, stride: int = 1,
+         bias: bool = True, kernel_init=None) -> Conv:
+    """nn.Conv2d(in_channels, features, size, stride, padding, bias) with PyTorch's default init (or `kernel_init`)."""
+    return Conv(features, size, stride, padding, bias, kernel_init, name=name)

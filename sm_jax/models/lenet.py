@@ -2,43 +2,11 @@
 400 -> 120 -> 84 -> classes (for 32x32 RGB inputs: no padding, 32 -> 28 -> 14 -> 10 -> 5)."""
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 from flax import linen as nn
 
-from sm_jax.models.common import torch_uniform
-from sm_jax.models.conv_ops import conv_any
+from sm_jax.models.layers import conv
 from sm_jax.models.mlp import dense
-
-
-class Conv(nn.Module):
-    """nn.Conv2d(in, features, size, stride, padding, bias): `kernel` (HWIO) and `bias` parameters like nn.Conv's,
-    computed by conv_ops.conv_any (Winograd or im2col on CPU, where XLA's convolution is slow inside the training
-    loops)."""
-
-    features: int
-    size: int
-    stride: int = 1
-    padding: int = 0
-    use_bias: bool = True
-    kernel_init: Callable | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1] * self.size * self.size
-        kernel = self.param("kernel", self.kernel_init or torch_uniform(fan_in),
-                            (self.size, self.size, x.shape[-1], self.features))
-        y = conv_any(x, kernel, self.stride, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
-        return y
-
-
-def conv(features: int, size: int, in_channels: int, padding: int, name: str, stride: int = 1,
-         bias: bool = True, kernel_init=None) -> Conv:
-    """nn.Conv2d(in_channels, features, size, stride, padding, bias) with PyTorch's default init (or `kernel_init`)."""
-    return Conv(features, size, stride, padding, bias, kernel_init, name=name)
 
 
 class LeNet(nn.Module):

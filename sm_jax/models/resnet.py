@@ -12,7 +12,7 @@ import jax
 from flax import linen as nn
 
 from sm_jax.models.layers import avg_pool2
-from sm_jax.models.lenet import conv
+from sm_jax.models.layers import conv
 from sm_jax.models.mlp import dense
 from sm_jax.models.norms import apply_norm, make_norm
 

@@ -44,10 +44,10 @@ def _idx(a: np.ndarray) -> bytes:
 
 
 def write_grey(path: Path) -> Path:
-    """A generated MNIST-form archive: 10 classes x 40 train / 10 test grey 28x28 images (seeded)."""
+    """A generated MNIST-form archive: 10 classes x 80 train / 10 test grey 28x28 images (seeded)."""
     rng = np.random.default_rng(20)
     parts = {}
-    for split, n in (("train", 40), ("t10k", 10)):
+    for split, n in (("train", 80), ("t10k", 10)):
         y = np.repeat(np.arange(10), n).astype(np.uint8)
         x = np.clip(rng.normal(40 + 20 * y[:, None, None], 60, (len(y), 28, 28)), 0, 255).astype(np.uint8)
         parts[f"{split}-images-idx3-ubyte.gz"], parts[f"{split}-labels-idx1-ubyte.gz"] = x, y

@@ -2,7 +2,7 @@
 
 python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32] [--width 128]
     [--arch resnet18bn]   (any name of the model zoo, or a comma-separated list / pool letter: one line each)
-    [--zoo-conv auto,im2col]   (the zoo's convolution forms, models.ZOO_CONVS: one line each, side by side)
+    [--conv-impl auto,patches]   (the convolution forms, models.CONVS: one line each, side by side)
 
 Prints one JSON line with model-epochs per second for both forms, their ratio (vmapped / sequential), and the
 flops of one model-epoch (XLA's cost analysis) with the GFLOP/s each form reaches.
@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from sm_jax.backend import apply_precision
+from sm_jax.backend import precision
 from sm_jax.config import make_config
 from sm_jax.evaluation import train_network
 from sm_jax.methods import make_method
@@ -32,29 +32,29 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers'; smaller for smoke runs)")
     p.add_argument("--arch", default="convnet", help="architecture(s) trained: names of models.ARCHS or pools "
                    "(M, B, W, D, A, P, N), comma-separated; one JSON line each")
-    p.add_argument("--zoo-conv", default="auto", help="the zoo's convolution form(s) (auto or names of "
-                   "models.ZOO_CONVS), comma-separated; ConvNet and MLP do not use them")
+    p.add_argument("--conv-impl", default="auto", help="the convolution form(s) (auto or names of models.CONVS), "
+                   "comma-separated; MLP has none")
     args = p.parse_args(argv)
-    from sm_jax.models import arch_names, resolve_zoo_conv, zoo_conv
+    from sm_jax.models import arch_names, resolve_conv
 
-    forms = args.zoo_conv.split(",")
+    forms = args.conv_impl.split(",")
     try:
         for form in forms:
-            resolve_zoo_conv(form)
+            resolve_conv(form)
         archs = arch_names(args.arch)
     except ValueError as e:
         p.error(str(e))
     out = None
-    for arch in archs:
-        for form in forms:
-            with zoo_conv(form):  # read at trace time: every jitted function below is traced inside
+    with precision(args.precision):
+        for arch in archs:
+            for form in forms:
                 out = measure(args, arch, form)
     return out
 
 
-def measure(args, arch: str, zoo_form: str = "auto") -> dict:
-    cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width)
-    apply_precision(cfg.precision)
+def measure(args, arch: str, conv_impl: str = "auto") -> dict:
+    cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width,
+                      conv_impl=conv_impl)
     method = make_method(cfg)
     net = method.eval_net(arch)
     proto = method.eval_protocol(args.epochs, arch)
@@ -90,7 +90,7 @@ def measure(args, arch: str, zoo_form: str = "auto") -> dict:
            "device": str(jax.devices()[0].device_kind), "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "images": n, "batch": proto.batch, "models": args.models,
                       "epochs": args.epochs, "conv_impl": getattr(net.module, "conv_impl", "xla"),
-                      "width": cfg.width, "arch": arch, "params": net.num_params(), "zoo_conv": zoo_form}}
+                      "width": cfg.width, "arch": arch, "params": net.num_params(), "conv_form": conv_impl}}
     print(json.dumps(out))
     return out
 

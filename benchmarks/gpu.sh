@@ -18,6 +18,7 @@
 # name `data` in the device tool's carry), else ../shared/data/cifar10-jpeg.tar.gz. Budget: $GPU_SH_BUDGET seconds.
 set -uo pipefail  # one failing section does not stop the others
 cd "$(dirname "$0")/.."
+py=${PYTHON:-python}  # the interpreter (default: `python` on PATH)
 smoke=0
 [ "${1:-}" = "--smoke" ] && smoke=1
 out=${OUT:-benchmarks/results/gpu-local}
@@ -54,11 +55,11 @@ fi
 export SM_JAX_CACHE=${SM_JAX_CACHE:-${TMPDIR:-/tmp}/sm_jax_gpu_cache}   # decoded data, compiled programs
 
 # gpu.json (every figure so far) and report.md (tables, GPU-hour estimates), rewritten after each section
-report() { python -m benchmarks.gpu_report "$out" > /dev/null 2>> "$out/log.txt"; }
+report() { "$py" -m benchmarks.gpu_report "$out" > /dev/null 2>> "$out/log.txt"; }
 
 # --- 1. environment and correctness --------------------------------------------------------------------------------
 log "1. environment"
-python - > "$out/env.json" <<'EOF'
+"$py" - > "$out/env.json" <<'EOF'
 import importlib.metadata as md, json, platform
 import jax
 info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -90,16 +91,16 @@ tests=(tests/test_matching.py::test_vmapped_matching_equals_python_loop
        tests/test_training.py::test_fast_conv_net_equals_xla_conv_net_values_and_grads)
 log "1. correctness tests on $JAX_PLATFORMS"
 if [ $smoke = 1 ]; then  # the names still exist (the GPU run executes them)
-  within 60 python -m pytest -q -p no:cacheprovider --collect-only "${tests[@]}" > "$out/tests.txt" 2>&1
+  within 60 "$py" -m pytest -q -p no:cacheprovider --collect-only "${tests[@]}" > "$out/tests.txt" 2>&1
 else
-  within 150 python -m pytest -q -p no:cacheprovider -p no:xdist "${tests[@]}" > "$out/tests.txt" 2>&1
+  within 150 "$py" -m pytest -q -p no:cacheprovider -p no:xdist "${tests[@]}" > "$out/tests.txt" 2>&1
 fi
 tail -3 "$out/tests.txt"
 report
 
 # --- 2. step time, JAX vs PyTorch ------------------------------------------------------------------------------------
 step() {
-  within "$1" python -m benchmarks.step --compare --torch-device "$torch_device" --class-chunk 0 "${@:2}" "${tiny[@]}" \
+  within "$1" "$py" -m benchmarks.step --compare --torch-device "$torch_device" --class-chunk 0 "${@:2}" "${tiny[@]}" \
     >> "$out/step.jsonl" 2>> "$out/step.err"
 }
 log "2. step time"
@@ -116,10 +117,10 @@ report
 # --- 3. evaluation, vmapped vs sequential -----------------------------------------------------------------------------
 log "3. evaluation"
 if [ $smoke = 1 ]; then
-  within 30 python -m benchmarks.evaluate --method dc --ipc 1 --models 2 --epochs 1 --width 8 >> "$out/evaluate.jsonl"
+  within 30 "$py" -m benchmarks.evaluate --method dc --ipc 1 --models 2 --epochs 1 --width 8 >> "$out/evaluate.jsonl"
 else
-  within 60 python -m benchmarks.evaluate --method dc --ipc 1 --models 20 --epochs 50 >> "$out/evaluate.jsonl"
-  within 60 python -m benchmarks.evaluate --method dc --ipc 10 --models 20 --epochs 20 >> "$out/evaluate.jsonl"
+  within 60 "$py" -m benchmarks.evaluate --method dc --ipc 1 --models 20 --epochs 50 >> "$out/evaluate.jsonl"
+  within 60 "$py" -m benchmarks.evaluate --method dc --ipc 10 --models 20 --epochs 20 >> "$out/evaluate.jsonl"
   log "3b. the price of float32: DC ipc 10 K 1 at TF32"
   step 60 --method dc --ipc 10 --subset-k 1 --repeats 3 --precision tensorfloat32
 fi
@@ -130,7 +131,7 @@ log "4. full-budget runs on ${data:-(no data)}"
 run() {  # run NAME SECONDS FLAGS...
   local name=$1 t=$2
   shift 2
-  within "$t" python -m experiments.cifar10 --data-dir "$data" --workdir "$out/runs/$name" --log-every 15 \
+  within "$t" "$py" -m experiments.cifar10 --data-dir "$data" --workdir "$out/runs/$name" --log-every 15 \
     --stop-grace 3 --checkpoint-minutes 1 "$@" > "$out/runs/$name.log" 2>&1
   tail -2 "$out/runs/$name.log"
   report

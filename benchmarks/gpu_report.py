@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.summarize import main as summarize
-from sm_jax.config import paper_preset
+from sm_jax.methods import METHODS
 
 
 def _lines(path: Path) -> list[dict]:
@@ -58,7 +58,7 @@ def estimates(steps: list[dict], runs: dict[str, dict]) -> list[dict]:
         c = s["config"]
         if s.get("precision", "float32") != "float32" or c.get("classes", 10) != 10 or c.get("width", 128) != 128:
             continue
-        p = paper_preset(c["method"], c["ipc"])
+        p = METHODS[c["method"]].paper_preset(c["ipc"], "cifar10")
         hours = p["iterations"] * p["outer_loop"] * s["step_seconds_median"] / 3600
         out.append({"method": c["method"], "ipc": c["ipc"], "subset_k": c["subset_k"], "source": "step",
                     "condense_gpu_hours_at_least": hours})

@@ -27,7 +27,7 @@ from sm_jax.methods import make_context, make_method
 def predict(method: str, ipc: int, k: int, chunk: int, data, conv_impl: str = "xla") -> dict:
     """The predicted bytes of one paper-preset iteration of (method, ipc, K) with `chunk` classes per program."""
     cfg = make_config(method, ipc, "paper", subset_k=k, class_chunk=chunk, conv_impl=conv_impl)
-    m = make_method(cfg, data.num_classes)
+    m = make_method(cfg, data.spec)
     ctx = make_context(cfg, data)
     key = jax.random.key(0)
     state = m.init_state(m.init_images(data, key))
@@ -35,7 +35,7 @@ def predict(method: str, ipc: int, k: int, chunk: int, data, conv_impl: str = "x
     compiled = jax.jit(m.iteration, donate_argnums=0).lower(state, ctx, key).compile()
     analysis = compiled.memory_analysis()
     return {"method": method, "ipc": ipc, "subset_k": k, "class_chunk": chunk, "classes": data.num_classes,
-            "conv_impl": m.model.conv_impl, "predicted_bytes": program_bytes(compiled),
+            "conv_impl": m.net.module.conv_impl, "predicted_bytes": program_bytes(compiled),
             "argument_bytes": analysis.argument_size_in_bytes, "temp_bytes": analysis.temp_size_in_bytes,
             "compile_seconds": time.perf_counter() - t0, "backend": jax.default_backend()}
 

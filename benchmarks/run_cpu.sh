@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark grid behind benchmarks/README.md: every line of benchmarks/results/cpu.jsonl comes from here.
-# Needs the PyTorch baseline: pip install -r benchmarks/requirements-torch.txt. Takes ~20 minutes on 2 cores.
+# Needs the PyTorch baseline: pip install -e ".[torch]". Takes ~20 minutes on 2 cores.
 set -uo pipefail  # a failing configuration (e.g. out of memory) does not stop the others
 out=${1:-benchmarks/results/cpu.jsonl}
 mkdir -p "$(dirname "$out")"

@@ -22,12 +22,11 @@ import time
 import jax
 import numpy as np
 
-from sm_jax.backend import apply_precision, program_bytes
+from sm_jax.backend import precision, program_bytes
 from sm_jax.cli import class_chunk
 from sm_jax.config import make_config
-from sm_jax.data import Dataset, load_cifar10
+from sm_jax.data import Dataset, load_dataset
 from sm_jax.methods import make_context, make_method
-from sm_jax.models import init_params
 
 
 def synthetic_cifar(n_per_class: int = 5000, classes: int = 10) -> Dataset:
@@ -38,6 +37,12 @@ def synthetic_cifar(n_per_class: int = 5000, classes: int = 10) -> Dataset:
 
 
 def main(argv=None) -> dict:
+    args = parser().parse_args(argv)
+    with precision(args.precision):
+        return measure(args)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="dc")
     p.add_argument("--ipc", type=int, default=10)
@@ -55,11 +60,13 @@ def main(argv=None) -> dict:
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers')")
     p.add_argument("--conv-impl", default="auto", help="ConvNet convolution: auto (default), fast, patches, "
                    "winograd or xla")
-    args = p.parse_args(argv)
+    return p
+
+
+def measure(args) -> dict:
     cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, precision=args.precision,
                       width=args.width)
-    apply_precision(cfg.precision)
     torch_out = None
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
@@ -69,25 +76,23 @@ def main(argv=None) -> dict:
                "--per-class", str(args.per_class), "--width", str(cfg.width)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
-            sys.exit(f"error: the PyTorch baseline failed (pip install -r benchmarks/requirements-torch.txt?): "
+            sys.exit(f"error: the PyTorch baseline failed (pip install -e '.[torch]'?): "
                      f"{(res.stderr.strip().splitlines() or ['?'])[-1]}")
         torch_out = json.loads(res.stdout.strip().splitlines()[-1])
-    data = load_cifar10(args.data_dir) if args.data_dir else synthetic_cifar(args.per_class, args.classes)
-    method = make_method(cfg, data.num_classes)
-    cfg = method.cfg  # class_chunk auto resolved
+    data = load_dataset("cifar10", args.data_dir) if args.data_dir else synthetic_cifar(args.per_class, args.classes)
+    method = make_method(cfg, data.spec)
     ctx = make_context(cfg, data)
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, key))
-    params = init_params(method.model, key)
+    params, _ = method.net.init(key)
     step = jax.jit(lambda im, os_, p_, k: method.matching_step(im, os_, p_, ctx, k, 0.5), donate_argnums=(0, 1))
     t0 = time.perf_counter()
     compiled = step.lower(state.images, state.opt_state, params, key).compile()
     compile_s = time.perf_counter() - t0
     predicted = program_bytes(compiled)
     flops_compiled = compiled
-    if cfg.class_chunk:  # XLA counts a loop body once: count the flops on the all-classes program (same math)
-        full = make_method(cfg.replace(class_chunk=0), data.num_classes)
-        full.net, full.model = method.net, method.model
+    if method.class_chunk:  # XLA counts a loop body once: count the flops on the all-classes program (same math)
+        full = make_method(cfg.replace(class_chunk=0), data.spec)
         flops_compiled = jax.jit(lambda im, os_, p_, k: full.matching_step(im, os_, p_, ctx, k, 0.5)).lower(
             state.images, state.opt_state, params, key).compile()
     cost = flops_compiled.cost_analysis()
@@ -112,7 +117,7 @@ def main(argv=None) -> dict:
            "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
-                      "conv_impl": method.model.conv_impl, "class_chunk": cfg.class_chunk, "width": cfg.width}}
+                      "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk, "width": cfg.width}}
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
         out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20

@@ -6,7 +6,7 @@ A Python loop over classes (and subsets); per term, `torch.autograd.grad` of the
 synthetic loss with `create_graph=True`; the layer-wise distance (DC/DSA: 1 - cos per output row, IDC: squared
 error over conv kernels); SGD(momentum 0.5) on the synthetic pixels. DC/DSA sum the loss over classes and step
 once, IDC steps once per class, as their official code does. DSA/IDC apply one siamese augmentation draw per term.
-Needs `pip install -r benchmarks/requirements-torch.txt`. Prints one JSON line (the same keys as benchmarks.step).
+Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys as benchmarks.step).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fitting the programs to the device: fp32 matmul precision, predicted device memory, the automatic class chunk.
+"""The process and the device: fp32 matmul precision, the persistent compilation cache, predicted device memory and
+the class chunk.
 
 Precision. On an NVIDIA GPU from Ampere on, XLA's default precision for float32 matmuls and convolutions is
 TF32 (10-bit mantissa); PyTorch's default is TF32 for convolutions (`torch.backends.cudnn.allow_tf32 = True`) and
@@ -10,22 +11,33 @@ nothing (XLA:CPU computes float32 dots in float32).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from sm_jax.config import PRECISIONS
-
+PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_matmul_precision
+AUTO_CHUNK = -1  # Config.class_chunk 'auto': resolve_class_chunk decides per device
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
 
 
-def apply_precision(precision: str) -> None:
-    """Sets JAX's default precision of float32 matmuls and convolutions for the programs traced afterwards."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    jax.config.update("jax_default_matmul_precision", precision)
+def precision(name: str) -> contextlib.AbstractContextManager:
+    """A context in which the programs traced use `name` (PRECISIONS) for float32 matmuls and convolutions."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return jax.default_matmul_precision(name)
+
+
+def enable_compilation_cache(cache_dir: os.PathLike | str) -> None:
+    """Persists compiled XLA programs under `cache_dir` (a rerun, a resume or the next run of a study with the same
+    shapes skips compilation); SM_JAX_COMPILE_CACHE=0 turns it off. For a process's entry point."""
+    if os.environ.get("SM_JAX_COMPILE_CACHE", "1") == "0":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def program_bytes(compiled: Any) -> int | None:
@@ -60,27 +72,37 @@ def chunk_candidates(classes: int) -> list[int]:
     return out + [1]
 
 
-def auto_class_chunk(classes: int, compile_with: Callable[[int], Any], limit: int | None = None,
-                     log: Callable[[str], None] = print) -> int:
-    """The class chunk for `--class-chunk auto`.
+def resolve_class_chunk(requested: int, classes: int, mesh=None,
+                        compile_with: Callable[[int], Any] | None = None, limit: int | None = None,
+                        log: Callable[[str], None] = print) -> int:
+    """The classes per vmapped program (0 = all at once) for `--class-chunk requested`.
 
-    On CPU the fastest measured form (one class per program). On an accelerator the largest chunk whose program is
-    predicted (XLA's memory analysis) to fit MEMORY_HEADROOM of the device's memory: the fewest sequential
-    programs. The compiled programs land in the persistent compilation cache, so the run's own jit of the chosen
-    chunk does not compile again.
+    All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
+    measured form (one class per program); on an accelerator, given `compile_with`, the largest chunk whose program
+    is predicted (XLA's memory analysis) to fit MEMORY_HEADROOM of the device's memory (the fewest sequential
+    programs; the compiled programs land in the persistent compilation cache, so the run's own jit of the chosen
+    chunk does not compile again), and all classes without it.
 
     Args:
+      requested: Config.class_chunk.
       classes: the number of classes.
+      mesh: the run's device mesh (None: one device).
       compile_with: chunk -> the compiled iteration program with that chunk.
-      limit: device bytes (default: the device's own limit).
+      limit: device bytes (default: the device's own limit; given, the fit runs on CPU too).
     Returns:
-      the chunk (0 < chunk <= classes).
+      the chunk (0 <= chunk <= classes; 0 = all).
     """
+    if mesh is not None:  # the mesh splits the class axis over its devices: one program for all classes
+        return 0
+    if requested != AUTO_CHUNK:
+        return requested
     if jax.default_backend() == "cpu" and limit is None:
         return CPU_CLASS_CHUNK
+    if compile_with is None:
+        return 0
     limit = limit if limit is not None else device_memory_bytes()
     if limit is None:
-        return classes
+        return 0
     for chunk in chunk_candidates(classes):
         need = program_bytes(compile_with(chunk))
         if need is None or need <= MEMORY_HEADROOM * limit:

@@ -7,8 +7,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from sm_jax.errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
     """No checkpoint, or one that cannot be restored (one line, user-facing)."""
 
 

@@ -1,30 +1,48 @@
-"""One frozen config per run, with presets reproducing the papers and a reduced CPU budget."""
+"""One frozen config per run. Each field carries its metadata (help, choices from the registries, bounds, whether it
+belongs to the run's identity), from which the command line, the validation and "is this the same run?" derive.
+
+A config is built by `make_config(method, ipc, preset, dataset, **fields)`: the method's preset (its own module in
+sm_jax.methods), then the fields given.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
-from sm_jax.data.registry import dataset_info
+from sm_jax.augmentation import DSA_OPS, OPS
+from sm_jax.backend import AUTO_CHUNK, PRECISIONS
+from sm_jax.data import DATASETS, dataset_info
+from sm_jax.errors import ConfigError
+from sm_jax.matching import DISTANCES
+from sm_jax.methods import INITS, METHODS, PRESETS
+from sm_jax.models import ARCHS, CONVS, NORMS, arch_names
 
-METHODS = ("dc", "dsa", "idc")
-PRESETS = ("paper", "cpu")
-CONV_IMPLS = ("auto", "fast", "patches", "winograd", "xla")  # auto + sorted(models.CONVS)
-PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_matmul_precision (backend.py)
-AUTO_CHUNK = -1  # class_chunk: backend.auto_class_chunk decides per device
-DISTANCE_NAMES = ("cosine", "mse", "l1")  # keys of matching.DISTANCES
-METHOD_DISTANCE = {"dc": "cosine", "dsa": "cosine", "idc": "mse"}  # each method's own (Config.distance '')
-AUG_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")  # DSA's ops (augmentation.OPS)
-EVAL_AUGS = ("none", "dc_crop_scale_rotate", "dc_crop_noise", *AUG_OPS)  # --eval-aug values besides ''
-
-
-# DC/DSA (outer_loop, inner_loop) by ipc, from the official code.
-_DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+# What a field is to a run: IDENTITY fields change the synthetic set (a checkpoint resumes only under the same
+# ones); RESULT fields change the recorded final evaluation, not the set; the others change neither (where and how
+# the run goes: devices, logging, convolution form, ...).
+IDENTITY, RESULT, OTHER = "identity", "result", "other"
 
 
-class ConfigError(ValueError):
-    """An invalid configuration (one line, user-facing)."""
+def _field(default: Any, help: str, *, kind: str = IDENTITY, choices: Callable[[], tuple] | None = None,
+           low: float | None = None, label: str | None = None) -> Any:
+    """A Config field with its metadata.
+
+    Args:
+      help: the --flag's help (choices and the default are appended).
+      kind: IDENTITY, RESULT or OTHER.
+      choices: () -> the allowed values (read from a registry; '' is also allowed where it is the default).
+      low: the smallest allowed value.
+      label: the name in "unknown <label>" errors (default: the field's name).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices, "low": low,
+                                                         "label": label})
+
+
+def _evaluation_augmentations() -> tuple[str, ...]:
+    return ("none", *OPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,61 +55,82 @@ class Config:
     steps on real data (IDC's 100 inner steps x 32 net steps).
     """
 
-    method: str = "dc"
-    ipc: int = 10
-    dataset: str = "cifar10"  # a name of data.DATASETS
+    method: str = _field("dc", "condensation method", choices=lambda: tuple(METHODS))
+    ipc: int = _field(10, "stored images per class", low=1)
+    dataset: str = _field("cifar10", "dataset (folder: any {train,test}/<class>/ image folder or archive given by "
+                          "--data-dir)", choices=lambda: tuple(DATASETS))
     # subset matching
-    subset_k: int = 2
-    subset_lambda: float = 1.0
-    subset_only: bool = False
-    subset_batch_real: int = 0  # real images per (class, subset) term; 0 = batch_real
+    subset_k: int = _field(2, "subsets per class K (1 = the base method; default 2 where 2 divides the per-class "
+                           "synthetic count, else 1)", low=1)
+    subset_lambda: float = _field(1.0, "lambda_0 of the subset term, decayed linearly to 0", low=0)
+    subset_only: bool = _field(False, "optimise the subset term alone")
+    subset_batch_real: int = _field(0, "real images per (class, subset) term (0 = --batch-real)", low=0)
     # condensation budget
-    iterations: int = 1000
-    outer_loop: int = 10
-    inner_loop: int = 50
-    batch_real: int = 256
-    batch_train: int = 256
-    max_syn_per_class: int = 0  # IDC: decoded images matched per class per step (128); 0 = all
-    factor: int = 1  # IDC multi-formation factor (2); 1 = no decoding
-    init: str = "noise"  # 'noise' | 'real' | 'idc'
-    distance: str = ""  # matching distance: '' = the method's own (cosine DC/DSA, mse IDC); 'mse', 'l1', 'cosine'
-    aug_drop: str = ""  # comma-separated augmentation ops removed from the method's policies (e.g. 'flip' for digits)
-    cutmix_prob: float = 0.5  # IDC: CutMix probability in network training and evaluation (0 = none)
-    eval_aug: str = ""  # evaluation augmentation: '' = the method's own, 'none', or one op (e.g. DC's on MNIST)
-    lr_img: float = 0.1
-    momentum_img: float = 0.5
-    lr_net: float = 0.01
-    momentum_net: float = 0.0
-    weight_decay_net: float = 0.0
+    iterations: int = _field(1000, "condensation iterations (0 = evaluate the initial set)", low=0)
+    outer_loop: int = _field(10, "matching steps per iteration", low=1)
+    inner_loop: int = _field(50, "network training per matching step (epochs DC/DSA, steps IDC)", low=0)
+    batch_real: int = _field(256, "real images per class per matching step", low=1)
+    batch_train: int = _field(256, "batch of the inner-loop network training", low=1)
+    max_syn_per_class: int = _field(0, "IDC: decoded images matched per class per step (0 = all)", low=0)
+    factor: int = _field(1, "IDC multi-formation factor (1 = no decoding)", low=1)
+    init: str = _field("noise", "initial synthetic images", choices=lambda: tuple(INITS))
+    distance: str = _field("", "matching distance ('' = the method's own, or the dataset's preset)",
+                           choices=lambda: tuple(DISTANCES))
+    aug_drop: str = _field("", "comma-separated augmentation ops removed from the method's policies (e.g. flip "
+                           "for digits)")
+    cutmix_prob: float = _field(0.5, "IDC: CutMix probability in network training and evaluation (0 = none)", low=0)
+    eval_aug: str = _field("", "evaluation augmentation ('' = the method's own, or the dataset's preset)",
+                           kind=RESULT, choices=_evaluation_augmentations, label="evaluation augmentation")
+    lr_img: float = _field(0.1, "synthetic-image learning rate")
+    momentum_img: float = _field(0.5, "synthetic-image momentum", low=0)
+    lr_net: float = _field(0.01, "inner-loop network learning rate", low=0)
+    momentum_net: float = _field(0.0, "inner-loop network momentum", low=0)
+    weight_decay_net: float = _field(0.0, "inner-loop network weight decay", low=0)
     # network
-    model: str = "convnet"  # the matching network: a name of models.ARCHS (the official --model)
-    width: int = 128
-    depth: int = 3
-    norm: str = "instancenorm"
-    conv_impl: str = "auto"  # the ConvNet's convolution: auto (fast on CPU, xla on accelerators), fast, patches, xla
+    model: str = _field("convnet", "matching network: a name of the model zoo, official spelling accepted (ConvNet, "
+                        "ConvNetBN, ResNet18BN_AP, ...)", choices=lambda: tuple(ARCHS))
+    width: int = _field(128, "ConvNet width", low=1)
+    depth: int = _field(3, "ConvNet depth", low=1)
+    norm: str = _field("instancenorm", "ConvNet norm", choices=lambda: tuple(NORMS))
+    conv_impl: str = _field("auto", "every network's convolution (auto: fast on CPU, xla on GPU/TPU); all give the "
+                            "same network up to float rounding", kind=OTHER, choices=lambda: ("auto", *CONVS),
+                            label="conv implementation")
     # evaluation
-    eval_epochs: int = 300
-    eval_models: int = 20
-    eval_every: int = 0
-    eval_batch: int = 256
-    eval_lr: float = 0.01
-    eval_parallel: int = 1  # evaluation networks trained together (vmapped) per compiled call
-    eval_arch: str = ""  # architectures evaluated: comma-separated models.ARCHS names or pools (M, B, W, D, A, P, N);
-    # '' = the matching network
-    class_chunk: int = AUTO_CHUNK  # classes per vmapped program (bounds memory); 0 = all at once; -1 = auto
-    precision: str = "float32"  # fp32 matmul / convolution precision on GPU/TPU (see backend.py for why)
-    devices: int = 1  # devices the class axis (and evaluation networks) are sharded over; 0 = all visible
-    holdout: int = 0  # >0: hold this many training images per class out and evaluate on them, not the test set
-    eval_test_per_class: int = 0  # >0: evaluate on the first N test images of each class only (cheaper studies)
+    eval_epochs: int = _field(300, "epochs of each evaluation network", kind=RESULT, low=0)
+    eval_models: int = _field(20, "evaluation networks", kind=RESULT, low=0)
+    eval_every: int = _field(0, "evaluate every N iterations (0 = only at the end)", kind=OTHER, low=0)
+    eval_batch: int = _field(256, "evaluation batch", kind=RESULT, low=1)
+    eval_lr: float = _field(0.01, "evaluation learning rate", kind=RESULT, low=0)
+    eval_parallel: int = _field(1, "evaluation networks trained together (vmapped) per compiled call", kind=OTHER,
+                                low=1)
+    eval_arch: str = _field("", "architectures evaluated: comma-separated names and/or official pools M (MLP, "
+                            "ConvNet, LeNet, AlexNet, VGG11, ResNet18), B (the batch-norm ones), W, D, A, P, N ('' = "
+                            "the matching network)", kind=RESULT)
+    class_chunk: int = _field(AUTO_CHUNK, "classes matched per vmapped program; lower = less memory (0 = all at "
+                              "once; auto: 1 on CPU, the fastest there, and on GPU/TPU the largest chunk predicted to "
+                              "fit the device's memory)", kind=OTHER, low=AUTO_CHUNK)
+    precision: str = _field("float32", "float32 matmul/convolution precision on GPU/TPU: float32 (faithful, see "
+                            "docs/gpu.md), tensorfloat32 or bfloat16 (faster); no effect on CPU", kind=OTHER,
+                            choices=lambda: PRECISIONS)
+    devices: int = _field(1, "shard the class axis and the evaluation networks over N devices (0 = all)", kind=OTHER,
+                          low=0)
+    holdout: int = _field(0, "hold N training images per class out and evaluate on them instead of the test set "
+                          "(for choosing hyper-parameters)", low=0)
+    eval_test_per_class: int = _field(0, "evaluate on the first N test images of each class only (a cheaper, fixed "
+                                      "test subset for studies; 0 = the whole test set)", kind=RESULT, low=0)
     # bookkeeping
-    checkpoint_every: int = 100
-    checkpoint_minutes: float = 5.0  # also checkpoint when this much wall time passed since the last save; 0 = off
-    stop_grace: float = 20.0  # seconds a stopped run waits for the iteration in flight before saving the last one
-    log_every: float = 30.0  # seconds between progress lines when the output is not a terminal
-    seed: int = 0
-    data_dir: str | None = None
-    workdir: str = "runs/default"
-    preset: str = "paper"
+    checkpoint_every: int = _field(100, "checkpoint every N iterations", kind=OTHER, low=0)
+    checkpoint_minutes: float = _field(5.0, "also checkpoint when N minutes passed since the last save (0 = off)",
+                                       kind=OTHER, low=0)
+    stop_grace: float = _field(20.0, "on SIGTERM / Ctrl-C, seconds to wait for the iteration in flight before "
+                               "saving the last finished one (SLURM's default grace is 30)", kind=OTHER, low=0)
+    log_every: float = _field(30.0, "seconds between progress lines when the output is not a terminal", kind=OTHER,
+                              low=0)
+    seed: int = _field(0, "run seed: the partitions, the initial set, every draw")
+    data_dir: str | None = _field(None, "TFDS data dir, image-folder archive/directory, or the dataset's official "
+                                  "archive (or its extracted folder); default: TFDS download", kind=OTHER)
+    workdir: str = _field("runs/default", "run directory", kind=OTHER)
+    preset: str = _field("paper", "budget preset", kind=OTHER, choices=lambda: PRESETS)
 
     @property
     def subset_real(self) -> int:
@@ -106,6 +145,10 @@ class Config:
     def use_subsets(self) -> bool:
         return self.subset_k > 1 and (self.subset_only or self.subset_lambda != 0)
 
+    @property
+    def aug_drop_ops(self) -> tuple[str, ...]:
+        return tuple(op.strip() for op in self.aug_drop.split(",") if op.strip())
+
     def replace(self, **kw) -> Config:
         return dataclasses.replace(self, **kw)
 
@@ -114,76 +157,33 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """A Config from a recorded one (config.json, a checkpoint's metadata): fields it lacks, added by later
+        versions, take their defaults, which is what those versions ran with."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def fields_of(self, *kinds: str) -> dict[str, Any]:
+        """The fields of the given kinds, as JSON values; the distance as resolved ('' = the method's own)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["kind"] in kinds}
+        if "distance" in out:
+            out["distance"] = self.distance or METHODS[self.method].distance
+        return json.loads(json.dumps(out))
+
     def identity(self) -> dict[str, Any]:
-        """Fields a resumed run must share with the checkpoint (what changes the synthetic set); the distance as
-        resolved, so that '' and the method's own name are the same run."""
-        skip = {"eval_epochs", "eval_models", "eval_aug", "eval_arch", "eval_every", "eval_batch", "eval_parallel",
-                "checkpoint_every", "data_dir", "workdir", "preset", "devices", "class_chunk", "conv_impl",
-                "checkpoint_minutes", "stop_grace", "log_every", "precision", "eval_test_per_class"}
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        out["distance"] = self.distance or METHOD_DISTANCE.get(self.method, "")
-        return out
+        """The fields that change the synthetic set: what a resumed run must share with its checkpoint."""
+        return self.fields_of(IDENTITY)
 
 
-def legacy_identity(stored: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's identity with the fields that older versions did not record set to what they used
-    (CIFAR-10, the method's own distance, no dropped augmentation, IDC's CutMix 0.5)."""
-    old = {"dataset": "cifar10", "distance": METHOD_DISTANCE.get(stored.get("method"), ""), "aug_drop": "",
-           "cutmix_prob": 0.5, "model": "convnet"}
-    return {**old, **stored}
+def run_differences(recorded: dict[str, Any], cfg: Config, results: bool = False) -> str:
+    """Whether a run recorded with the config `recorded` (a dict of Config fields) is the run `cfg` describes: ''
+    if so, else the differing fields for a message. `results`: also the fields of the recorded final evaluation.
 
-
-# IDC's per-dataset settings (its code's misc/reproduce.py and argument.py): matching distance, lr_img at ipc 10
-# (scaled by ipc / 10 and, as its `tune_lr_img` does, by (28 / 32)^2 for Fashion-MNIST), images seen per network
-# update (n_data; 64 per step), augmentation ops removed. CIFAR-100 is not in reproduce.py: CIFAR-10's distance
-# and lr with the default n_data. MNIST at factor > 1 also drops cutout and CutMix (set in paper_preset).
-IDC_DATASETS: dict[str, dict[str, Any]] = {
-    "cifar10": dict(distance="mse", lr_img=5e-3, n_data=2000, aug_drop=""),
-    "cifar100": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop=""),
-    "svhn": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop="flip"),
-    "mnist": dict(distance="l1", lr_img=1e-4, n_data=500, aug_drop="flip"),
-    "fashion_mnist": dict(distance="l1", lr_img=1e-4 * (28 / 32) ** 2, n_data=500, aug_drop=""),
-}
-
-
-def paper_preset(method: str, ipc: int, dataset: str = "cifar10") -> dict[str, Any]:
-    """The published budget of `method` at `ipc` on `dataset` (METHOD.md; the official codes for the other
-    datasets); IDC uses the subset-matching paper's 200 iterations on every dataset."""
-    if method in ("dc", "dsa"):
-        outer, inner = _DC_LOOPS.get(ipc, (10, 50))
-        dc_mnist = method == "dc" and dataset == "mnist"  # utils.get_daparam: augmented evaluation, 1000 epochs
-        return dict(iterations=1000, outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256,
-                    factor=1, init="noise" if method == "dc" else "real", lr_img=0.1, momentum_img=0.5,
-                    lr_net=0.01, momentum_net=0.0, weight_decay_net=0.0, max_syn_per_class=0,
-                    eval_epochs=300 if method == "dc" and not dc_mnist else 1000, eval_models=20, eval_batch=256,
-                    eval_aug="dc_crop_scale_rotate" if dc_mnist else "",
-                    checkpoint_every=50)
-    d = IDC_DATASETS.get(dataset, IDC_DATASETS["cifar10"])  # an image folder: CIFAR-10's settings
-    p = dict(iterations=200, outer_loop=100, inner_loop=-(-d["n_data"] // 64), batch_real=64, batch_train=64,
-             factor=2, init="idc", lr_img=d["lr_img"] * ipc / 10, momentum_img=0.5, lr_net=0.01, momentum_net=0.9,
-             weight_decay_net=5e-4, max_syn_per_class=128, eval_epochs=1000, eval_models=20, eval_batch=64,
-             checkpoint_every=10, distance=d["distance"], aug_drop=d["aug_drop"], cutmix_prob=0.5)
-    if dataset == "mnist":  # factor 2 > 1: "cutmix or cutout is not much effective" (reproduce.py)
-        p.update(aug_drop="flip,cutout", cutmix_prob=0.0)
-    return p
-
-
-def cpu_preset(method: str, ipc: int, dataset: str = "cifar10") -> dict[str, Any]:
-    """A reduced budget that finishes on 2 CPU cores in minutes (same algorithm, fewer/smaller steps)."""
-    p = paper_preset(method, ipc, dataset)
-    if method in ("dc", "dsa"):
-        p.update(iterations=6, outer_loop=min(p["outer_loop"], 3), inner_loop=min(p["inner_loop"], 5),
-                 batch_real=32, eval_epochs=40, eval_models=3, checkpoint_every=2)
-    else:
-        p.update(iterations=4, outer_loop=8 if ipc < 10 else 6, inner_loop=3, batch_real=32,
-                 eval_epochs=40 if ipc < 10 else 20, eval_models=3, checkpoint_every=1)
-    return p
-
-
-_PRESETS = {"paper": paper_preset, "cpu": cpu_preset}
+    The one answer to "is this the same run?" (resume, a finished run, a study's finished runs).
+    """
+    kinds = (IDENTITY, RESULT) if results else (IDENTITY,)
+    a, b = Config.from_dict(recorded).fields_of(*kinds), cfg.fields_of(*kinds)
+    keys = sorted(k for k in a if a[k] != b[k])
+    return ", ".join(f"{k}: {a[k]!r} (recorded) vs {b[k]!r} (now)" for k in keys[:4])
 
 
 def default_subset_k(syn_per_class: int) -> int:
@@ -192,93 +192,72 @@ def default_subset_k(syn_per_class: int) -> int:
     return 2 if syn_per_class % 2 == 0 else 1
 
 
-def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "cifar10", **overrides: Any) -> Config:
-    """Resolves preset then explicit overrides (None values are ignored) and validates.
+def default_workdir(cfg: Config) -> str:
+    """runs/[<dataset>_]<method>_ipc<N>_k<K>_s<seed> (no dataset prefix for CIFAR-10)."""
+    prefix = "" if cfg.dataset == "cifar10" else f"{cfg.dataset}_"
+    return f"runs/{prefix}{cfg.method}_ipc{cfg.ipc}_k{cfg.subset_k}_s{cfg.seed}"
+
+
+def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "cifar10", **fields: Any) -> Config:
+    """The method's `preset` at `ipc` on `dataset`, then the given fields (None values are ignored), validated.
 
     Raises:
-      ConfigError: for an unknown method/preset or invalid values.
+      ConfigError: for an unknown name, an unknown field or an invalid value.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if not isinstance(ipc, int) or ipc < 1:
+    for name, value, known in (("method", method, METHODS), ("preset", preset, PRESETS)):
+        if value not in known:
+            raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
+    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
         raise ConfigError(f"--ipc must be a positive integer, got {ipc}")
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field {unknown[0]!r}")
     dataset = _dataset_name(dataset)
-    fields = dict(_PRESETS[preset](method, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(fields.get("model"), str):
-        fields["model"] = fields["model"].lower()  # official names are CamelCase: ConvNetBN = convnetbn
-    fields.setdefault("subset_k", default_subset_k(ipc * fields.get("factor", 1) ** 2))
-    cfg = Config(**fields)
+    out = dict(METHODS[method].preset(preset, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
+    out.update({k: v for k, v in fields.items() if v is not None})
+    if isinstance(out.get("model"), str):
+        out["model"] = out["model"].lower()  # official names are CamelCase: ConvNetBN = convnetbn
+    out.setdefault("subset_k", default_subset_k(ipc * out.get("factor", 1) ** 2))
+    cfg = Config(**out)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
-    """Raises ConfigError naming the first invalid field."""
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if cfg.ipc < 1:
-        raise ConfigError(f"--ipc must be >= 1, got {cfg.ipc}")
-    if cfg.subset_k < 1:
-        raise ConfigError(f"--subset-k must be >= 1, got {cfg.subset_k}")
+    """Raises ConfigError naming the first invalid field: its type, bounds and choices (from each field's
+    metadata), then what ties fields together."""
+    for f in dataclasses.fields(cfg):
+        v, meta = getattr(cfg, f.name), f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("int", "float") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                           or (f.type == "int" and not isinstance(v, int))):
+            raise ConfigError(f"{flag} must be a{'n integer' if f.type == 'int' else ' number'}, got {v!r}")
+        if meta["low"] is not None and not v >= meta["low"]:  # `not >=` also refuses nan
+            raise ConfigError(f"{flag} must be >= {meta['low']:g}, got {v}")
+        if meta["choices"] is not None and v != "" and v not in meta["choices"]():
+            raise ConfigError(f"unknown {meta['label'] or f.name} {v!r}; choose one of {', '.join(meta['choices']())}")
+    _dataset_name(cfg.dataset)
+    if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
+        raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
     if cfg.syn_per_class % cfg.subset_k:
         what = f"{cfg.syn_per_class} decoded images" if cfg.factor > 1 else f"ipc {cfg.ipc}"
         raise ConfigError(f"--subset-k {cfg.subset_k} does not divide the per-class synthetic count ({what})")
     if cfg.subset_only and cfg.subset_k < 2:
         raise ConfigError("--subset-only needs --subset-k >= 2")
-    for name in ("checkpoint_minutes", "stop_grace", "log_every"):
-        if not getattr(cfg, name) >= 0:  # also refuses nan
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
-        raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
-    for name in ("iterations", "eval_epochs", "eval_models", "eval_every", "checkpoint_every", "subset_batch_real",
-                 "max_syn_per_class", "inner_loop", "holdout", "devices", "eval_test_per_class"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("outer_loop", "batch_real", "batch_train", "eval_batch", "width", "depth", "factor",
-                 "eval_parallel"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.subset_lambda < 0:
-        raise ConfigError(f"--subset-lambda must be >= 0, got {cfg.subset_lambda}")
-    if cfg.init not in ("noise", "real", "idc"):
-        raise ConfigError(f"unknown init {cfg.init!r}; choose noise, real or idc")
-    from sm_jax.models import ARCHS, NORMS, arch_names  # here: the models pull in jax, the config does not
-
-    if cfg.norm not in NORMS:
-        raise ConfigError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
-    if cfg.model.lower() not in ARCHS:
-        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {', '.join(ARCHS)}")
+    if cfg.cutmix_prob > 1:
+        raise ConfigError(f"--cutmix-prob must be in [0, 1], got {cfg.cutmix_prob}")
     try:
         arch_names(cfg.eval_arch)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.class_chunk < AUTO_CHUNK:
-        raise ConfigError(f"--class-chunk must be auto or >= 0, got {cfg.class_chunk}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if cfg.conv_impl not in CONV_IMPLS:
-        raise ConfigError(f"unknown conv implementation {cfg.conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
-    _dataset_name(cfg.dataset)
-    if cfg.distance and cfg.distance not in DISTANCE_NAMES:
-        raise ConfigError(f"unknown distance {cfg.distance!r}; choose one of {', '.join(DISTANCE_NAMES)}")
-    if not 0 <= cfg.cutmix_prob <= 1:
-        raise ConfigError(f"--cutmix-prob must be in [0, 1], got {cfg.cutmix_prob}")
-    if cfg.eval_aug and cfg.eval_aug not in EVAL_AUGS:
-        raise ConfigError(f"unknown evaluation augmentation {cfg.eval_aug!r}; choose one of {', '.join(EVAL_AUGS)}")
-    unknown = [op for op in aug_drop_ops(cfg) if op not in AUG_OPS]
+    unknown = [op for op in cfg.aug_drop_ops if op not in DSA_OPS]
     if unknown:
-        raise ConfigError(f"unknown augmentation op {unknown[0]!r} in --aug-drop; known: {', '.join(AUG_OPS)}")
-
-
-def aug_drop_ops(cfg: Config) -> tuple[str, ...]:
-    return tuple(op.strip() for op in cfg.aug_drop.split(",") if op.strip())
+        raise ConfigError(f"unknown augmentation op {unknown[0]!r} in --aug-drop; known: {', '.join(DSA_OPS)}")
 
 
 def _dataset_name(name: str) -> str:
-    """The registry name of `name`; ConfigError for an unknown one."""
+    """The registry name of `name` (official spellings accepted); ConfigError for an unknown one."""
     try:
         return dataset_info(name).name
     except ValueError as e:

@@ -1,7 +1,10 @@
-"""The evaluation protocol: fresh networks trained on the synthetic set, accuracy on the test set."""
+"""The evaluation protocol: fresh networks trained on the synthetic set, accuracy on the test set, on one
+architecture (`evaluate_set`) or several (`evaluate_archs`)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +32,7 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
 
     Args:
-      method: a methods.GradientMatching (its normalisation; its matching network unless `net` is given).
+      method: a methods.Method (its normalisation; its matching network unless `net` is given).
       proto: the training protocol.
       test_x: (N, H, W, C) uint8 test images; test_y: (N,) labels.
       parallel: networks per call (the vmapped width).
@@ -78,3 +81,38 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
         if progress is not None:
             progress(min(start + parallel, models))
     return np.asarray(accs[:models], np.float64)
+
+
+def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array, models: int,
+                   archs: Sequence[str], epochs: int | None = None, parallel: int = 1, mesh=None,
+                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print
+                   ) -> dict[str, Any]:
+    """`evaluate_set` on each architecture of `archs`, with one log line each when there are several (or the one is
+    not the matching network).
+
+    Args:
+      key: the evaluation key; architecture a > 0 uses fold_in(key, a) (the first keeps the key itself).
+      progress: called with the networks finished so far over all architectures (it may raise to stop).
+    Returns:
+      the first architecture's accuracies at the top level (accuracies, accuracy_mean, accuracy_std, eval_epochs,
+      eval_models, eval_seconds) and, with several, `archs[name]` = {accuracies, accuracy_mean, accuracy_std,
+      eval_epochs}.
+    """
+    if models == 0:
+        return {"accuracies": [], "accuracy_mean": None, "accuracy_std": None}
+    t0 = time.time()
+    per: dict[str, dict] = {}
+    several = len(archs) > 1 or archs[0] != method.net.name
+    for a, arch in enumerate(archs):
+        done = (lambda n, a=a: progress(a * models + n)) if progress is not None else None
+        accs = evaluate_set(method, images, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,
+                            epochs=epochs, parallel=parallel, progress=done, mesh=mesh, arch=arch)
+        per[arch] = {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()),
+                     "accuracy_std": float(accs.std()), "eval_epochs": method.eval_protocol(epochs, arch).epochs}
+        if several:
+            log(f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
+                f" ({models} networks, {per[arch]['eval_epochs']} epochs)")
+    out: dict[str, Any] = dict(per[archs[0]], eval_models=models, eval_seconds=time.time() - t0)
+    if several:
+        out["archs"] = per
+    return out

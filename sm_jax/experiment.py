@@ -1,4 +1,8 @@
-"""Running a condensation experiment: resume, iterate, checkpoint, evaluate, write artifacts."""
+"""Running a condensation experiment: resume, iterate, checkpoint, evaluate, write artifacts.
+
+What a run is (its identity) is decided in config.py, the device's class chunk and precision in backend.py, the
+evaluation on several architectures in evaluation.py; this module runs the loop.
+"""
 from __future__ import annotations
 
 import importlib.metadata
@@ -14,20 +18,20 @@ import numpy as np
 
 from sm_jax import artifacts, backend
 from sm_jax.checkpointing import Checkpointer, CheckpointError
-from sm_jax.config import AUTO_CHUNK, Config, ConfigError, legacy_identity, validate
+from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, load_dataset
-from sm_jax.evaluation import evaluate_set
-from sm_jax.models import arch_names
+from sm_jax.errors import UserError
+from sm_jax.evaluation import evaluate_archs
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
+from sm_jax.models import arch_names
 from sm_jax.progress import Progress
-from sm_jax.sharding import ShardingError, check_divides, make_mesh, put
+from sm_jax.sharding import check_divides, make_mesh, put
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ShardingError)
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run that cannot proceed as asked (one line, user-facing)."""
 
 
@@ -41,28 +45,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def enable_compilation_cache() -> None:
-    """Persists compiled XLA programs under $SM_JAX_CACHE/xla (a rerun, a resume or the next run of a study with
-    the same shapes skips compilation); SM_JAX_COMPILE_CACHE=0 turns it off."""
-    import os
-
-    from sm_jax.data import default_cache_dir
-
-    if os.environ.get("SM_JAX_COMPILE_CACHE", "1") == "0":
-        return
-    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def _state_tree(state: CondenseState, partitions, key: jax.Array) -> dict[str, Any]:
     # every random draw of iteration i is fold_in(key, i): the key data plus the iteration fix the rest of the run
     return {"images": state.images, "opt_state": state.opt_state, "iteration": state.iteration,
             "real_part": partitions[0], "syn_part": partitions[1], "key": jax.random.key_data(key)}
-
-
-def _diff(a: dict, b: dict) -> str:
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return ", ".join(f"{k}: {a.get(k)!r} (checkpoint) vs {b.get(k)!r} (now)" for k in keys[:4])
 
 
 def _host(tree: Any) -> Any:
@@ -102,7 +88,6 @@ class Run:
             raise DataError("the dataset needs at least 2 classes")
         self.mesh = make_mesh(cfg.devices)
         check_divides(self.mesh, self.data.num_classes, "the number of classes")
-        backend.apply_precision(cfg.precision)
         self.method = make_method(cfg, self.data.spec, self.mesh)
         self.key = jax.random.key(cfg.seed)
 
@@ -125,11 +110,9 @@ class Run:
             ckpt.wait()
             return state, partitions
         _, meta = ckpt.read_meta(step)
-        stored = legacy_identity(meta.get("identity", {}))
-        if stored != json.loads(json.dumps(self.cfg.identity())):
-            diff = _diff(stored, self.cfg.identity())
-            raise RunError(f"{self.workdir} holds another run ({diff}); "
-                           "use a new --workdir or the same settings")
+        diff = run_differences(meta.get("config", {}), self.cfg)
+        if diff:
+            raise RunError(f"{self.workdir} holds another run ({diff}); use a new --workdir or the same settings")
         state, partitions = self.restore(ckpt, step, state, partitions)
         self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")
         return state, partitions
@@ -148,53 +131,32 @@ class Run:
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None,
-                 stop: StopSignals | None = None, archs: tuple[str, ...] | None = None) -> dict:
-        """The method's evaluation of `state`'s synthetic set on each architecture of `archs` (default: the
-        config's `eval_arch`, or the matching network); raises _EvalStopped between networks once `stop` is
-        requested.
+                 stop: StopSignals | None = None) -> dict:
+        """The method's evaluation of `state`'s synthetic set on each architecture of the config's `eval_arch` (or
+        the matching network); raises _EvalStopped between networks once `stop` is requested.
 
         Returns:
-          the first architecture's accuracies at the top level (accuracy_mean, ...) and, per architecture,
-          `archs[name]` = {accuracies, accuracy_mean, accuracy_std, eval_epochs}.
+          evaluation.evaluate_archs's results.
         """
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
-        archs = archs or arch_names(cfg.eval_arch) or (self.method.net.name,)
-        if models == 0:
-            return {"accuracies": [], "accuracy_mean": None, "accuracy_std": None}
+        archs = arch_names(cfg.eval_arch) or (self.method.net.name,)
         bar = Progress(models * len(archs), desc=f"evaluate iteration {int(state.iteration)}: network", unit="net",
-                       enabled=self.progress, every=cfg.log_every)
-        t0 = time.time()
-        per: dict[str, dict] = {}
-        several = len(archs) > 1 or archs[0] != self.method.net.name
-        images = self.method.decode(state.images)
-        base_key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
-        try:
-            for a, arch in enumerate(archs):
-                def progress(done: int, a=a) -> None:
-                    bar.update(a * models + done)
-                    if stop is not None and stop.requested:
-                        raise _EvalStopped
+                       enabled=self.progress and models > 0, every=cfg.log_every)
 
-                # the first architecture keeps the key the evaluation always had
-                key = jax.random.fold_in(base_key, a) if a else base_key
-                accs = evaluate_set(self.method, images, self.data.test_x, self.data.test_y, key, models,
-                                    epochs=epochs, parallel=cfg.eval_parallel, progress=progress, mesh=self.mesh,
-                                    arch=arch)
-                per[arch] = {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()),
-                             "accuracy_std": float(accs.std()),
-                             "eval_epochs": self.method.eval_protocol(epochs, arch).epochs}
-                if several:
-                    self.log(f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
-                             f" ({models} networks, {per[arch]['eval_epochs']} epochs)")
+        def progress(done: int) -> None:
+            bar.update(done)
+            if stop is not None and stop.requested:
+                raise _EvalStopped
+
+        key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
+        try:
+            with backend.precision(cfg.precision):
+                return evaluate_archs(self.method, self.method.decode(state.images), self.data.test_x,
+                                      self.data.test_y, key, models, archs, epochs, cfg.eval_parallel, self.mesh,
+                                      progress, self.log)
         finally:
             bar.close()
-        first = per[archs[0]]
-        out = {k: first[k] for k in ("accuracies", "accuracy_mean", "accuracy_std")}
-        out.update(eval_epochs=first["eval_epochs"], eval_models=models, eval_seconds=time.time() - t0)
-        if several:
-            out["archs"] = per
-        return out
 
     def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
         it = int(state.iteration)
@@ -211,15 +173,17 @@ class Run:
         records = artifacts.read_metrics(self.workdir / "metrics.jsonl")
         return not any(r.get("iteration") == it and "eval" in r for r in records)
 
-    def _fit_class_chunk(self, state: CondenseState, ctx, limit: int | None = None):
-        """The method with the largest class chunk whose iteration is predicted to fit the device's memory (or
-        `limit` bytes)."""
+    def _resolve_class_chunk(self, state: CondenseState, ctx, limit: int | None = None) -> None:
+        """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
+        accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory)."""
         def compile_with(chunk: int):
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
             return jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
 
-        chunk = backend.auto_class_chunk(self.data.num_classes, compile_with, limit=limit, log=self.log)
-        return make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
+        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, compile_with,
+                                            limit, self.log)
+        if chunk != self.method.class_chunk:
+            self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
 
     # --- the run -------------------------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -232,7 +196,7 @@ class Run:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(self.workdir)
         try:
-            with StopSignals() as stop:
+            with StopSignals() as stop, backend.precision(self.cfg.precision):
                 return self._execute(ckpt, stop)
         finally:
             ckpt.close()  # waits for an asynchronous save in flight
@@ -245,18 +209,14 @@ class Run:
         done_results = self.workdir / "results.json"
         if start >= cfg.iterations and done_results.exists():
             done = json.loads(done_results.read_text())
-            budget = done["budget"]
-            if (budget["eval_epochs"], budget["eval_models"], budget.get("eval_arch", ""),
-                    budget.get("eval_test_per_class", 0)) == \
-                    (cfg.eval_epochs, cfg.eval_models, cfg.eval_arch, cfg.eval_test_per_class):
+            if not run_differences(done["config"], cfg, results=True):
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
         ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
         state = CondenseState(put(state.images, self.mesh, True), put(state.opt_state, self.mesh, True),
                               state.iteration)
-        if cfg.class_chunk == AUTO_CHUNK and self.mesh is None and jax.default_backend() != "cpu":
-            self.method = self._fit_class_chunk(state, ctx)
+        self._resolve_class_chunk(state, ctx)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0)
         # `last` is the newest finished state, copied to the host before the next iteration donates its buffers:
         # checkpoints are written from it (asynchronously), and a stop saves it without waiting for the device
@@ -336,11 +296,10 @@ class _EvalStopped(Exception):
     """A stop requested during an evaluation (raised between networks)."""
 
 
-def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: int | None = None,
-                        epochs: int | None = None, data_dir: str | None = None, progress: bool = True,
-                        log=print, log_every: float | None = None, eval_arch: str | None = None) -> dict:
-    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation, on the
-    architectures `eval_arch` names (default: the run's).
+def evaluate_checkpoint(workdir: str | Path, step: int | None = None, overrides: dict | None = None,
+                        progress: bool = True, log=print) -> dict:
+    """Restores the synthetic set of a checkpoint (latest by default) and runs the method's evaluation with the run's
+    config, `overrides` (Config fields: eval_models, eval_epochs, eval_arch, data_dir, ...) replacing its values.
 
     Raises:
       Stopped: on SIGINT / SIGTERM (between networks; nothing is written).
@@ -352,19 +311,14 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, models: in
     step, meta = ckpt.read_meta(step)
     if "config" not in meta:
         raise CheckpointError(f"checkpoint {step} in {workdir} has no config metadata")
-    cfg = Config.from_dict(meta["config"])
-    if data_dir is not None:
-        cfg = cfg.replace(data_dir=data_dir)
-    if log_every is not None:
-        cfg = cfg.replace(log_every=log_every)
-    if eval_arch is not None:
-        cfg = cfg.replace(eval_arch=eval_arch)
+    cfg = Config.from_dict(meta["config"]).replace(**(overrides or {}))
     run = Run(cfg, progress=progress, log=log)
     state, _ = run.restore(ckpt, step, *run.fresh())
     ckpt.close()
     with StopSignals() as stop:
         try:
-            ev = run.evaluate(state, models, epochs, stop=stop)
+            # epochs given explicitly are trained as given (not scaled as a protocol's default is: DC's ConvNetBN)
+            ev = run.evaluate(state, epochs=(overrides or {}).get("eval_epochs"), stop=stop)
         except _EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     out = {**ev, "step": step, "workdir": str(workdir), "method": cfg.method, "ipc": cfg.ipc}

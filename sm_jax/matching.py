@@ -138,7 +138,7 @@ def matching_losses(apply_fn: Callable, dist: Callable, policy: Policy, params: 
     """Per-class whole-set and per-(class, subset) matching distances, vmapped (no Python loop over classes).
 
     The straightforward all-classes form: grad of the summed losses w.r.t. the synthetic images is the reference
-    that `methods.GradientMatching.match` (per-class gradients in chunks of classes; faster and leaner on CPU)
+    that `methods.Method.match` (per-class gradients in chunks of classes; faster and leaner on CPU)
     is tested against, and the one call that gives every class's losses at once.
 
     Args:

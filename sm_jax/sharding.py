@@ -11,10 +11,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sm_jax.errors import UserError
+
 AXIS = "shard"
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A device count that cannot shard the run (one line, user-facing)."""
 
 

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from sm_jax import augmentation as aug
+from sm_jax.methods import DC, DSA, IDC
+
+DC_MNIST = (("dc_crop_scale_rotate",),)  # DC's evaluation augmentation on MNIST
 
 
 def images(n=4, seed=0):
@@ -54,9 +57,9 @@ def test_affine_identity_and_quarter_turn(align):
 def test_siamese_draw_applies_identical_transform_to_both_batches():
     real, syn = images(6, 1), images(3, 2)
     syn = syn.at[0].set(real[0])  # one image present in both batches
-    apply = jax.jit(lambda p, x: aug.apply_policy(aug.DSA_POLICY, p, x))
+    apply = jax.jit(lambda p, x: aug.apply_policy(DSA.match_policy, p, x))
     for seed in range(12):  # covers every DSA op
-        p = aug.sample_policy(jax.random.key(seed), aug.DSA_POLICY, 1)
+        p = aug.sample_policy(jax.random.key(seed), DSA.match_policy, 1)
         ra, sa = apply(p, real), apply(p, syn)
         np.testing.assert_array_equal(ra[0], sa[0])
         # one draw for the whole batch: image i is transformed exactly as if it were alone
@@ -64,17 +67,17 @@ def test_siamese_draw_applies_identical_transform_to_both_batches():
 
 
 def test_per_sample_draws_differ_and_choice_is_per_batch():
-    p = aug.sample_policy(jax.random.key(0), aug.IDC_EVAL_POLICY, 64)
+    p = aug.sample_policy(jax.random.key(0), IDC.eval_policy, 64)
     assert p[1]["color"]["brightness"].shape == (64,)
     assert len(np.unique(np.asarray(p[1]["color"]["brightness"]))) == 64
     assert p[2]["choice"].shape == ()
-    choices = {int(aug.sample_policy(jax.random.key(s), aug.DSA_POLICY, 1)[0]["choice"]) for s in range(60)}
+    choices = {int(aug.sample_policy(jax.random.key(s), DSA.match_policy, 1)[0]["choice"]) for s in range(60)}
     assert choices == set(range(6))
 
 
 def test_augmentation_is_differentiable():
     x = images(2)
-    policy = aug.DSA_POLICY + aug.IDC_MATCH_POLICY
+    policy = DSA.match_policy + IDC.match_policy
     grad = jax.jit(jax.grad(lambda x, p: jnp.sum(aug.apply_policy(policy, p, x) ** 2)))
     for seed in range(6):
         g = grad(x, aug.sample_policy(jax.random.key(seed), policy, 2))
@@ -142,16 +145,16 @@ def test_dc_rotate_quarter_turn_and_identity():
 
 def test_dc_augment_draws_one_op_per_image():
     x = jax.random.normal(jax.random.key(3), (64, 8, 8, 1))
-    p = aug.sample_policy(jax.random.key(4), aug.DC_MNIST_POLICY, 64, (8, 8))[0]["dc_crop_scale_rotate"]
+    p = aug.sample_policy(jax.random.key(4), DC_MNIST, 64, (8, 8))[0]["dc_crop_scale_rotate"]
     assert set(np.asarray(p["choice"]).tolist()) == {0, 1, 2}
     assert set(np.asarray(p["shift"]).ravel().tolist()) <= set(range(-4, 4))
     assert set(np.asarray(p["angle"]).tolist()) <= set(range(-45, 45))
-    out = np.asarray(aug.augment(jax.random.key(4), aug.DC_MNIST_POLICY, x))
+    out = np.asarray(aug.augment(jax.random.key(4), DC_MNIST, x))
     apply = aug.OPS["dc_crop_scale_rotate"][1]
     branches = [np.asarray(apply({**p, "choice": jnp.full((64,), k)}, x)) for k in range(3)]
     for i, k in enumerate(np.asarray(p["choice"])):  # each image went through the op its own choice names
         np.testing.assert_array_equal(out[i], branches[k][i])
-    noisy = aug.augment(jax.random.key(5), aug.DC_BN_POLICY, x)
+    noisy = aug.augment(jax.random.key(5), DC.bn_eval_policy, x)
     diff = np.asarray(noisy - x).reshape(64, -1)
     small = (np.abs(diff).max(1) < 0.01) & (np.abs(diff).max(1) > 0)  # the noise images: 0.001 N(0, 1)
     assert 0 < small.sum() < 64 and np.std(diff[small]) == pytest.approx(1e-3, rel=0.2)

@@ -43,32 +43,33 @@ def test_auto_class_chunk_takes_the_largest_chunk_that_fits():
         return FakeCompiled(2**30, 0, chunk * 2**30)
 
     logs = []
-    assert backend.auto_class_chunk(10, compile_with, limit=8 * 2**30, log=logs.append) == 5  # 6 GiB <= 6.8 GiB
+    auto = backend.AUTO_CHUNK
+    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 8 * 2**30, logs.append) == 5  # 6 <= 6.8 GiB
     assert tried == [10, 5] and "5 of 10 classes" in logs[0] and "6.0 GiB of 8.0 GiB" in logs[0]
-    assert backend.auto_class_chunk(10, compile_with, limit=80 * 2**30, log=logs.append) == 10
-    assert backend.auto_class_chunk(10, compile_with, limit=2**30, log=logs.append) == 1  # nothing fits
+    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 80 * 2**30, logs.append) == 10
+    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 2**30, logs.append) == 1  # nothing fits
     assert "exceed" in logs[-1]
 
 
 def test_auto_class_chunk_on_cpu_is_the_measured_fastest_without_compiling():
     assert jax.default_backend() == "cpu"
-    assert backend.auto_class_chunk(10, lambda c: pytest.fail("compiled")) == backend.CPU_CLASS_CHUNK == 1
-    assert make_config("dc", 10).class_chunk == -1  # auto by default
-    assert make_method(make_config("dc", 10)).cfg.class_chunk == 1
-    assert make_method(make_config("dc", 10, class_chunk=0)).cfg.class_chunk == 0
+    fail = lambda c: pytest.fail("compiled")
+    assert backend.resolve_class_chunk(backend.AUTO_CHUNK, 10, None, fail) == backend.CPU_CLASS_CHUNK == 1
+    assert backend.resolve_class_chunk(7, 10, None, fail) == 7  # a number is kept
+    assert make_config("dc", 10).class_chunk == backend.AUTO_CHUNK  # auto by default
+    assert make_method(make_config("dc", 10)).class_chunk == 1
+    assert make_method(make_config("dc", 10, class_chunk=0)).class_chunk == 0
 
 
-def test_precision_option_sets_jax_default_matmul_precision():
+def test_precision_option_sets_jax_default_matmul_precision_within_its_context():
     before = jax.config.jax_default_matmul_precision
-    try:
-        backend.apply_precision("tensorfloat32")
+    with backend.precision("tensorfloat32"):
         assert jax.config.jax_default_matmul_precision == "tensorfloat32"
-        backend.apply_precision("float32")
-        assert jax.config.jax_default_matmul_precision == "float32"
-        with pytest.raises(ValueError, match="unknown precision"):
-            backend.apply_precision("fp8")
-    finally:
-        jax.config.update("jax_default_matmul_precision", before)
+        with backend.precision("float32"):
+            assert jax.config.jax_default_matmul_precision == "float32"
+    assert jax.config.jax_default_matmul_precision == before  # no global change
+    with pytest.raises(ValueError, match="unknown precision"):
+        backend.precision("fp8")
 
 
 def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(tiny_data, tmp_path):
@@ -89,12 +90,13 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
     ctx = make_context(cfg, data, partitions)
 
     def bytes_of(chunk):
-        m = make_method(cfg.replace(class_chunk=chunk), data.num_classes)
+        m = make_method(cfg.replace(class_chunk=chunk), data.spec)
         return backend.program_bytes(jax.jit(m.iteration, donate_argnums=0).lower(state, ctx, run.key).compile())
 
     one, both = bytes_of(1), bytes_of(2)
     assert one < both  # one class per program needs less memory
     limit = int((one + both) / 2 / backend.MEMORY_HEADROOM)
-    assert run._fit_class_chunk(state, ctx, limit=limit).cfg.class_chunk == 1
+    run._resolve_class_chunk(state, ctx, limit=limit)
+    assert run.method.class_chunk == 1
     assert logs == [f"class chunk: 1 of 2 classes per program (predicted {one / 2**30:.1f} GiB of "
                     f"{limit / 2**30:.1f} GiB)"]

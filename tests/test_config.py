@@ -1,7 +1,10 @@
-"""Config resolution: the K default, and refusals of values a run cannot use."""
+"""Config resolution: the K default, refusals of values a run cannot use, what a run is, the generated flags."""
+import dataclasses
+
 import pytest
 
-from sm_jax.config import ConfigError, make_config
+from sm_jax.config import make_config
+from sm_jax.errors import ConfigError
 
 
 @pytest.mark.parametrize("method,ipc,k", [("dc", 1, 1), ("dsa", 1, 1), ("dc", 3, 1), ("dc", 10, 2), ("dsa", 50, 2),
@@ -31,13 +34,13 @@ def test_lifecycle_and_device_settings_do_not_change_the_run_identity():
 
 
 def test_cifar10_entry_point_is_condense_with_dataset_cifar10():
-    from sm_jax.cli import condense_parser, config_from_args
+    from sm_jax.cli import condense_parser, config_from_flags
 
     flags = ["--method", "dsa", "--ipc", "10", "--preset", "cpu", "--data-dir", "x.tar.gz"]
-    alias = config_from_args(condense_parser("cifar10").parse_args(flags))
-    assert alias == config_from_args(condense_parser().parse_args(["--dataset", "cifar10", *flags]))
+    alias = config_from_flags(condense_parser("cifar10").parse_args(flags))
+    assert alias == config_from_flags(condense_parser().parse_args(["--dataset", "cifar10", *flags]))
     assert alias.dataset == "cifar10" and alias.workdir == "runs/dsa_ipc10_k2_s0"
-    mnist = config_from_args(condense_parser().parse_args(["--dataset", "MNIST", *flags]))
+    mnist = config_from_flags(condense_parser().parse_args(["--dataset", "MNIST", *flags]))
     assert mnist.dataset == "mnist" and mnist.workdir == "runs/mnist_dsa_ipc10_k2_s0"
 
 
@@ -61,9 +64,39 @@ def test_dataset_presets_follow_the_official_codes():
 
 
 def test_checkpoints_of_older_versions_keep_their_identity():
-    from sm_jax.config import legacy_identity, make_config
+    from sm_jax.config import run_differences
 
-    for method in ("dc", "idc"):
-        new = make_config(method, 10).identity()
-        old = {k: v for k, v in new.items() if k not in ("dataset", "distance", "aug_drop", "cutmix_prob", "model")}
-        assert legacy_identity(old) == new
+    for method in ("dc", "idc"):  # fields added since: dataset, distance, aug_drop, cutmix_prob, model
+        new = make_config(method, 10)
+        old = {k: v for k, v in dataclasses.asdict(new).items()
+               if k not in ("dataset", "distance", "aug_drop", "cutmix_prob", "model")}
+        assert run_differences(old, new) == ""
+        assert run_differences({**old, "seed": 1}, new) == "seed: 1 (recorded) vs 0 (now)"
+
+
+def test_same_run_means_same_identity_and_for_results_the_same_evaluation():
+    from sm_jax.config import IDENTITY, RESULT, Config, run_differences
+
+    cfg = make_config("dc", 10)
+    kinds = {f.name: f.metadata["kind"] for f in dataclasses.fields(Config)}
+    assert kinds["lr_img"] == kinds["seed"] == kinds["holdout"] == IDENTITY
+    assert kinds["eval_epochs"] == kinds["eval_arch"] == RESULT
+    recorded = cfg.replace(eval_epochs=7, workdir="elsewhere", devices=4).__dict__
+    assert run_differences(recorded, cfg) == ""  # the same set: resumable
+    assert run_differences(recorded, cfg, results=True) == "eval_epochs: 7 (recorded) vs 300 (now)"
+    assert run_differences({**recorded, "distance": "cosine"}, cfg) == ""  # '' is the method's own
+
+
+def test_the_command_line_is_generated_from_the_config_fields():
+    from sm_jax.cli import condense_parser
+    from sm_jax.config import Config
+    from sm_jax.methods import METHODS
+
+    p = condense_parser()
+    flags = {a.dest for a in p._actions}
+    assert {f.name for f in dataclasses.fields(Config)} <= flags  # every field is a flag
+    text = p.format_help()
+    assert f"(one of {', '.join(METHODS)})" in text  # choices read from the registry
+    args = p.parse_args(["--dataset", "cifar10", "--method", "dc", "--ipc", "1", "--class-chunk", "auto",
+                         "--subset-only"])
+    assert (args.class_chunk, args.subset_only, args.lr_img) == (-1, True, None)  # None: the preset's value

@@ -4,21 +4,20 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from sm_jax import data as data_mod
-from sm_jax.data import DataError, load_cifar10
-
-from conftest import SHARED_DATA
+from sm_jax.data import DataError, load_dataset
 
 
 def test_image_folder_archive_roundtrip_and_cache(tiny_data, tiny_archive, tmp_path):
-    d = load_cifar10(tiny_archive, cache_dir=tmp_path)
+    d = load_dataset("cifar10", tiny_archive, cache_dir=tmp_path)
     assert d.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(d.train_x, tiny_data.train_x)  # PNG is lossless
     np.testing.assert_array_equal(d.train_y, tiny_data.train_y)
     np.testing.assert_array_equal(d.test_x, tiny_data.test_x)
     assert len(list(tmp_path.glob("cifar10-*/done"))) == 1
-    d2 = load_cifar10(tiny_archive, cache_dir=tmp_path)  # served from the cache
+    d2 = load_dataset("cifar10", tiny_archive, cache_dir=tmp_path)  # served from the cache
     np.testing.assert_array_equal(d2.train_x, d.train_x)
     idx = d.class_indices()
     assert idx.shape == (3, 16) and (d.train_y[idx[1]] == 1).all()
@@ -27,7 +26,7 @@ def test_image_folder_archive_roundtrip_and_cache(tiny_data, tiny_archive, tmp_p
 def test_extracted_folder(tiny_archive, tmp_path):
     with tarfile.open(tiny_archive) as tf:
         tf.extractall(tmp_path / "x", filter="data")
-    d = load_cifar10(tmp_path / "x", cache_dir=tmp_path / "cache")
+    d = load_dataset("cifar10", tmp_path / "x", cache_dir=tmp_path / "cache")
     assert d.train_x.shape == (48, 32, 32, 3)
 
 
@@ -52,7 +51,7 @@ def _official_archive(path, kind, rng):
 @pytest.mark.parametrize("kind", ["python", "binary"])
 def test_official_archives(kind, tmp_path):
     xs, ys = _official_archive(tmp_path / f"{kind}.tar.gz", kind, np.random.default_rng(0))
-    d = load_cifar10(tmp_path / f"{kind}.tar.gz", cache_dir=tmp_path / "c")
+    d = load_dataset("cifar10", tmp_path / f"{kind}.tar.gz", cache_dir=tmp_path / "c")
     assert d.train_x.shape == (20, 32, 32, 3) and d.test_x.shape == (4, 32, 32, 3)
     np.testing.assert_array_equal(d.train_x[4:8], xs[1].transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(d.test_y, ys[5])
@@ -61,35 +60,35 @@ def test_official_archives(kind, tmp_path):
 
 def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="does not exist"):
-        load_cifar10(tmp_path / "nope.tar.gz")
+        load_dataset("cifar10", tmp_path / "nope.tar.gz")
     bad = tmp_path / "corrupt.tar.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10)
     with pytest.raises(DataError, match="corrupt.tar.gz"):
-        load_cifar10(bad, cache_dir=tmp_path)
+        load_dataset("cifar10", bad, cache_dir=tmp_path)
     wrong = tmp_path / "wrong.tar.gz"
     with tarfile.open(wrong, "w:gz") as tf:
         info = tarfile.TarInfo("readme.txt")
         info.size = 2
         tf.addfile(info, io.BytesIO(b"hi"))
     with pytest.raises(DataError, match="wrong.tar.gz: this archive holds no"):
-        load_cifar10(wrong, cache_dir=tmp_path)
+        load_dataset("cifar10", wrong, cache_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: this directory holds no"):
-        load_cifar10(tmp_path / "empty")
+        load_dataset("cifar10", tmp_path / "empty")
     monkeypatch.setattr(data_mod, "_online", lambda *a, **k: False)
     with pytest.raises(DataError, match="pass --data-dir"):
-        load_cifar10(None)
+        load_dataset("cifar10", None)
 
 
 def test_truncated_archive_names_the_file(tiny_archive, tmp_path):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(tiny_archive.read_bytes()[: tiny_archive.stat().st_size // 2])
     with pytest.raises(DataError, match="cut.tar.gz"):
-        load_cifar10(cut, cache_dir=tmp_path / "c")
+        load_dataset("cifar10", cut, cache_dir=tmp_path / "c")
 
 
 def test_shared_cifar10_copy(cifar_cache):
-    d = load_cifar10(SHARED_DATA, cache_dir=cifar_cache)
+    d = load_dataset("cifar10", SHARED_DATA, cache_dir=cifar_cache)
     assert d.train_x.shape == (50000, 32, 32, 3) and d.test_x.shape == (10000, 32, 32, 3)
     assert np.bincount(d.train_y).tolist() == [5000] * 10 and np.bincount(d.test_y).tolist() == [1000] * 10
     assert d.class_names[0] == "airplane" and d.class_names[9] == "truck"

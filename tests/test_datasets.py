@@ -6,8 +6,8 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from conftest import write_image_folder_archive
+
 from sm_jax.data import DATASETS, DataError, Dataset, load_dataset
 
 N_TRAIN, N_TEST = 20, 10  # labels i % classes: every class has training images
@@ -172,6 +172,7 @@ TINY_RUN = dict(width=8, batch_real=2, subset_batch_real=1, outer_loop=2, inner_
                 eval_epochs=1, eval_models=1, checkpoint_every=1)
 
 
+@pytest.mark.slow
 def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path):
     """28x28x1 through IDC (factor-2 decoding at 28, the l1 distance, no flip/cutout/CutMix) from the CLI."""
     import json

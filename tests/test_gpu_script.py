@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
-    pytest.importorskip("torch")  # the baseline: .ci/run installs benchmarks/requirements-torch.txt
+    pytest.importorskip("torch")  # the baseline: .ci/run installs the extra .[torch]
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "SM_JAX_DATA": str(tiny_archive), "SM_JAX_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
     res = subprocess.run(["bash", "benchmarks/gpu.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -24,10 +26,8 @@ def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
     info = json.loads((out / "env.json").read_text())
     assert info["backend"] == "cpu" and info["jax"] and info["torch"]
     text = (out / "tests.txt").read_text()
-    collected = dict(re.findall(r"^(tests/\w+\.py): (\d+)$", text, re.M))
-    assert {k: int(v) for k, v in collected.items()} == {  # 6 tests; parametrized ones in several forms
-        "tests/test_matching.py": 3, "tests/test_methods.py": 2, "tests/test_models.py": 5,
-        "tests/test_training.py": 1}, text
+    listed = re.findall(r"(tests/\w+\.py::\w+)", (ROOT / "benchmarks" / "gpu.sh").read_text())
+    assert len(listed) >= 4 and all(f"{node}" in text for node in listed), text  # every test the GPU runs exists
     steps = [json.loads(ln) for ln in (out / "step.jsonl").read_text().splitlines()]
     assert [(s["config"]["method"], s["config"]["subset_k"]) for s in steps] == [("idc", 2)]
     for s in steps:

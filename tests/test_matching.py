@@ -3,10 +3,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sm_jax import augmentation as aug
-from sm_jax.matching import (class_match, cosine_distance, lambda_schedule, make_partition, matching_losses,
-                             mse_distance, sample_rows)
-from sm_jax.models import init_params, make_model
+from sm_jax.matching import (
+    class_match,
+    cosine_distance,
+    lambda_schedule,
+    make_partition,
+    matching_losses,
+    mse_distance,
+    sample_rows,
+)
+from sm_jax.methods import DSA, IDC
+from sm_jax.models import Net, build
 
 
 def test_cosine_distance_hand_computed():
@@ -33,12 +40,12 @@ def test_mse_distance_conv_kernels_only_and_a_sum():
 
 
 def small_net():
-    model = make_model(num_classes=3, width=8)
-    params = init_params(model, jax.random.key(0))
+    model = build("convnet", num_classes=3, width=8)
+    params = Net(model).init(jax.random.key(0))[0]
     return (lambda p, x: model.apply({"params": p}, x)), params
 
 
-@pytest.mark.parametrize("dist,policy", [(mse_distance, aug.IDC_MATCH_POLICY), (cosine_distance, aug.DSA_POLICY)])
+@pytest.mark.parametrize("dist,policy", [(mse_distance, IDC.match_policy), (cosine_distance, DSA.match_policy)])
 def test_loss_zero_for_identical_batches(dist, policy):
     apply_fn, params = small_net()
     x = jax.random.normal(jax.random.key(1), (5, 32, 32, 3))
@@ -67,7 +74,7 @@ def test_vmapped_matching_equals_python_loop():
     real_sub = jax.random.normal(jax.random.key(3), (c, k, 6, 32, 32, 3))  # batch of real_all: one reference compile
     syn_sub = syn_all.reshape(c, k, 2, 32, 32, 3)
     key = jax.random.key(4)
-    for dist, policy in ((cosine_distance, aug.DSA_POLICY), (mse_distance, aug.IDC_MATCH_POLICY)):
+    for dist, policy in ((cosine_distance, DSA.match_policy), (mse_distance, IDC.match_policy)):
         la, ls = jax.jit(matching_losses, static_argnums=(0, 1, 2))(apply_fn, dist, policy, params, real_all,
                                                                     syn_all, real_sub, syn_sub, key)
         ref_fn = jax.jit(class_match, static_argnums=(0, 1, 2))

@@ -2,7 +2,9 @@ import jax
 import numpy as np
 import pytest
 
-from sm_jax.config import ConfigError, make_config
+from sm_jax.config import make_config
+from sm_jax.data import DataSpec
+from sm_jax.errors import ConfigError
 from sm_jax.methods import IDC, idc_decode, idc_init, make_context, make_method, make_partitions
 
 
@@ -41,10 +43,12 @@ def torch_bilinear_up2(img):
     out = np.zeros((2 * s, 2 * s, img.shape[2]))
     for o in range(2 * s):
         src = max((o + 0.5) / 2 - 0.5, 0.0)
-        i0 = int(np.floor(src)); i1 = min(i0 + 1, s - 1); t = src - i0
+        i0 = int(np.floor(src))
+        i1, t = min(i0 + 1, s - 1), src - i0
         for p in range(2 * s):
             srcp = max((p + 0.5) / 2 - 0.5, 0.0)
-            j0 = int(np.floor(srcp)); j1 = min(j0 + 1, s - 1); u = srcp - j0
+            j0 = int(np.floor(srcp))
+            j1, u = min(j0 + 1, s - 1), srcp - j0
             out[o, p] = ((1 - t) * (1 - u) * img[i0, j0] + (1 - t) * u * img[i0, j1]
                          + t * (1 - u) * img[i1, j0] + t * u * img[i1, j1])
     return out
@@ -63,7 +67,7 @@ def test_idc_decode_quarters_upsampled_like_torch():
 
 def test_idc_per_class_steps_replay_sequential_momentum():
     cfg = tiny_cfg("idc", ipc=1, lr_img=0.1)
-    m = IDC(cfg, 3)
+    m = IDC(cfg, DataSpec(num_classes=3))
     images = jax.random.uniform(jax.random.key(0), (3, 1, 32, 32, 3))
     grads = jax.random.normal(jax.random.key(1), images.shape)
     state = m.init_state(images)
@@ -71,7 +75,8 @@ def test_idc_per_class_steps_replay_sequential_momentum():
     # by hand: buf <- 0.5 buf + g_c (g_c = class c's slice only); x <- x - lr buf, for c = 0, 1, 2
     x, buf = np.asarray(images).copy(), np.zeros(images.shape)
     for c in range(3):
-        g = np.zeros(images.shape); g[c] = np.asarray(grads)[c]
+        g = np.zeros(images.shape)
+        g[c] = np.asarray(grads)[c]
         buf = 0.5 * buf + g
         x = x - 0.1 * buf
     np.testing.assert_allclose(new, x, atol=1e-5)
@@ -93,7 +98,7 @@ def test_partitions_disjoint_covering(tiny_data):
 @pytest.mark.parametrize("method", ["dc", "dsa", "idc"])
 def test_iteration_runs_and_keeps_partitions(method, tiny_data):
     cfg = tiny_cfg(method, subset_k=2)
-    m = make_method(cfg, 3)
+    m = make_method(cfg, DataSpec(num_classes=3))
     ctx = make_context(cfg, tiny_data)
     before = jax.tree.map(np.asarray, ctx)
     state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
@@ -113,7 +118,7 @@ def test_lambda_zero_and_k1_are_the_base_method(tiny_data):
     outs = []
     for kw in (dict(subset_k=1), dict(subset_k=2, subset_lambda=0.0)):
         cfg = tiny_cfg("dsa", **kw)
-        m = make_method(cfg, 3)
+        m = make_method(cfg, DataSpec(num_classes=3))
         state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
         state, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
         assert float(metrics["loss_subset"]) == 0.0
@@ -123,7 +128,7 @@ def test_lambda_zero_and_k1_are_the_base_method(tiny_data):
 
 def test_subset_only_skips_the_whole_class_term(tiny_data):
     cfg = tiny_cfg("dc", subset_k=2, subset_only=True)
-    m = make_method(cfg, 3)
+    m = make_method(cfg, DataSpec(num_classes=3))
     state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
     _, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
     assert float(metrics["loss_all"]) == 0.0 and float(metrics["loss_subset"]) > 0
@@ -147,13 +152,12 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
 
     from sm_jax.matching import matching_losses, sample_rows
     from sm_jax.methods import real_batch
-    from sm_jax.models import init_params
 
     cfg = tiny_cfg(method, subset_k=2, max_syn_per_class=6 if method == "idc" else 0)
-    m = make_method(cfg, tiny_data.num_classes)
+    m = make_method(cfg, tiny_data.spec)
     ctx = make_context(cfg, tiny_data)
     images = m.init_images(tiny_data, jax.random.key(1)) + 0.05  # off the init so IDC's clamp does not bind
-    params = init_params(m.model, jax.random.key(2))
+    params = m.net.init(jax.random.key(2))[0]
     key, lam = jax.random.key(3), 0.7
     c = images.shape[0]
 
@@ -170,7 +174,7 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
         return la.sum() + lam * ls.sum()
 
     want = jax.jit(jax.grad(reference))(images)
-    mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.num_classes)
+    mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.spec)
     got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
     assert la.shape == (c,) and ls.shape == (c, 2)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))

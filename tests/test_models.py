@@ -3,14 +3,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sm_jax import config
-from sm_jax.models import CONVS, MODELS, avg_pool2, build, conv3x3_instancenorm, cross_entropy, denormalize, \
-    init_params, make_model, normalize, resolve_conv_impl
+from sm_jax.config import Config, make_config
+from sm_jax.errors import ConfigError
+from sm_jax.models import CONVS, MODELS, Net, build, cross_entropy, denormalize, normalize, resolve_conv
+from sm_jax.models.conv_ops import conv3x3_instancenorm
+from sm_jax.models.layers import avg_pool2
 
 
 def test_convnet3_parameter_count_and_shapes():
-    model = make_model()
-    params = init_params(model, jax.random.key(0))
+    model = build("convnet")
+    params = Net(model).init(jax.random.key(0))[0]
     assert sum(x.size for x in jax.tree.leaves(params)) == 320_010
     assert params["conv0"]["kernel"].shape == (3, 3, 3, 128)
     assert params["fc"]["kernel"].shape == (2048, 10)
@@ -18,7 +20,7 @@ def test_convnet3_parameter_count_and_shapes():
 
 
 def test_init_is_pytorch_uniform_with_fan_in_bounds():
-    params = init_params(make_model(), jax.random.key(1))
+    params = Net(build("convnet")).init(jax.random.key(1))[0]
     for layer, fan_in in [("conv0", 27), ("conv1", 1152), ("conv2", 1152), ("fc", 2048)]:
         bound = 1 / np.sqrt(fan_in)
         for name in ("kernel", "bias"):
@@ -31,8 +33,8 @@ def test_init_is_pytorch_uniform_with_fan_in_bounds():
 
 
 def test_instance_norm_uses_eps_1e5_and_biased_variance():
-    model = make_model(width=4, depth=1)
-    params = init_params(model, jax.random.key(2))
+    model = build("convnet", width=4, depth=1)
+    params = Net(model).init(jax.random.key(2))[0]
     x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
     conv = jax.lax.conv_general_dilated(x, params["conv0"]["kernel"], (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["conv0"]["bias"]
@@ -45,17 +47,19 @@ def test_instance_norm_uses_eps_1e5_and_biased_variance():
 
 
 def test_options_and_errors():
-    p = init_params(make_model(width=16, depth=2, norm="none"), jax.random.key(0))
+    p = Net(build("convnet", width=16, depth=2, norm="none")).init(jax.random.key(0))[0]
     assert set(p) == {"conv0", "conv1", "fc"} and p["fc"]["kernel"].shape == (8 * 8 * 16, 10)
     with pytest.raises(ValueError, match="unknown norm"):
-        make_model(norm="spectral")
+        build("convnet", norm="spectral")
     with pytest.raises(ValueError, match="unknown conv implementation"):
-        make_model(conv_impl="fft")
-    assert resolve_conv_impl("auto") == "fast"  # the tests run on CPU
-    assert config.CONV_IMPLS == ("auto", *sorted(CONVS))  # the config validates the names models.CONVS knows
+        build("convnet", conv_impl="fft")
+    assert resolve_conv("auto") == "fast"  # the tests run on CPU
+    with pytest.raises(ConfigError, match="unknown conv implementation 'fft'; choose one of auto, fast"):
+        make_config("dc", 10, conv_impl="fft")  # the config's choices are the registry's
+    assert make_config("dc", 10, conv_impl="winograd").conv_impl == "winograd" and Config().conv_impl == "auto"
     with pytest.raises(ValueError, match="unknown model 'resnet99'"):
         build("resnet99")
-    assert make_model(width=16) == build("convnet", width=16) == MODELS["convnet"](10, width=16)
+    assert build("convnet", width=16) == MODELS["convnet"](10, width=16)
 
 
 # Parameter counts of the official definitions (DC/DSA code, networks.py) for 32x32 RGB inputs and 10 classes,
@@ -66,7 +70,7 @@ def test_options_and_errors():
 @pytest.mark.parametrize("name,count", [("mlp", 411_146), ("lenet", 62_006)])
 def test_zoo_parameter_counts_and_one_step_lowers_the_loss(name, count):
     model = build(name)
-    params = init_params(model, jax.random.key(0))
+    params = Net(model).init(jax.random.key(0))[0]
     assert sum(p.size for p in jax.tree.leaves(params)) == count
     x = jax.random.normal(jax.random.key(1), (16, 32, 32, 3))
     y = jnp.arange(16) % 10
@@ -103,7 +107,7 @@ def test_convolutions_agree_with_xla_to_second_order(shape):
     for name, conv in CONVS.items():
         if name == "winograd" and (shape[1] % 2 or shape[2] % 2):
             continue  # plain Winograd needs even sizes; `fast` falls back there
-        for what, a, b in zip(("value", "d/dx", "d/dkernel", "second order"), derivatives(conv), expected):
+        for what, a, b in zip(("value", "d/dx", "d/dkernel", "second order"), derivatives(conv.conv3x3), expected):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()),
                                        err_msg=f"{name} {what}")
 

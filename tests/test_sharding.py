@@ -13,7 +13,7 @@ SCRIPT = r"""
 import json
 import jax, numpy as np
 from sm_jax.config import make_config
-from sm_jax.data import Dataset
+from sm_jax.data import Dataset, DataSpec
 from sm_jax.evaluation import evaluate_set
 from sm_jax.methods import CondenseState, make_context, make_method
 from sm_jax.sharding import make_mesh, put
@@ -29,7 +29,7 @@ for method in ("dsa",):
                       inner_loop=1, iterations=1, eval_epochs=1, batch_train=8, max_syn_per_class=4)
     for devices in (1, 4):
         mesh = make_mesh(devices)
-        m = make_method(cfg, c, mesh)
+        m = make_method(cfg, DataSpec(num_classes=c), mesh)
         state = m.init_state(m.init_images(data, jax.random.key(1)))
         state = CondenseState(put(state.images, mesh, True), put(state.opt_state, mesh, True), state.iteration)
         ctx = put(make_context(cfg, data), mesh, False)

@@ -1,11 +1,12 @@
 """Study runner: select-by-validation, skipping finished runs, resuming, and regenerated reports."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sm_jax import study
-from sm_jax.config import ConfigError
+from sm_jax.errors import ConfigError
 
 TINY = {"method": "dc", "ipc": 2, "preset": "cpu", "width": 8, "batch_real": 4, "subset_batch_real": 2,
         "outer_loop": 1, "inner_loop": 1, "iterations": 1, "eval_epochs": 1, "eval_models": 2}
@@ -25,15 +26,13 @@ def test_select_resolves_to_best_validation_group_and_skips_finished(tmp_path):
     acc = {0.5: 0.3, 2.0: 0.6}
     calls = []
 
-    def fake(argv, _):
-        from sm_jax.cli import condense_parser, config_from_args
-        from sm_jax.experiment import artifacts
+    def fake(cfg):
+        from sm_jax import artifacts
 
-        cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
         calls.append(cfg.subset_lambda)
         res = {"accuracy_mean": acc.get(cfg.subset_lambda, 0.1), "iterations": cfg.iterations,
                "config": json.loads(cfg.to_json())}
-        study.Path(cfg.workdir).mkdir(parents=True)
+        Path(cfg.workdir).mkdir(parents=True)
         artifacts.write_json(f"{cfg.workdir}/results.json", res)
         return res
 
@@ -60,15 +59,13 @@ def test_unknown_plan_and_bad_file(tmp_path):
 
 
 def test_builtin_plans_build_valid_configs():
-    from sm_jax.cli import condense_parser, config_from_args
-
     for name in study.PLANS:
         specs = study.load_plan(name)
         assert specs
         for s in specs:
             resolved = {k: 1.0 for k, v in s.flags.items()
                         if isinstance(v, str) and v.startswith((study.SELECT, study.SELECT_FROM))}
-            cfg = config_from_args(condense_parser("cifar10").parse_args(s.argv(study.Path("w"), None, resolved)))
+            cfg = s.config(Path("w"), None, resolved)
             assert cfg.method == s.flags["method"]
     table = study.load_plan("table")
     seeds = {s.flags["seed"] for s in table if s.group.endswith("/sm")}
@@ -88,7 +85,7 @@ def test_verdict_and_table_report(tmp_path):
             acc = {"dc10/base": 0.25, "dc10/sm": 0.27, "dc10/base_real3x": 0.28}.get(s.group, 0.2)
             results[s.id] = {"accuracy_mean": acc + 0.001 * s.flags["seed"],
                              "config": {**s.flags, "subset_lambda": lam}}
-    md = study.report_table(specs, results, {}, tmp_path)
+    md = study.PLANS['table'].report(specs, results, {}, tmp_path)
     row = [ln for ln in md.splitlines() if ln.startswith("| dc10")][0]
     assert "25.10 ± 0.10" in row and "27.10 ± 0.10" in row and "2.00 ± 0.00" in row and "helped" in row
     ctrl = [ln for ln in md.split("Compute control")[1].splitlines() if ln.startswith("| dc10")][0]
@@ -125,7 +122,7 @@ def test_exported_runs_are_not_git_ignored():
     """The export is what `--report-only` rebuilds the docs from, so it must be committable."""
     import subprocess
 
-    root = study.Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
     export = study.EXPORT
@@ -139,7 +136,7 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
     results = {s.id: {"accuracies": [0.30 + 0.01 * s.flags["subset_k"], 0.32 + 0.01 * s.flags["subset_k"]],
                       "accuracy_mean": 0.31 + 0.01 * s.flags["subset_k"],
                       "config": {**s.flags, "batch_real": 32, "subset_batch_real": 0}} for s in specs}
-    md = study.report_k(specs, results, {}, tmp_path)
+    md = study.PLANS['k'].report(specs, results, {}, tmp_path)
     row8 = [ln for ln in md.splitlines() if ln.startswith("| 8 |")][0]
     assert "39.00 (1 seed)" in row8 and f"| {100 * np.std([0.38, 0.40], ddof=1):.2f} |" in row8
     assert row8.endswith("| 288 |")  # 32 for the whole class + 8 subsets x 32
@@ -153,7 +150,7 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
         metrics[s.id] = [{"iteration": it, "eval": {"accuracies": [x + 0.01 * it for x in a]}} for it in (2, 4, 6)]
         metrics[s.id].insert(1, {"iteration": 3, "loss_all": 1.0})  # step rows are ignored
         results[s.id] = {"accuracy_mean": np.mean(a) + 0.06}
-    md = study.report_loss(specs, results, metrics, tmp_path)
+    md = study.PLANS['loss'].report(specs, results, metrics, tmp_path)
     both = [ln for ln in md.splitlines() if ln.startswith("| both |")][0]
     assert "30.00 (1 seed)" in both and "2: 26.00, 4: 28.00, 6: 30.00" in both
     assert (tmp_path / "loss_ablation.png").exists()
@@ -162,7 +159,7 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
 def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_path):
     """The arch plan's sets have the table plan's flags (so the same sets), its lambda_0 comes from the table plan's
     exported validation runs, and the report pairs base and subset matching per seed and architecture."""
-    from sm_jax.study.plans import ARCH_EVAL
+    from sm_jax.study.arch import ARCH_EVAL
 
     arch = {s.id: s for s in study.load_plan("arch")}
     table = {s.id: s for s in study.load_plan("table")}
@@ -185,7 +182,7 @@ def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_pat
         for rid, acc in ((f"dc10_base_s{seed}", b), (f"dc10_sm_s{seed}", m)):
             archs = {a: {"accuracy_mean": acc - 0.01 * i} for i, a in enumerate(ARCH_EVAL.split(","))}
             results[rid] = {"accuracy_mean": acc, "config": {"seed": seed}, "archs": archs}
-    text = study.report_arch(list(arch.values()), results, {}, tmp_path)
+    text = study.PLANS['arch'].report(list(arch.values()), results, {}, tmp_path)
     row = [ln for ln in text.splitlines() if ln.startswith("| dc10 | convnet |")][0]
     assert "| 25.00 ± 7.07 | 27.50 ± 7.78 | 2.50 ± 0.71 |" in row and row.endswith("| 0, 1 |")
     assert "all (pooled)" not in text  # one setting: nothing to pool
@@ -194,7 +191,17 @@ def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_pat
     for rid, acc in (("dsa10_base_s0", 0.40), ("dsa10_sm_s0", 0.39)):
         archs = {a: {"accuracy_mean": acc - 0.01 * i} for i, a in enumerate(ARCH_EVAL.split(","))}
         results[rid] = {"accuracy_mean": acc, "config": {"seed": 0}, "archs": archs}
-    text = study.report_arch(list(arch.values()), results, {}, tmp_path)
+    text = study.PLANS['arch'].report(list(arch.values()), results, {}, tmp_path)
     row = [ln for ln in text.splitlines() if ln.startswith("| all (pooled) | convnet |")][0]
     assert row == "| all (pooled) | convnet | 30.00 ± 10.00 | 31.33 ± 8.62 | 1.33 ± 2.08 | within noise | 3 pairs |"
     assert (tmp_path / "arch.png").exists()
+
+
+def test_a_plan_may_set_any_field_and_a_bad_one_is_a_config_error(tmp_path):
+    """Plans build configs with make_config: the dataset too; a bad value or field is one ConfigError line."""
+    cfg = study.RunSpec("m", "g", {**TINY, "dataset": "mnist"}).config(tmp_path / "w", None, {})
+    assert cfg.dataset == "mnist" and cfg.workdir == str(tmp_path / "w")
+    for flags, msg in (({**TINY, "ipc": 0}, "--ipc"), ({**TINY, "widht": 8}, "unknown config field 'widht'")):
+        plan = write_plan(tmp_path / "bad_run.json", [("r", "g", flags)])
+        with pytest.raises(ConfigError, match=f"plan 'bad_run', run r: .*{msg}"):
+            study.run_plan(plan, tmp_path / "runs", None, log=lambda s: None, execute=lambda c: {})

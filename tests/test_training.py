@@ -5,15 +5,15 @@ import optax
 
 from sm_jax.config import make_config
 from sm_jax.methods import make_method
-from sm_jax.models import FnNet, init_params, make_model
+from sm_jax.models import FnNet, Net, build
 from sm_jax.training import epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
 
 
 def test_fast_conv_net_equals_xla_conv_net_values_and_grads():
     x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
     y = jnp.array([0, 1, 2])
-    m_p, m_x = make_model(width=16, conv_impl="fast"), make_model(width=16, conv_impl="xla")
-    params = init_params(m_p, jax.random.key(1))
+    m_p, m_x = build("convnet", width=16, conv_impl="fast"), build("convnet", width=16, conv_impl="xla")
+    params = Net(m_p).init(jax.random.key(1))[0]
     loss = lambda m: (lambda p: optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": p}, x), y).mean())
     np.testing.assert_allclose(jax.jit(m_p.apply)({"params": params}, x), jax.jit(m_x.apply)({"params": params}, x),
                                rtol=1e-4, atol=1e-5)
@@ -57,9 +57,9 @@ def test_sgd_matches_pytorch_semantics_and_momentum_reset():
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
-    model = make_model(num_classes=3, width=8)
+    model = build("convnet", num_classes=3, width=8)
     apply_fn = lambda p, x: model.apply({"params": p}, x)
-    params = init_params(model, jax.random.key(0))
+    params = Net(model).init(jax.random.key(0))[0]
     x = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
     y = jnp.array([0, 1, 2, 0, 1, 2])
     tx = sgd(0.9, 5e-4)

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sm_jax.models import ARCHS, EVAL_POOLS, BatchNorm, arch_names, make_net, zoo_conv
+from sm_jax.models import ARCHS, CONVS, EVAL_POOLS, arch_names, make_net
+from sm_jax.models.norms import BatchNorm
 from sm_jax.training import sgd, train_step
 
 # Parameter counts (weights + biases; batch norm's running statistics are buffers, not parameters) of the official
@@ -49,23 +50,23 @@ def test_parameter_counts_equal_the_official_definitions(name):
 @pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 2, 2, 3),
                                               (1, 2, 0, 16)])
 def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
-    # the zoo's CPU forms (Winograd for 3x3 stride 1 padding 1, im2col otherwise; im2col alone) against XLA's own
-    # convolution: the value, the input gradient and the kernel gradient
-    from sm_jax.models.conv_ops import conv_any, conv_native
+    # the CPU forms (fast: Winograd for 3x3 stride 1 padding 1, im2col otherwise; patches: im2col throughout)
+    # against XLA's own convolution: the value, the input gradient and the kernel gradient
+    from sm_jax.models.conv_ops import conv_native
 
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, cin))
     w = jax.random.normal(jax.random.key(1), (k, k, cin, 8)) / k
     t = jax.random.normal(jax.random.key(2), conv_native(x, w, stride, pad).shape)
     f = lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, pad)) * t)
     want = (conv_native(x, w, stride, pad), *jax.grad(f(conv_native), (0, 1))(x, w))
-    for form in ("auto", "im2col"):  # auto: Winograd / im2col on CPU, XLA's elsewhere
-        with zoo_conv(form):
-            got = (conv_any(x, w, stride, pad), *jax.grad(f(conv_any), (0, 1))(x, w))
+    for form in ("fast", "patches"):
+        conv = CONVS[form]
+        got = (conv(x, w, stride, pad), *jax.grad(f(conv), (0, 1))(x, w))
         for g, v in zip(got, want):
             np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="unknown zoo convolution 'fft'"):
-        with zoo_conv("fft"):
-            pass
+    with pytest.raises(ValueError, match="unknown conv implementation 'fft'"):
+        make_net("vgg11", 10, conv_impl="fft")
+    assert make_net("vgg11", 10, conv_impl="patches").module.conv_impl == "patches"  # the form reaches the zoo
 
 
 @pytest.mark.parametrize("name", sorted(GREY))

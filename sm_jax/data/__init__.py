@@ -18,7 +18,7 @@ from sm_jax.data.readers import READERS, DataError, check_labels, detect
 from sm_jax.data.registry import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, DATASETS, DatasetInfo, dataset_info
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "DataError", "DataSpec", "Dataset", "DatasetInfo", "dataset_info",
-           "default_cache_dir", "load_cifar10", "load_dataset"]
+           "default_cache_dir", "load_dataset"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,11 +142,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         _write_cache(cached, arrays, meta)
     return Dataset(**arrays, class_names=tuple(meta["class_names"]), source=f"{kind}:{path}",
                    mean=tuple(meta["mean"]), std=tuple(meta["std"]), name=info.name)
-
-
-def load_cifar10(data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """`load_dataset('cifar10', ...)`."""
-    return load_dataset("cifar10", data_dir, cache_dir)
 
 
 def _check(arrays: dict, names, info: DatasetInfo, where: str, folder: bool = False) -> dict:

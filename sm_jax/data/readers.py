@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sm_jax.data.registry import CIFAR10_CLASSES, DatasetInfo
+from sm_jax.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
@@ -33,7 +34,7 @@ _MARKERS = {
 }
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data source that is missing, unreadable or laid out wrongly (the message says what to do)."""
 
 

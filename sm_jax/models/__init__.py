@@ -4,23 +4,22 @@
 architecture names of the DC/DSA and IDC codes (`--model`, `--eval-arch`) to a family and its options, and
 `EVAL_POOLS` the official evaluation pools (`M`, `W`, `D`, `A`, `P`, `N`) to names. `make_net` builds a pure `Net`
 for a dataset's image shape. `common` (normalisation, init, loss), `conv_ops` (the interchangeable
-convolution forms: Winograd, im2col, XLA's, the fused RGB layer), `layers`, `norms` and `net` are shared.
+convolution forms, `CONVS`: Winograd, im2col, XLA's, the fused RGB layer), `layers`, `norms` and `net` are shared.
 """
 from __future__ import annotations
 
-from sm_jax.models.alexnet import AlexNet, make_alexnet
-from sm_jax.models.common import MEAN, STD, cross_entropy, denormalize, init_params, normalize, torch_uniform
-from sm_jax.models.conv_ops import (CONVS, FEW_CHANNELS, ZOO_CONVS, conv3x3_fast, conv3x3_instancenorm,
-                                    conv3x3_patches, conv3x3_winograd, conv3x3_xla, resolve_conv_impl, resolve_zoo_conv,
-                                    zoo_conv)
-from sm_jax.models.convnet import ACTIVATIONS, POOLINGS, ConvNet, make_convnet
-from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
-from sm_jax.models.lenet import LeNet, make_lenet
-from sm_jax.models.mlp import MLP, make_mlp
+import inspect
+
+from sm_jax.models.alexnet import make_alexnet
+from sm_jax.models.common import cross_entropy, denormalize, normalize
+from sm_jax.models.conv_ops import CONVS, resolve_conv
+from sm_jax.models.convnet import make_convnet
+from sm_jax.models.lenet import make_lenet
+from sm_jax.models.mlp import make_mlp
 from sm_jax.models.net import FnNet, Net
-from sm_jax.models.norms import NORMS, BatchNorm
-from sm_jax.models.resnet import ResNet, make_resnet10_ap, make_resnet18
-from sm_jax.models.vgg import VGG, make_vgg11
+from sm_jax.models.norms import NORMS
+from sm_jax.models.resnet import make_resnet10_ap, make_resnet18
+from sm_jax.models.vgg import make_vgg11
 
 # family -> constructor(num_classes, **options); the family's options are its constructor's keyword arguments
 MODELS = {"convnet": make_convnet, "mlp": make_mlp, "lenet": make_lenet, "alexnet": make_alexnet,
@@ -92,30 +91,20 @@ def arch_names(text: str) -> tuple[str, ...]:
 
 def make_net(name: str, num_classes: int, image_shape=(32, 32, 3), width: int = 128, depth: int = 3,
              norm: str = "instancenorm", conv_impl: str = "auto") -> Net:
-    """A pure Net of architecture `name` for images of `image_shape`. ConvNets run on `conv_impl`; the plain
-    `convnet` takes width / depth / norm (the run's matching network), named variants their official ones."""
+    """A pure Net of architecture `name` for images of `image_shape`, its convolutions on the form `conv_impl`
+    (conv_ops.CONVS or 'auto'); the plain `convnet` takes width / depth / norm (the run's matching network), named
+    variants their official ones."""
     key = name.lower()
     if key not in ARCHS and key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
     family = ARCHS[key][0] if key in ARCHS else key
     options: dict = {}
-    if family == "convnet":
-        options = {"conv_impl": conv_impl}
-        if key == "convnet":
-            options.update(width=width, depth=depth, norm=norm)
+    if "conv_impl" in inspect.signature(MODELS[family]).parameters:  # every family with a convolution
+        options["conv_impl"] = conv_impl
+    if key == "convnet":
+        options.update(width=width, depth=depth, norm=norm)
     return Net(build(key, num_classes, **options), tuple(image_shape), key)
 
 
-def make_model(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
-               conv_impl: str = "auto") -> ConvNet:
-    """ConvNet-D, the network the methods match with; raises ValueError for an unknown norm or convolution."""
-    return build("convnet", num_classes, width=width, depth=depth, norm=norm, conv_impl=conv_impl)
-
-
-__all__ = ["ACTIVATIONS", "ARCHS", "CONVS", "EVAL_POOLS", "FEW_CHANNELS", "MEAN", "MLP", "MODELS", "NORMS", "POOLINGS",
-           "STD", "ZOO_CONVS", "AlexNet", "BatchNorm", "Conv3x3", "ConvNet", "FnNet", "InstanceNorm", "LeNet", "Net",
-           "ResNet", "VGG", "arch_names", "avg_pool2", "build", "conv3x3_fast", "conv3x3_instancenorm",
-           "conv3x3_patches", "conv3x3_winograd", "conv3x3_xla", "cross_entropy", "denormalize", "init_params",
-           "make_alexnet", "make_convnet", "make_lenet", "make_mlp", "make_model", "make_net", "make_resnet10_ap",
-           "make_resnet18", "make_vgg11", "normalize", "resolve_conv_impl", "resolve_zoo_conv", "torch_uniform",
-           "zoo_conv"]
+__all__ = ["ARCHS", "CONVS", "EVAL_POOLS", "MODELS", "NORMS", "FnNet", "Net", "arch_names", "build", "cross_entropy",
+           "denormalize", "make_net", "normalize", "resolve_conv"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from sm_jax.models.layers import conv
-from sm_jax.models.mlp import dense
+from sm_jax.models.conv_ops import resolve_conv
+from sm_jax.models.layers import conv, dense
 from sm_jax.models.norms import apply_norm, make_norm
 
 _LAYERS = ((128, 5, 2, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True))
@@ -15,6 +15,7 @@ _LAYERS = ((128, 5, 2, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1,
 class AlexNet(nn.Module):
     num_classes: int = 10
     norm: str = "none"  # 'batchnorm': AlexNetBN (a BatchNorm after every convolution)
+    conv_impl: str = "fast"  # a name of conv_ops.CONVS (resolved)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -22,7 +23,7 @@ class AlexNet(nn.Module):
         for i, (features, size, pad, pool) in enumerate(_LAYERS):
             if i == 0 and x.shape[-1] == 1:
                 pad = 4  # 28x28 grey images: 28 + 8 - 4 = 32
-            x = conv(features, size, x.shape[-1], pad, f"conv{i}")(x)
+            x = conv(features, size, x.shape[-1], pad, f"conv{i}", self.conv_impl)(x)
             x = nn.relu(apply_norm(make_norm(self.norm, f"norm{i}"), x, train))
             if pool:
                 x = nn.max_pool(x, (2, 2), (2, 2))
@@ -30,6 +31,6 @@ class AlexNet(nn.Module):
         return dense(self.num_classes, x.shape[-1], "fc")(x)
 
 
-def make_alexnet(num_classes: int = 10, norm: str = "none") -> AlexNet:
+def make_alexnet(num_classes: int = 10, norm: str = "none", conv_impl: str = "auto") -> AlexNet:
     make_norm(norm, "check")
-    return AlexNet(num_classes=num_classes, norm=norm)
+    return AlexNet(num_classes=num_classes, norm=norm, conv_impl=resolve_conv(conv_impl))

@@ -1,8 +1,8 @@
-"""What every model shares: the input normalisation, PyTorch's default init, the loss and parameter init."""
+"""What every model shares: the input normalisation, PyTorch's default init and the loss."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +31,6 @@ def torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
-
-
-def init_params(model, key: jax.Array, image_shape=(32, 32, 3)) -> Any:
-    """Fresh parameters for `model` (a Flax module taking (1, *image_shape) images; a pytree of arrays)."""
-    return model.init(key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:

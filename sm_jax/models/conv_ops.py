@@ -1,11 +1,12 @@
 """The convolutions models run on: interchangeable forms of one function (same parameters), chosen per platform.
 
-ConvNet's 3x3 layers pick one of `CONVS` through `layers.Conv3x3` (and the fused RGB conv + instance norm); every
-other model's convolutions go through `conv_any`, whose forms are `ZOO_CONVS`. Kept apart from the architectures.
+Every model's convolutions run on one form of `CONVS`, named by the run's `conv_impl` and resolved by `resolve_conv`
+(ConvNet's 3x3 layers through `layers.Conv3x3`, with the fused RGB conv + instance norm; the others through
+`layers.Conv`). Kept apart from the architectures.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 from typing import Callable
 
@@ -249,62 +250,36 @@ def conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int =
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def conv_cpu(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
-    """conv_any's CPU form: 3x3 stride-1 padding-1 layers (VGG's, the ResNets') on conv3x3_fast, others on im2col."""
-    if kernel.shape[:2] == (3, 3) and stride == 1 and padding == 1:
-        return conv3x3_fast(x, kernel)
-    return conv_im2col(x, kernel, stride, padding)
+@dataclasses.dataclass(frozen=True)
+class ConvForm:
+    """One form of the convolution: `conv3x3(x, kernel)` for 3x3 stride-1 SAME layers (ConvNet's, VGG's, the
+    ResNets'), `general(x, kernel, stride, padding)` for every other layer. Calling it picks the right one."""
+
+    conv3x3: Callable
+    general: Callable
+
+    def __call__(self, x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+        if kernel.shape[:2] == (3, 3) and stride == 1 and padding == 1:
+            return self.conv3x3(x, kernel)
+        return self.general(x, kernel, stride, padding)
 
 
-# The zoo's convolution forms (same parameters, same function up to float rounding), by name; 'auto' is conv_cpu on
-# CPU and XLA's elsewhere. The zoo's training speed on CPU per form: `python -m benchmarks.evaluate --zoo-conv`.
-ZOO_CONVS = {"cpu": conv_cpu, "im2col": conv_im2col, "xla": conv_native}
-_zoo_form = ["auto"]
+# The interchangeable convolutions (same parameters, same function up to float rounding), by name (--conv-impl).
+# On CPU, XLA's native convolution runs tens of times slower inside the training scans (measured: two AlexNet steps
+# in a `lax.scan`, 175 s, against 2.7 s unrolled), so the CPU forms use slices and matmuls; on GPU/TPU XLA's own is
+# served by the convolution libraries. Their speed on CPU: `python -m benchmarks.evaluate --conv-impl`.
+CONVS: dict[str, ConvForm] = {
+    "fast": ConvForm(conv3x3_fast, conv_im2col),
+    "patches": ConvForm(conv3x3_patches, conv_im2col),
+    "winograd": ConvForm(conv3x3_winograd, conv_im2col),
+    "xla": ConvForm(conv3x3_xla, conv_native),
+}
 
 
-def resolve_zoo_conv(form: str = "auto") -> str:
-    """'auto' -> 'cpu' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name."""
-    if form == "auto":
-        return "cpu" if jax.default_backend() == "cpu" else "xla"
-    if form not in ZOO_CONVS:
-        raise ValueError(f"unknown zoo convolution {form!r}; choose auto or one of {', '.join(ZOO_CONVS)}")
-    return form
-
-
-@contextlib.contextmanager
-def zoo_conv(form: str):
-    """Within the block, the zoo's convolutions trace as `form` (a name of ZOO_CONVS, or 'auto').
-
-    Read when a model is traced, so it applies to the functions jitted inside the block (benchmarks compare forms).
-    """
-    resolve_zoo_conv(form)
-    old, _zoo_form[0] = _zoo_form[0], form
-    try:
-        yield
-    finally:
-        _zoo_form[0] = old
-
-
-def conv_any(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
-    """The zoo's general convolution; (N, H, W, Cin), (k, k, Cin, Cout) -> (N, Ho, Wo, Cout).
-
-    On CPU conv_cpu (XLA's own convolution runs tens of times slower there inside the training scans), XLA's
-    elsewhere; `zoo_conv` overrides the choice.
-    """
-    return ZOO_CONVS[resolve_zoo_conv(_zoo_form[0])](x, kernel, stride, padding)
-
-
-# The interchangeable convolutions (same parameters, same function up to float rounding), by name.
-CONVS = {"fast": conv3x3_fast, "patches": conv3x3_patches, "winograd": conv3x3_winograd, "xla": conv3x3_xla}
-
-
-def resolve_conv_impl(conv_impl: str = "auto") -> str:
-    """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU (their convolution libraries serve every form); else unchanged.
-
-    Raises ValueError for an unknown name.
-    """
-    if conv_impl == "auto":
+def resolve_conv(name: str = "auto") -> str:
+    """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name."""
+    if name == "auto":
         return "fast" if jax.default_backend() == "cpu" else "xla"
-    if conv_impl not in CONVS:
-        raise ValueError(f"unknown conv implementation {conv_impl!r}; choose auto or one of {', '.join(CONVS)}")
-    return conv_impl
+    if name not in CONVS:
+        raise ValueError(f"unknown conv implementation {name!r}; choose auto or one of {', '.join(CONVS)}")
+    return name

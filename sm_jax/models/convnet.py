@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sm_jax.models.common import torch_uniform
-from sm_jax.models.conv_ops import FEW_CHANNELS, resolve_conv_impl
-from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2
+from sm_jax.models.conv_ops import FEW_CHANNELS, resolve_conv
+from sm_jax.models.layers import Conv3x3, InstanceNorm, avg_pool2, dense
 from sm_jax.models.norms import NORMS, apply_norm, make_norm
 
 ACTIVATIONS = {"relu": nn.relu, "sigmoid": nn.sigmoid, "leakyrelu": lambda x: nn.leaky_relu(x, 0.01),
@@ -25,7 +24,7 @@ class ConvNet(nn.Module):
       depth: number of conv blocks.
       norm: a name of norms.NORMS ('instancenorm': GroupNorm with one group per channel, eps 1e-5).
       act: a key of ACTIVATIONS; pooling: a key of POOLINGS.
-      conv_impl: a key of conv_ops.CONVS.
+      conv_impl: a name of conv_ops.CONVS (resolved).
     """
 
     num_classes: int = 10
@@ -51,9 +50,7 @@ class ConvNet(nn.Module):
                 x = apply_norm(make_norm(self.norm, f"norm{i}"), conv(x), train)
             x = POOLINGS[self.pooling](ACTIVATIONS[self.act](x))
         x = x.reshape(x.shape[0], -1)
-        fan_in = x.shape[-1]
-        return nn.Dense(self.num_classes, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
-                        name="fc")(x)
+        return dense(self.num_classes, x.shape[-1], "fc")(x)
 
 
 def make_convnet(num_classes: int = 10, width: int = 128, depth: int = 3, norm: str = "instancenorm",
@@ -64,4 +61,4 @@ def make_convnet(num_classes: int = 10, width: int = 128, depth: int = 3, norm: 
         if value not in known:
             raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(known)}")
     return ConvNet(num_classes=num_classes, width=width, depth=depth, norm=norm,
-                   conv_impl=resolve_conv_impl(conv_impl), act=act, pooling=pooling)
+                   conv_impl=resolve_conv(conv_impl), act=act, pooling=pooling)

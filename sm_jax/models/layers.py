@@ -1,5 +1,5 @@
-"""Layers the architectures are built from: the selectable 3x3 convolution, the zoo's general convolution, instance
-norm, 2x2 average pooling."""
+"""Layers the architectures are built from: the convolutions (ConvNet's 3x3 one and any other), the dense layer,
+instance norm, 2x2 average pooling; all with PyTorch's default init."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from sm_jax.models.common import torch_uniform
-from sm_jax.models.conv_ops import CONVS, conv3x3_instancenorm, conv_any
+from sm_jax.models.conv_ops import CONVS, conv3x3_instancenorm
 
 
 class Conv3x3(nn.Module):
@@ -26,7 +26,7 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", torch_uniform(fan_in), (self.features,))
         if not apply:
             return kernel, bias
-        return CONVS[self.impl](x, kernel) + bias
+        return CONVS[self.impl].conv3x3(x, kernel) + bias
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
@@ -61,8 +61,7 @@ class InstanceNorm(nn.Module):
 
 class Conv(nn.Module):
     """nn.Conv2d(in, features, size, stride, padding, bias): `kernel` (HWIO) and `bias` parameters like nn.Conv's,
-    computed by conv_ops.conv_any (Winograd or im2col on CPU, where XLA's convolution is slow inside the training
-    loops)."""
+    computed by the form `impl` of conv_ops.CONVS (a resolved name)."""
 
     features: int
     size: int
@@ -70,19 +69,26 @@ class Conv(nn.Module):
     padding: int = 0
     use_bias: bool = True
     kernel_init: Callable | None = None
+    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1] * self.size * self.size
         kernel = self.param("kernel", self.kernel_init or torch_uniform(fan_in),
                             (self.size, self.size, x.shape[-1], self.features))
-        y = conv_any(x, kernel, self.stride, self.padding)
+        y = CONVS[self.impl](x, kernel, self.stride, self.padding)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,))
         return y
 
 
-def conv(features: int, size: int, in_channels: int, padding: int, name: str, stride: int = 1,
+def conv(features: int, size: int, in_channels: int, padding: int, name: str, impl: str, stride: int = 1,
          bias: bool = True, kernel_init=None) -> Conv:
-    """nn.Conv2d(in_channels, features, size, stride, padding, bias) with PyTorch's default init (or `kernel_init`)."""
-    return Conv(features, size, stride, padding, bias, kernel_init, name=name)
+    """nn.Conv2d(in_channels, features, size, stride, padding, bias) with PyTorch's default init (or `kernel_init`),
+    on the convolution form `impl`."""
+    return Conv(features, size, stride, padding, bias, kernel_init, impl, name=name)
+
+
+def dense(features: int, fan_in: int, name: str) -> nn.Dense:
+    """nn.Linear with PyTorch's default init."""
+    return nn.Dense(features, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name)

@@ -4,12 +4,7 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from sm_jax.models.common import torch_uniform
-
-
-def dense(features: int, fan_in: int, name: str) -> nn.Dense:
-    """nn.Linear with PyTorch's default init."""
-    return nn.Dense(features, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name)
+from sm_jax.models.layers import dense
 
 
 class MLP(nn.Module):

@@ -11,8 +11,6 @@ from flax import linen as nn
 
 from sm_jax.models.layers import InstanceNorm
 
-NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
-
 
 class BatchNorm(nn.Module):
     """PyTorch's BatchNorm2d (momentum 0.1, eps 1e-5): normalises with the batch's mean and biased variance in
@@ -72,13 +70,17 @@ class GroupNorm(nn.Module):
         return nn.GroupNorm(num_groups=self.groups, epsilon=self.epsilon, name="gn")(x)
 
 
+# name -> constructor(label) of the module (None: no norm)
+NORMS = {"instancenorm": lambda label: InstanceNorm(1e-5, name=label), "batchnorm": lambda label: BatchNorm(name=label),
+         "layernorm": lambda label: LayerNorm(name=label), "groupnorm": lambda label: GroupNorm(name=label),
+         "none": lambda label: None}
+
+
 def make_norm(name: str, label: str):
     """A norm module named `label` (None for 'none'); ValueError for an unknown name."""
     if name not in NORMS:
         raise ValueError(f"unknown norm {name!r}; choose one of {', '.join(NORMS)}")
-    return {"instancenorm": lambda: InstanceNorm(1e-5, name=label), "batchnorm": lambda: BatchNorm(name=label),
-            "layernorm": lambda: LayerNorm(name=label), "groupnorm": lambda: GroupNorm(name=label),
-            "none": lambda: None}[name]()
+    return NORMS[name](label)
 
 
 def apply_norm(norm, x: jax.Array, train: bool) -> jax.Array:

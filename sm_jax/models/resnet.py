@@ -11,9 +11,8 @@ import math
 import jax
 from flax import linen as nn
 
-from sm_jax.models.layers import avg_pool2
-from sm_jax.models.layers import conv
-from sm_jax.models.mlp import dense
+from sm_jax.models.conv_ops import resolve_conv
+from sm_jax.models.layers import avg_pool2, conv, dense
 from sm_jax.models.norms import apply_norm, make_norm
 
 
@@ -29,21 +28,23 @@ class BasicBlock(nn.Module):
     norm: str = "instancenorm"
     avgpool_down: bool = False
     he_init: bool = False
+    conv_impl: str = "fast"  # a name of conv_ops.CONVS (resolved)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         cin = x.shape[-1]
         init = (lambda k: _he_normal(k, self.planes)) if self.he_init else (lambda k: None)
         conv_stride = 1 if self.avgpool_down else self.stride
-        out = conv(self.planes, 3, cin, 1, "conv1", conv_stride, bias=False, kernel_init=init(3))(x)
+        out = conv(self.planes, 3, cin, 1, "conv1", self.conv_impl, conv_stride, bias=False, kernel_init=init(3))(x)
         out = nn.relu(apply_norm(make_norm(self.norm, "norm1"), out, train))
         if self.avgpool_down and self.stride != 1:
             out = avg_pool2(out)
-        out = conv(self.planes, 3, self.planes, 1, "conv2", bias=False, kernel_init=init(3))(out)
+        out = conv(self.planes, 3, self.planes, 1, "conv2", self.conv_impl, bias=False, kernel_init=init(3))(out)
         out = apply_norm(make_norm(self.norm, "norm2"), out, train)
         short = x
         if self.stride != 1 or cin != self.planes:
-            short = conv(self.planes, 1, cin, 0, "short_conv", conv_stride, bias=False, kernel_init=init(1))(x)
+            short = conv(self.planes, 1, cin, 0, "short_conv", self.conv_impl, conv_stride, bias=False,
+                         kernel_init=init(1))(x)
             if self.avgpool_down and self.stride != 1:
                 short = avg_pool2(short)
             short = apply_norm(make_norm(self.norm, "short_norm"), short, train)
@@ -66,17 +67,18 @@ class ResNet(nn.Module):
     avgpool_down: bool = False
     head: str = "avg4"
     he_init: bool = False
+    conv_impl: str = "fast"  # a name of conv_ops.CONVS (resolved)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
         init = _he_normal(3, self.widths[0]) if self.he_init else None
-        x = conv(self.widths[0], 3, x.shape[-1], 1, "stem", bias=False, kernel_init=init)(x)
+        x = conv(self.widths[0], 3, x.shape[-1], 1, "stem", self.conv_impl, bias=False, kernel_init=init)(x)
         x = nn.relu(apply_norm(make_norm(self.norm, "stem_norm"), x, train))
         for s, (n, planes) in enumerate(zip(self.blocks, self.widths)):
             for b in range(n):
                 x = BasicBlock(planes, (1 if s == 0 else 2) if b == 0 else 1, self.norm, self.avgpool_down,
-                               self.he_init, name=f"stage{s}_block{b}")(x, train)
+                               self.he_init, self.conv_impl, name=f"stage{s}_block{b}")(x, train)
         if self.head == "avg4":  # F.avg_pool2d(out, 4)
             x = nn.avg_pool(x, (4, 4), (4, 4))
         elif self.head == "global":
@@ -85,15 +87,16 @@ class ResNet(nn.Module):
         return dense(self.num_classes, x.shape[-1], "fc")(x)
 
 
-def make_resnet18(num_classes: int = 10, norm: str = "instancenorm", avgpool_down: bool = False) -> ResNet:
+def make_resnet18(num_classes: int = 10, norm: str = "instancenorm", avgpool_down: bool = False,
+                  conv_impl: str = "auto") -> ResNet:
     """DC/DSA's ResNet18 (instance norm), ResNet18BN (norm='batchnorm') and ResNet18BN_AP (+ avgpool_down)."""
     make_norm(norm, "check")
     return ResNet(num_classes=num_classes, norm=norm, avgpool_down=avgpool_down,
-                  head="flatten" if avgpool_down else "avg4")
+                  head="flatten" if avgpool_down else "avg4", conv_impl=resolve_conv(conv_impl))
 
 
-def make_resnet10_ap(num_classes: int = 10, norm: str = "batchnorm") -> ResNet:
+def make_resnet10_ap(num_classes: int = 10, norm: str = "batchnorm", conv_impl: str = "auto") -> ResNet:
     """IDC's ResNet-10 with average-pool downsampling for 32x32 inputs (one block per stage, widths 32-256)."""
     make_norm(norm, "check")
     return ResNet(num_classes=num_classes, blocks=(1, 1, 1, 1), widths=(32, 64, 128, 256), norm=norm,
-                  avgpool_down=True, head="global", he_init=True)
+                  avgpool_down=True, head="global", he_init=True, conv_impl=resolve_conv(conv_impl))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 from flax import linen as nn
 
-from sm_jax.models.layers import conv
-from sm_jax.models.mlp import dense
+from sm_jax.models.conv_ops import resolve_conv
+from sm_jax.models.layers import conv, dense
 from sm_jax.models.norms import apply_norm, make_norm
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -16,6 +16,7 @@ class VGG(nn.Module):
     num_classes: int = 10
     norm: str = "instancenorm"
     layers: tuple = VGG11
+    conv_impl: str = "fast"  # a name of conv_ops.CONVS (resolved)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -25,12 +26,13 @@ class VGG(nn.Module):
             if v == "M":
                 x = nn.max_pool(x, (2, 2), (2, 2))
                 continue
-            x = conv(v, 3, x.shape[-1], 3 if grey and i == 0 else 1, f"conv{i}")(x)  # grey: 28 + 6 - 2 = 32
+            pad = 3 if grey and i == 0 else 1  # grey: 28 + 6 - 2 = 32
+            x = conv(v, 3, x.shape[-1], pad, f"conv{i}", self.conv_impl)(x)
             x = nn.relu(apply_norm(make_norm(self.norm, f"norm{i}"), x, train))
         x = x.reshape(x.shape[0], -1)
         return dense(self.num_classes, x.shape[-1], "fc")(x)
 
 
-def make_vgg11(num_classes: int = 10, norm: str = "instancenorm") -> VGG:
+def make_vgg11(num_classes: int = 10, norm: str = "instancenorm", conv_impl: str = "auto") -> VGG:
     make_norm(norm, "check")
-    return VGG(num_classes=num_classes, norm=norm)
+    return VGG(num_classes=num_classes, norm=norm, conv_impl=resolve_conv(conv_impl))

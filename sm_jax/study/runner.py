@@ -1,7 +1,7 @@
-"""Running a plan: every run through the CLI code path, resumable, finished runs exported for the reports."""
+"""Running a plan: every run built by `make_config` from its fields, resumable, finished runs exported for the
+reports."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -10,25 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from sm_jax.config import ConfigError
-from sm_jax.study.plans import SELECT, SELECT_FROM, RunSpec, load_plan, plan_name
+from sm_jax.config import Config, run_differences
+from sm_jax.errors import ConfigError
+from sm_jax.study.common import group_runs, read_run
+from sm_jax.study.plans import load_plan, plan_name
+from sm_jax.study.spec import SELECT, SELECT_FROM, RunSpec
 
 ROOT = "runs/study"  # run directories: ROOT/PLAN/RUN
 EXPORT = "docs/study/runs"  # committed copies of finished runs' small files: EXPORT/PLAN/RUN
-
-
-def read_run(run_dir: Path) -> dict | None:
-    """results.json of a finished run (None if absent)."""
-    f = run_dir / "results.json"
-    return json.loads(f.read_text()) if f.exists() else None
-
-
-def group_runs(results: dict[str, dict], specs: Sequence[RunSpec]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for s in specs:
-        if s.id in results:
-            out.setdefault(s.group, []).append(results[s.id])
-    return out
 
 
 def exported_results(export: str | Path, name: str) -> tuple[list[RunSpec], dict[str, dict]]:
@@ -66,26 +55,26 @@ def resolve(spec: RunSpec, specs: Sequence[RunSpec], results: dict[str, dict],
 
 def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
              data_dir: str | None = None, log: Callable[[str], None] = print,
-             execute: Callable[[list[str], Any], dict] | None = None) -> dict[str, dict]:
+             execute: Callable[[Config], dict] | None = None) -> dict[str, dict]:
     """Runs (or resumes) every run of a plan in order, skipping finished ones; returns {id: results}.
 
     Args:
       name: built-in plan name or JSON plan path.
       root: where run directories live (`<root>/<plan>/<id>`).
       export: where finished runs' small files are copied for reporting (None: no copy).
-      data_dir: passed to every run as --data-dir.
-      execute: fn(argv, data) -> results; default: the CLI code path with a dataset loaded once.
+      data_dir: every run's data_dir.
+      execute: fn(config) -> results; default: `Run(config).execute()` with each dataset loaded once.
+    Raises:
+      ConfigError: for a run whose fields do not make a valid config (before it starts).
     """
-    from sm_jax.cli import condense_parser, config_from_args
     from sm_jax.data import load_dataset
     from sm_jax.experiment import Run
 
     specs = load_plan(name)
     pname = plan_name(name)
-    cache: dict[str, Any] = {}
+    cache: dict[Any, Any] = {}
 
-    def default_execute(argv, _):
-        cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
+    def default_execute(cfg: Config) -> dict:
         if (cfg.dataset, cfg.data_dir) not in cache:
             cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir)
         return Run(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log).execute()
@@ -94,16 +83,20 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
     results: dict[str, dict] = {}
     for i, spec in enumerate(specs):
         run_dir = Path(root) / pname / spec.id
-        resolved = resolve(spec, specs, results, export)
-        argv = spec.argv(run_dir, data_dir, resolved)
+        try:
+            cfg = spec.config(run_dir, data_dir, resolve(spec, specs, results, export))
+        except ConfigError as e:
+            raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
         done = read_run(run_dir)
-        if done is not None and _matches(done, argv):
+        if done is not None and done.get("iterations") == cfg.iterations \
+                and not run_differences(done.get("config", {}), cfg, results=True):
             results[spec.id] = done
             log(f"[{i + 1}/{len(specs)}] {spec.id}: done ({100 * done['accuracy_mean']:.2f}%)")
         else:
             t0 = time.time()
-            log(f"[{i + 1}/{len(specs)}] {spec.id}: running {' '.join(argv)}")
-            results[spec.id] = execute(argv, None)
+            log(f"[{i + 1}/{len(specs)}] {spec.id}: running {cfg.method} ipc {cfg.ipc} K {cfg.subset_k} "
+                f"lambda_0 {cfg.subset_lambda:g} seed {cfg.seed} in {run_dir}")
+            results[spec.id] = execute(cfg)
             log(f"[{i + 1}/{len(specs)}] {spec.id}: {100 * results[spec.id]['accuracy_mean']:.2f}% "
                 f"in {time.time() - t0:.0f} s")
         if export is not None:
@@ -113,18 +106,3 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
                 if (run_dir / f).exists():
                     shutil.copyfile(run_dir / f, dst / f)
     return results
-
-
-def _matches(done: dict, argv: list[str]) -> bool:
-    """Whether a finished run's results come from the config these flags build (else the run resumes/extends)."""
-    from sm_jax.cli import condense_parser, config_from_args
-
-    cfg = config_from_args(condense_parser("cifar10").parse_args(argv))
-    # fields added to Config after a run finished hold their defaults there, which the run used
-    have = type(cfg).from_dict(done.get("config", {}))
-    same = lambda c: {**c.identity(), "eval_epochs": c.eval_epochs, "eval_models": c.eval_models,  # noqa: E731
-                      "eval_every": c.eval_every, "eval_arch": c.eval_arch,
-                      "eval_test_per_class": c.eval_test_per_class}
-    return json.loads(json.dumps(same(have))) == json.loads(json.dumps(same(cfg))) and \
-        done.get("iterations") == cfg.iterations
-

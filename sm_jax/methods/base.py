@@ -1,27 +1,32 @@
-"""DC, DSA and IDC behind one interface, each with optional subset matching.
+"""What every method shares: the run's device constants, the condensation state, the subset partitions and `Method`,
+the gradient-matching machinery (one jitted iteration: a fresh network, matching steps vmapped over classes and
+subsets, network training between them) that DC, DSA and IDC specialise.
 
-A method owns: how the synthetic set is initialised and stored, how it is decoded into the images that
-are matched and evaluated, the matching distance and augmentation, what one condensation iteration does,
-and its evaluation protocol. `METHODS[name](config, spec)` builds one for a dataset's DataSpec (classes, image
-shape, normalisation statistics).
+A method's own module (dc.py, dsa.py, idc.py) holds what is its own: its presets (paper and cpu budgets, by ipc and
+dataset), its distance, its augmentation policies and its evaluation protocol.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sm_jax import augmentation as aug
 from sm_jax import sharding
-from sm_jax.backend import CPU_CLASS_CHUNK
-from sm_jax.config import AUTO_CHUNK, Config, ConfigError, aug_drop_ops
-from sm_jax.data import DataSpec, Dataset
+from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
+from sm_jax.backend import resolve_class_chunk
+from sm_jax.data import Dataset, DataSpec
+from sm_jax.errors import ConfigError
 from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
 from sm_jax.models import denormalize, make_net, normalize
-from sm_jax.training import TrainProtocol, sgd, train_on_set, train_step
+from sm_jax.training import TrainProtocol, train_on_set
+
+if TYPE_CHECKING:
+    from sm_jax.config import Config
+
+PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, dataset)
 
 
 BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
@@ -78,32 +83,50 @@ def real_batch(ctx: Context, idx: jax.Array, spec: DataSpec = DataSpec()) -> jax
     return normalize(ctx.train_x[idx].astype(jnp.float32) / 255.0, spec.mean, spec.std)
 
 
-class GradientMatching:
-    """DC (Zhao et al. 2021): noise init, layer-wise cosine distance, no augmentation."""
+class Method:
+    """A condensation method by gradient matching; subclasses (one module each) set what is their own.
 
-    name = "dc"
-    distance = "cosine"
-    match_policy: aug.Policy = aug.NO_POLICY
-    net_policy: aug.Policy = aug.NO_POLICY
-    eval_policy: aug.Policy = aug.NO_POLICY
-    bn_eval_policy: aug.Policy = aug.DC_BN_POLICY  # DC's evaluation of ConvNetBN (utils.get_daparam)
+    `Method(config, spec, mesh)` builds one for a dataset's DataSpec (classes, image shape, normalisation).
+    """
 
-    def __init__(self, cfg: Config, spec: DataSpec | int = DataSpec(), mesh=None):
+    name: ClassVar[str]
+    distance: ClassVar[str]  # the method's own matching distance (matching.DISTANCES; Config.distance '' = this)
+    match_policy: Policy = NO_POLICY  # siamese augmentation in matching
+    net_policy: Policy = NO_POLICY  # augmentation of the inner-loop network training
+    eval_policy: Policy = NO_POLICY  # augmentation of the evaluation networks
+    bn_eval_policy: Policy = NO_POLICY  # the evaluation of a batch-norm ConvNet, where it differs (DC's)
+
+    @classmethod
+    def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        """The published budget at `ipc` on `dataset`: Config fields and values."""
+        raise NotImplementedError
+
+    @classmethod
+    def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        """A reduced budget that finishes on 2 CPU cores in minutes (same algorithm, fewer/smaller steps)."""
+        raise NotImplementedError
+
+    @classmethod
+    def preset(cls, name: str, ipc: int, dataset: str) -> dict[str, Any]:
+        """The preset `name` (one of PRESETS) of this method."""
+        return {"paper": cls.paper_preset, "cpu": cls.cpu_preset}[name](ipc, dataset)
+
+    def __init__(self, cfg: Config, spec: DataSpec = DataSpec(), mesh=None):
         self.cfg = cfg
-        self.spec = DataSpec(num_classes=spec) if isinstance(spec, int) else spec  # an int: CIFAR-like classes
-        self.num_classes = self.spec.num_classes
+        self.spec = spec
+        self.num_classes = spec.num_classes
         self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
+        self.class_chunk = resolve_class_chunk(cfg.class_chunk, self.num_classes, mesh)
         # the matching network (the official --model; ConvNet-3 by default)
-        self.net = make_net(cfg.model, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm,
+        self.net = make_net(cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm,
                             cfg.conv_impl)
-        self.model = self.net.module
         self.batch_norm = self.net.has_state
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.dist = DISTANCES[cfg.distance or self.distance]
-        drop = aug_drop_ops(cfg)
-        self.match_policy = aug.drop_ops(type(self).match_policy, drop)
-        self.net_policy = aug.drop_ops(type(self).net_policy, drop)
-        self.eval_policy = aug.drop_ops(type(self).eval_policy, drop)
+        drop = cfg.aug_drop_ops
+        self.match_policy = drop_ops(type(self).match_policy, drop)
+        self.net_policy = drop_ops(type(self).net_policy, drop)
+        self.eval_policy = drop_ops(type(self).eval_policy, drop)
         if cfg.eval_aug:
             self.eval_policy = () if cfg.eval_aug == "none" else ((cfg.eval_aug,),)
         h, w = self.spec.image_shape[:2]
@@ -115,10 +138,6 @@ class GradientMatching:
         """Logits of the matching network without running statistics (a batch-norm network's matching builds its
         own from the statistics `freeze_bn` sets)."""
         return self.net.apply(params, {}, x)[0]
-
-    def init_params(self, key: jax.Array):
-        """Fresh parameters of the matching network for this dataset's image shape."""
-        return self.net.init(key)[0]
 
     def eval_net(self, arch: str | None = None):
         """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the matching one."""
@@ -143,16 +162,8 @@ class GradientMatching:
         return denormalize(x, self.spec.mean, self.spec.std)
 
     def init_images(self, data: Dataset, key: jax.Array) -> jax.Array:
-        """Initial stored images (classes, ipc, H, W, C) as the config's `init` says."""
-        c, ipc = data.num_classes, self.cfg.ipc
-        if self.cfg.init == "noise":
-            return jax.random.normal(key, (c, ipc, *data.train_x.shape[1:]), jnp.float32)
-        idx = data.class_indices()
-        if self.cfg.init == "real":
-            picks = [jax.random.choice(k, row[row >= 0], (ipc,), replace=False)
-                     for k, row in zip(jax.random.split(key, c), idx)]
-            return self.normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
-        return idc_init(data.train_x, idx, ipc, self.cfg.factor)
+        """Initial stored images (classes, ipc, H, W, C) as the config's `init` (a name of INITS) says."""
+        return INITS[self.cfg.init](self, data, key)
 
     def decode(self, images: jax.Array) -> jax.Array:
         """Stored images -> the normalised images that are matched and evaluated: (classes, n, H, W, C)."""
@@ -179,8 +190,8 @@ class GradientMatching:
 
         Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
         vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
-        through one vmapped program at a time (0 = all at once), which bounds the memory of the second-order
-        activations; the result is the same for every chunk size.
+        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
+        second-order activations; the result is the same for every chunk size.
         `apply_fn(params, x)`: the network's logits (default `self.apply_fn`; a batch-norm network's frozen one).
         Returns:
           (grads like images, (loss_all (C,), loss_sub (C, K))).
@@ -219,7 +230,7 @@ class GradientMatching:
 
             return jax.grad(loss_fn, has_aux=True)(x["images"])
 
-        chunk = c if self.mesh is not None or cfg.class_chunk <= 0 else min(cfg.class_chunk, c)
+        chunk = c if self.class_chunk <= 0 else min(self.class_chunk, c)
         if chunk == c:
             grads, (la, ls) = jax.vmap(class_grad)(xs)
         else:
@@ -323,16 +334,6 @@ class GradientMatching:
                              reset_momentum_at_milestones=True)
 
 
-class DSA(GradientMatching):
-    """DSA (Zhao & Bilen 2021): real init; siamese augmentation in matching, augmentation in training."""
-
-    name = "dsa"
-    match_policy = aug.DSA_POLICY
-    net_policy = aug.DSA_POLICY
-    eval_policy = aug.DSA_POLICY
-    bn_eval_policy = aug.NO_POLICY  # DSA evaluates every network with its own augmentation
-
-
 def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int = 2) -> jax.Array:
     """IDC's init: the first factor^2 * ipc images of each class, subsampled by `factor` and tiled.
 
@@ -353,98 +354,19 @@ def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int =
     return jnp.asarray(np.stack(out))
 
 
-def idc_decode(images: jax.Array, factor: int = 2) -> jax.Array:
-    """Each stored image -> its factor^2 crops (row-major), upsampled bilinearly (align_corners False).
-
-    Args:
-      images: (classes, ipc, H, W, C), H and W multiples of factor.
-    Returns:
-      (classes, factor^2 * ipc, H, W, C), crop-major: index = crop * ipc + image.
-    """
-    if factor == 1:
-        return images
-    c, ipc, h, w, ch = images.shape
-    sh, sw = h // factor, w // factor
-    crops = images.reshape(c, ipc, factor, sh, factor, sw, ch).transpose(0, 2, 4, 1, 3, 5, 6)
-    crops = crops.reshape(c, factor * factor * ipc, sh, sw, ch)
-    return jax.image.resize(crops, (c, factor * factor * ipc, h, w, ch), "bilinear", antialias=False)
+def _init_noise(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
+    return jax.random.normal(key, (data.num_classes, method.cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
 
 
-class IDC(GradientMatching):
-    """IDC (Kim et al. 2022): multi-formation, mse over conv kernels, per-class image steps, real-data net training."""
-
-    name = "idc"
-    distance = "mse"
-    match_policy = aug.IDC_MATCH_POLICY
-    net_policy = aug.IDC_NET_POLICY
-    eval_policy = aug.IDC_EVAL_POLICY
-
-    def decode(self, images):
-        return self.normalize(idc_decode(images, self.cfg.factor))
-
-    def to_pixels(self, images):
-        return jnp.clip(images, 0.0, 1.0)
-
-    def prepare(self, images):
-        return jnp.clip(images, 0.0, 1.0)
-
-    def select_syn(self, syn, key):
-        cap = self.cfg.max_syn_per_class
-        if not cap or syn.shape[0] <= cap:
-            return syn
-        return syn[jax.random.choice(key, syn.shape[0], (cap,), replace=False)]
-
-    def update_images(self, images, opt_state, grads):
-        # IDC steps the optimiser once per class; class c's loss depends only on images[c], so the joint
-        # gradient holds each class's gradient in its own slice. Replay the C momentum steps in order.
-        def one(carry, c):
-            images, opt_state = carry
-            mask = (jnp.arange(images.shape[0]) == c).astype(grads.dtype)[:, None, None, None, None]
-            updates, opt_state = self.img_tx.update(grads * mask, opt_state, images)
-            return (optax.apply_updates(images, updates), opt_state), None
-
-        (images, opt_state), _ = jax.lax.scan(one, (images, opt_state), jnp.arange(images.shape[0]))
-        return images, opt_state
-
-    def net_init(self, params):
-        return sgd(self.cfg.momentum_net, self.cfg.weight_decay_net).init(params)
-
-    def train_net(self, params, net_state, images, ctx, key):
-        """inner_loop SGD steps on random real batches, per-sample color+crop, then CutMix (p 0.5)."""
-        cfg = self.cfg
-        tx = sgd(cfg.momentum_net, cfg.weight_decay_net)
-        n = ctx.train_x.shape[0]
-
-        def step(carry, s):
-            params, bn, opt_state = carry
-            k_idx, k_step = jax.random.split(jax.random.fold_in(key, s))
-            idx = jax.random.randint(k_idx, (cfg.batch_train,), 0, n)
-            x, y = real_batch(ctx, idx, self.spec), ctx.train_y[idx]
-            params, bn, opt_state, _ = train_step(self.net, tx, params, bn, opt_state, x, y,
-                                                  jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy,
-                                                  cfg.cutmix_prob)
-            return (params, bn, opt_state), None
-
-        (params, *net_state), _ = jax.lax.scan(step, (params, *net_state), jnp.arange(cfg.inner_loop))
-        return params, tuple(net_state)
-
-    def eval_protocol(self, epochs=None, arch=None):
-        e = self.cfg.eval_epochs if epochs is None else epochs
-        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
-                             weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=self.cfg.cutmix_prob,
-                             milestones=((2 * e // 3, 0.2), (5 * e // 6, 0.2)), reset_momentum_at_milestones=False)
+def _init_real(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
+    picks = [jax.random.choice(k, row[row >= 0], (method.cfg.ipc,), replace=False)
+             for k, row in zip(jax.random.split(key, data.num_classes), data.class_indices())]
+    return method.normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
 
 
-METHODS: dict[str, type[GradientMatching]] = {"dc": GradientMatching, "dsa": DSA, "idc": IDC}
+def _init_idc(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
+    return idc_init(data.train_x, data.class_indices(), method.cfg.ipc, method.cfg.factor)
 
 
-def make_method(cfg: Config, spec: DataSpec | int = DataSpec(), mesh=None) -> GradientMatching:
-    """The method named by cfg.method for a dataset's DataSpec (or a class count, for CIFAR-shaped data); `mesh`
-    shards its class axis (see sharding.py).
-
-    `class_chunk` auto becomes backend.CPU_CLASS_CHUNK on CPU and all classes elsewhere; `Run` resolves it by the
-    device's memory first (backend.auto_class_chunk).
-    """
-    if cfg.class_chunk == AUTO_CHUNK:
-        cfg = cfg.replace(class_chunk=CPU_CLASS_CHUNK if jax.default_backend() == "cpu" else 0)
-    return METHODS[cfg.method](cfg, spec, mesh)
+# Config.init: random normal (DC), real images of the class (DSA), IDC's tiled subsampled real images (any method)
+INITS = {"noise": _init_noise, "real": _init_real, "idc": _init_idc}

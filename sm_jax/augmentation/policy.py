@@ -1,0 +1,71 @@
+"""Augmentation policies: which ops, in which stages, drawn how.
+
+A policy is a tuple of stages; a stage is a tuple of op names (`OPS`). A one-op stage is always applied; a stage
+with several ops applies one of them, chosen uniformly once per call (per batch). Sampling the parameters is
+separate from applying them: `sample_policy(key, policy, n)` draws, `apply_policy(policy, params, x)` applies.
+Each method names its own policies (sm_jax.methods).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+
+from sm_jax.augmentation.dc_eval import DC_OPS
+from sm_jax.augmentation.dsa import DSA_OPS
+
+Policy = tuple[tuple[str, ...], ...]
+NO_POLICY: Policy = ()
+
+OPS: dict[str, tuple[Callable, Callable]] = {**DSA_OPS, **DC_OPS}  # name -> (sample, apply)
+
+
+def drop_ops(policy: Policy, ops: Sequence[str]) -> Policy:
+    """`policy` without the named ops (a stage left empty disappears): e.g. no flips for digits."""
+    return tuple(st for st in (tuple(op for op in stage if op not in ops) for stage in policy) if st)
+
+
+def check_policy(policy: Policy) -> None:
+    for stage in policy:
+        for op in stage:
+            if op not in OPS:
+                raise ValueError(f"unknown augmentation op {op!r}; known: {', '.join(OPS)}")
+
+
+def sample_policy(key: jax.Array, policy: Policy, n: int, size: tuple[int, int] = (32, 32)
+                  ) -> tuple[dict[str, Any], ...]:
+    """Draws the parameters of every stage of `policy`.
+
+    Args:
+      key: PRNG key.
+      policy: tuple of stages (tuples of op names).
+      n: 1 for one draw shared by a whole batch (siamese), or the batch size for per-sample draws.
+      size: the images' (H, W) (crop shifts and cutout boxes scale with it).
+    Returns:
+      One dict per stage: {'choice': int32 scalar, op_name: op params with leading dim n, ...}.
+    """
+    out = []
+    for stage, k in zip(policy, jax.random.split(key, max(len(policy), 1))):
+        kc, *ks = jax.random.split(k, len(stage) + 1)
+        params = {op: OPS[op][0](kk, n, tuple(size)) for op, kk in zip(stage, ks)}
+        params["choice"] = jax.random.randint(kc, (), 0, len(stage))
+        out.append(params)
+    return tuple(out)
+
+
+def apply_policy(policy: Policy, params: Sequence[dict[str, Any]], x: jax.Array) -> jax.Array:
+    """Applies parameters drawn by `sample_policy` to x (N, H, W, C); differentiable in x."""
+    for stage, p in zip(policy, params):
+        if len(stage) == 1:
+            x = OPS[stage[0]][1](p[stage[0]], x)
+        else:
+            branches = [lambda x, op=op: OPS[op][1](p[op], x) for op in stage]
+            x = jax.lax.switch(p["choice"], branches, x)
+    return x
+
+
+def augment(key: jax.Array, policy: Policy, x: jax.Array) -> jax.Array:
+    """Per-sample augmentation of a batch (op chosen once per batch): the inner-loop and evaluation form."""
+    if not policy:
+        return x
+    return apply_policy(policy, sample_policy(key, policy, x.shape[0], x.shape[1:3]), x)

@@ -1,0 +1,35 @@
+"""The condensation methods, by name: one module each, one registry.
+
+`METHODS[name]` is a `Method` subclass that owns its presets (`paper_preset`, `cpu_preset`), its distance, its
+augmentation policies and its evaluation protocol; `make_method(config, spec, mesh)` builds the configured one.
+Adding a method is one module and one line here.
+"""
+from __future__ import annotations
+
+from sm_jax.data import DataSpec
+from sm_jax.methods.base import (
+    INITS,
+    PRESETS,
+    CondenseState,
+    Context,
+    Method,
+    idc_init,
+    make_context,
+    make_partitions,
+    real_batch,
+)
+from sm_jax.methods.dc import DC
+from sm_jax.methods.dsa import DSA
+from sm_jax.methods.idc import IDC, idc_decode
+
+METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC}
+
+
+def make_method(cfg, spec=None, mesh=None) -> Method:
+    """The method `cfg.method` for a dataset's DataSpec (default: CIFAR-10's); `mesh` shards its class axis
+    (sharding.py)."""
+    return METHODS[cfg.method](cfg, spec or DataSpec(), mesh)
+
+
+__all__ = ["DC", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "Method", "idc_decode",
+           "idc_init", "make_context", "make_method", "make_partitions", "real_batch"]

@@ -1,0 +1,42 @@
+"""DC (Zhao, Mopuri & Bilen, ICLR 2021): noise init, the layer-wise cosine distance, no augmentation in matching or
+network training; 300 evaluation epochs without augmentation (a batch-norm ConvNet and MNIST excepted)."""
+from __future__ import annotations
+
+from typing import Any
+
+from sm_jax.augmentation import Policy
+from sm_jax.methods.base import Method
+
+# (outer_loop, inner_loop) by ipc, from the official DC/DSA code (main.py); other ipc take ipc 10's
+LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def loop_budget(ipc: int) -> dict[str, Any]:
+    """The budget DC and DSA share (their code is one repository): 1000 iterations of the loops of LOOPS."""
+    outer, inner = LOOPS.get(ipc, (10, 50))
+    return dict(iterations=1000, outer_loop=outer, inner_loop=inner, batch_real=256, batch_train=256, factor=1,
+                lr_img=0.1, momentum_img=0.5, lr_net=0.01, momentum_net=0.0, weight_decay_net=0.0,
+                max_syn_per_class=0, eval_models=20, eval_batch=256, checkpoint_every=50)
+
+
+def loop_cpu_budget(paper: dict[str, Any]) -> dict[str, Any]:
+    """DC's and DSA's CPU budget from their paper preset: 6 iterations of at most 3 x 5 loops, 32 real images."""
+    return {**paper, "iterations": 6, "outer_loop": min(paper["outer_loop"], 3),
+            "inner_loop": min(paper["inner_loop"], 5), "batch_real": 32, "eval_epochs": 40, "eval_models": 3,
+            "checkpoint_every": 2}
+
+
+class DC(Method):
+    name = "dc"
+    distance = "cosine"
+    bn_eval_policy: Policy = (("dc_crop_noise",),)  # DC's evaluation of ConvNetBN (utils.get_daparam)
+
+    @classmethod
+    def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        mnist = dataset == "mnist"  # utils.get_daparam: augmented evaluation, 1000 epochs
+        return {**loop_budget(ipc), "init": "noise", "eval_epochs": 1000 if mnist else 300,
+                "eval_aug": "dc_crop_scale_rotate" if mnist else ""}
+
+    @classmethod
+    def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        return loop_cpu_budget(cls.paper_preset(ipc, dataset))

@@ -1,0 +1,29 @@
+"""DSA (Zhao & Bilen, ICML 2021): DC with real init and differentiable siamese augmentation (one draw per class
+applied to the real and the synthetic batch) in matching, augmentation in network training and evaluation (1000
+epochs)."""
+from __future__ import annotations
+
+from typing import Any
+
+from sm_jax.augmentation import Policy
+from sm_jax.methods.base import Method
+from sm_jax.methods.dc import loop_budget, loop_cpu_budget
+
+# DSA's 'color_crop_cutout_flip_scale_rotate': one of the six ops per draw
+POLICY: Policy = (("color", "crop", "cutout", "flip", "scale", "rotate"),)
+
+
+class DSA(Method):
+    name = "dsa"
+    distance = "cosine"
+    match_policy = POLICY
+    net_policy = POLICY
+    eval_policy = POLICY  # every evaluation network, batch-norm ones included
+
+    @classmethod
+    def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        return {**loop_budget(ipc), "init": "real", "eval_epochs": 1000, "eval_aug": ""}
+
+    @classmethod
+    def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
+        return loop_cpu_budget(cls.paper_preset(ipc, dataset))

@@ -1,0 +1,182 @@
+"""The command line in-process (`condense_main(argv)`, `evaluate_main(argv)`): one-line errors with exit 2, the K
+note, evaluating the initial set, checkpoints by wall time, evaluate on other architectures. The process-level
+contract (signals, exit codes of a real process, the SLURM script) is tests/test_experiment.py's."""
+import json
+
+import numpy as np
+import pytest
+
+from sm_jax.cli import condense_main, evaluate_main
+
+TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--batch-real", "4",
+        "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("SM_JAX_OFFLINE", "1")
+    monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SM_JAX_COMPILE_CACHE", "0")  # the test process keeps its own in-memory compilations
+
+
+def run(main, argv, capsys, **kw):
+    """(exit code, stdout, stderr) of a front end; 0 when it returns."""
+    try:
+        main([str(a) for a in argv], **kw)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(result, pattern):
+    code, _, err = result
+    assert code == 2, (code, err[-2000:])
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and pattern in lines[0], err[-2000:]
+
+
+def condense(argv, capsys):
+    return run(condense_main, argv, capsys, dataset="cifar10")
+
+
+@pytest.fixture
+def finished(tiny_archive, tmp_path, capsys):
+    wd = tmp_path / "ref"
+    code, out, err = condense([*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2,
+                               "--checkpoint-every", 1, "--eval-models", 1], capsys)
+    assert code == 0, err[-3000:]
+    return wd, json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--method", "mtt", "--ipc", 10], "unknown method 'mtt'; choose one of dc, dsa, idc"),
+    (["--method", "dc", "--ipc", 0], "--ipc"),
+    (["--method", "dc", "--ipc", 10, "--subset-k", 0], "--subset-k must be >= 1"),
+    (["--method", "dc", "--ipc", 10, "--subset-k", 3], "does not divide"),
+    (["--method", "idc", "--ipc", 1, "--subset-k", 3], "does not divide the per-class synthetic count (4 decoded"),
+    (["--method", "dc", "--ipc", 10, "--iterations", -1], "--iterations must be >= 0"),
+    (["--method", "dc", "--ipc", 10, "--eval-epochs", -5], "--eval-epochs must be >= 0"),
+    (["--method", "dc", "--ipc", 10, "--ipc", "x"], "invalid int value: 'x'"),
+    (["--method", "dc", "--ipc", 10, "--norm", "spectral"], "unknown norm 'spectral'"),
+    (["--method", "dc", "--ipc", 10, "--model", "resnet99"], "unknown model 'resnet99'"),
+    (["--method", "dc", "--ipc", 10, "--eval-arch", "Q"], "unknown architecture 'Q'"),
+    (["--method", "dc", "--ipc", 10, "--aug-drop", "warp"], "unknown augmentation op 'warp'"),
+    (["--method", "dc", "--ipc", 10, "--class-chunk", "some"], "expected auto or an integer"),
+    (["--method", "dc", "--ipc", 10, "--preset", "huge"], "unknown preset 'huge'"),
+    (["--ipc", 10], "the following arguments are required: --method"),
+])
+def test_bad_flags_are_one_error_line(argv, pattern, capsys, tmp_path):
+    assert_one_line_error(condense([*argv, "--workdir", tmp_path / "w"], capsys), pattern)
+
+
+def test_bad_data_and_workdir_are_one_error_line(tiny_archive, finished, tmp_path, capsys):
+    w = ["--workdir", tmp_path / "w"]
+    assert_one_line_error(condense(["--method", "dc", "--ipc", 2, "--data-dir", tmp_path / "missing.tgz", *w],
+                                   capsys), "does not exist")
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"not an archive")
+    assert_one_line_error(condense(["--method", "dc", "--ipc", 2, "--data-dir", corrupt, *w], capsys),
+                          "corrupt.tar.gz")
+    assert_one_line_error(condense(["--method", "dc", "--ipc", 2, *w], capsys), "pass --data-dir")
+    wd, _ = finished  # a workdir holding another run's checkpoints
+    res = condense([*TINY, "--subset-k", 1, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2], capsys)
+    assert_one_line_error(res, "holds another run (subset_k: 2 (recorded) vs 1 (now))")
+
+
+def test_evaluate_errors_are_one_line(finished, tmp_path, capsys):
+    import shutil
+
+    wd, _ = finished
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run(evaluate_main, ["--workdir", empty], capsys), "no checkpoints")
+    assert_one_line_error(run(evaluate_main, ["--workdir", tmp_path / "nowhere"], capsys), "not a directory")
+    assert_one_line_error(run(evaluate_main, ["--workdir", wd, "--step", 7], capsys), "no checkpoint 7")
+    assert_one_line_error(run(evaluate_main, ["--workdir", wd, "--eval-models", -1], capsys),
+                          "--eval-models must be >= 0")
+    assert_one_line_error(run(evaluate_main, ["--workdir", wd, "--eval-arch", "resnet99"], capsys),
+                          "unknown architecture 'resnet99'")
+    broken = tmp_path / "broken"
+    shutil.copytree(wd, broken)
+    for f in (broken / "checkpoints" / "2" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)
+    assert_one_line_error(run(evaluate_main, ["--workdir", broken, "--eval-models", 1], capsys),
+                          "cannot be restored")
+
+
+def test_evaluate_roundtrip_and_other_architectures(finished, capsys):
+    wd, summary = finished
+    code, out, err = run(evaluate_main, ["--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--no-progress"],
+                         capsys)
+    assert code == 0, err[-3000:]
+    ev = json.loads(out.strip().splitlines()[-1])
+    assert ev["step"] == 2 and ev["accuracies"] == summary["accuracies"]  # the run's own evaluation, again
+    assert (wd / "eval_step2.json").exists()
+    code, out, err = run(evaluate_main, ["--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--eval-arch",
+                                         "MLP,lenet", "--no-progress"], capsys)
+    assert code == 0, err[-3000:]
+    lines = out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines[-3:-1]] == ["mlp", "lenet"]  # one line per architecture
+    ev = json.loads(lines[-1])
+    assert list(ev["archs"]) == ["mlp", "lenet"] and ev["accuracies"] == ev["archs"]["mlp"]["accuracies"]
+    assert all(len(r["accuracies"]) == 1 and r["eval_epochs"] == 1 for r in ev["archs"].values())
+
+
+def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive, finished, capsys):
+    wd, summary = finished
+    argv = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2, "--checkpoint-every", 1]
+    code, out, _ = condense([*argv, "--eval-models", 1], capsys)
+    assert code == 0 and "already finished" in out
+    code, out, _ = condense([*argv, "--eval-models", 2], capsys)  # a new evaluation of the same set
+    assert code == 0 and "already finished" not in out
+    assert json.loads(out.strip().splitlines()[-1])["accuracies"][:1] == summary["accuracies"]
+
+
+def test_subset_k_defaults_to_1_where_2_does_not_divide(tiny_archive, tmp_path, capsys):
+    code, _, err = condense(["--method", "dc", "--ipc", 1, "--preset", "cpu", "--batch-real", 4, "--data-dir",
+                             tiny_archive, "--iterations", 0, "--eval-models", 0, "--no-progress", "--workdir",
+                             tmp_path / "k"], capsys)
+    assert code == 0, err[-2000:]
+    assert "note: --subset-k defaults to 1" in err
+    assert json.loads((tmp_path / "k" / "config.json").read_text())["subset_k"] == 1
+
+
+def test_iterations_zero_evaluates_the_initial_set(tiny_archive, tmp_path, capsys):
+    wd = tmp_path / "init"
+    code, out, err = condense([*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 0,
+                               "--eval-models", 1], capsys)
+    assert code == 0, err[-3000:]
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["iterations"] == 0 and len(res["accuracies"]) == 1
+    assert [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()] == ["0"]
+
+
+def test_checkpoints_by_wall_time(tiny_archive, tmp_path, capsys):
+    """--checkpoint-minutes saves whenever that much time passed since the last save, with --checkpoint-every off."""
+    def steps(minutes):
+        wd = tmp_path / f"m{minutes}"
+        code, _, err = condense([*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 3,
+                                 "--eval-models", 0, "--checkpoint-every", 0, "--checkpoint-minutes", minutes], capsys)
+        assert code == 0, err[-2000:]
+        return sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+
+    assert steps(0) == [0, 3]  # off: the initial state and the end only
+    assert steps(1e-6) == [2, 3]  # due after every iteration (the manager keeps the last 2)
+
+
+def test_artifacts_of_a_run(finished):
+    wd, summary = finished
+    for name in ("config.json", "metrics.jsonl", "results.json", "synthetic.npz", "synthetic.png", "progress.png"):
+        assert (wd / name).exists(), name
+    syn = np.load(wd / "synthetic.npz")
+    assert syn["images"].shape == (6, 32, 32, 3) and syn["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+    res = json.loads((wd / "results.json").read_text())
+    assert res["accuracy_mean"] == summary["accuracy_mean"] and res["config"]["method"] == "dc"
+    lines = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss_all" in r]
+    assert [r["iteration"] for r in steps] == [1, 2]
+    assert steps[0]["lambda"] == 1.0 and steps[-1]["lambda"] == pytest.approx(0.5)

@@ -33,11 +33,14 @@ def precision(name: str) -> contextlib.AbstractContextManager:
 
 def enable_compilation_cache(cache_dir: os.PathLike | str) -> None:
     """Persists compiled XLA programs under `cache_dir` (a rerun, a resume or the next run of a study with the same
-    shapes skips compilation); SM_JAX_COMPILE_CACHE=0 turns it off. For a process's entry point."""
+    shapes skips compilation); SM_JAX_COMPILE_CACHE=0 turns it off, and JAX's own JAX_COMPILATION_CACHE_DIR (and
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) take precedence. For a process's entry point."""
     if os.environ.get("SM_JAX_COMPILE_CACHE", "1") == "0":
         return
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def program_bytes(compiled: Any) -> int | None:

@@ -6,6 +6,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 --x
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the library's default (Config.precision): on a GPU the tolerances of the equivalence tests assume full float32
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
+# One persistent compilation cache for the session, shared by both xdist workers and every subprocess: the many
+# tiny runs compile the same programs (results do not depend on it; the cache is keyed by the program).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    __import__("tempfile").gettempdir(), f"sm_jax_tests_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path  # noqa: E402
 

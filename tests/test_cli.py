@@ -16,7 +16,6 @@ TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--ba
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("SM_JAX_OFFLINE", "1")
     monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SM_JAX_COMPILE_CACHE", "0")  # the test process keeps its own in-memory compilations
 
 
 def run(main, argv, capsys, **kw):
@@ -42,13 +41,20 @@ def condense(argv, capsys):
     return run(condense_main, argv, capsys, dataset="cifar10")
 
 
-@pytest.fixture
-def finished(tiny_archive, tmp_path, capsys):
-    wd = tmp_path / "ref"
-    code, out, err = condense([*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2,
-                               "--checkpoint-every", 1, "--eval-models", 1], capsys)
-    assert code == 0, err[-3000:]
-    return wd, json.loads(out.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def finished(tiny_archive, tmp_path_factory):
+    """A finished run of the flags below, shared by the module's tests (which copy it before changing it)."""
+    from sm_jax.cli import condense_parser, config_from_flags
+    from sm_jax.experiment import Run
+
+    wd = tmp_path_factory.mktemp("runs") / "ref"
+    argv = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2, "--checkpoint-every", 1,
+            "--eval-models", 1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SM_JAX_OFFLINE", "1")
+        mp.setenv("SM_JAX_CACHE", str(wd.parent / "cache"))
+        cfg = config_from_flags(condense_parser("cifar10").parse_args([str(a) for a in argv]))
+        return wd, Run(cfg, progress=False, log=lambda *a: None).execute()
 
 
 @pytest.mark.parametrize("argv,pattern", [
@@ -126,8 +132,11 @@ def test_evaluate_roundtrip_and_other_architectures(finished, capsys):
     assert all(len(r["accuracies"]) == 1 and r["eval_epochs"] == 1 for r in ev["archs"].values())
 
 
-def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive, finished, capsys):
+def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive, finished, tmp_path, capsys):
+    import shutil
+
     wd, summary = finished
+    wd = shutil.copytree(wd, tmp_path / "copy")
     argv = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2, "--checkpoint-every", 1]
     code, out, _ = condense([*argv, "--eval-models", 1], capsys)
     assert code == 0 and "already finished" in out

@@ -23,7 +23,6 @@ def env(tmp_path_factory):
     e = dict(os.environ)
     cache = tmp_path_factory.mktemp("env")
     e.update(SM_JAX_CACHE=str(cache / "data"), SM_JAX_OFFLINE="1", JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(cache / "xla"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              PYTHONPATH=str(ROOT))
     return e
 

@@ -141,7 +141,7 @@ if [ -z "$data" ]; then
 else
   mkdir -p "$out/runs"
   if [ $smoke = 1 ]; then
-    run dsa_ipc1_k1 45 --method dsa --ipc 1 --subset-k 1 --preset cpu --width 8 --batch-real 4 --iterations 2 \
+    run dsa_ipc1_k1 45 --method dsa --ipc 1 --subset-k 1 --preset cpu --width 8 --depth 1 --batch-real 4 --iterations 2 \
       --eval-models 2 --eval-epochs 1 --eval-parallel 2
   else
     run dsa_ipc1_k1 200 --method dsa --ipc 1 --subset-k 1 --eval-parallel 20

@@ -1,8 +1,10 @@
 import os
 
-# Tiny shapes make compilation most of the suite's time: XLA's backend optimisations (which change speed, not
-# results' semantics) are turned down to halve it. Subprocesses started by the tests inherit these flags.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+# Tiny shapes make compilation most of the suite's time: XLA's backend optimisations and its newer CPU fusion
+# emitters (which change speed, not results' semantics) are turned off to cut it by half. Subprocesses started by the
+# tests inherit these flags (CPU_FLAGS, for the ones that set their own device count).
+CPU_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {CPU_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the library's default (Config.precision): on a GPU the tolerances of the equivalence tests assume full float32
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")

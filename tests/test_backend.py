@@ -72,6 +72,7 @@ def test_precision_option_sets_jax_default_matmul_precision_within_its_context()
         backend.precision("fp8")
 
 
+@pytest.mark.slow
 def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(tiny_data, tmp_path):
     """The accelerator path of --class-chunk auto, on CPU with a given limit, on 2 classes (candidates 2, 1):
     between the two programs' predicted sizes it takes one class per program, the largest that fits."""
@@ -82,7 +83,7 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
     keep, keep_t = tiny_data.train_y < 2, tiny_data.test_y < 2
     data = Dataset(tiny_data.train_x[keep], tiny_data.train_y[keep], tiny_data.test_x[keep_t],
                    tiny_data.test_y[keep_t], tiny_data.class_names[:2], "tiny, 2 classes")
-    cfg = make_config("dc", 2, "cpu", width=8, batch_real=4, subset_k=2, outer_loop=1, inner_loop=1,
+    cfg = make_config("dc", 2, "cpu", width=8, depth=1, batch_real=4, subset_k=2, outer_loop=1, inner_loop=1,
                       workdir=str(tmp_path / "w"))
     logs = []
     run = Run(cfg, data=data, progress=False, log=logs.append)

@@ -8,7 +8,9 @@ import pytest
 
 from sm_jax.cli import condense_main, evaluate_main
 
-TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--batch-real", "4",
+pytestmark = pytest.mark.xdist_group("cli_in_process")  # one worker: the module's tests share the `finished` run
+
+TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
         "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1", "--no-progress"]
 
 

@@ -87,6 +87,7 @@ def test_truncated_archive_names_the_file(tiny_archive, tmp_path):
         load_dataset("cifar10", cut, cache_dir=tmp_path / "c")
 
 
+@pytest.mark.slow  # decodes all 60000 images
 def test_shared_cifar10_copy(cifar_cache):
     d = load_dataset("cifar10", SHARED_DATA, cache_dir=cifar_cache)
     assert d.train_x.shape == (50000, 32, 32, 3) and d.test_x.shape == (10000, 32, 32, 3)

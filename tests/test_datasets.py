@@ -121,6 +121,7 @@ def test_grey_image_folder_and_any_folder_with_its_own_statistics(tmp_path):
     np.testing.assert_allclose(f.std, [x.std()], atol=1e-4)
 
 
+@pytest.mark.slow  # imports TensorFlow
 def test_tfds_path_under_mock_data(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     import sm_jax.data as data_mod
@@ -168,7 +169,7 @@ def test_pickled_archives_cannot_run_code(tmp_path):
 
 # --- end to end: image size, channels and classes flow through condensation and evaluation ---------------
 
-TINY_RUN = dict(width=8, batch_real=2, subset_batch_real=1, outer_loop=2, inner_loop=1, iterations=1,
+TINY_RUN = dict(width=8, depth=1, batch_real=2, subset_batch_real=1, outer_loop=2, inner_loop=1, iterations=1,
                 eval_epochs=1, eval_models=1, checkpoint_every=1)
 
 
@@ -187,10 +188,11 @@ def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path):
     env = dict(os.environ, SM_JAX_CACHE=str(tmp_path / "cache"), SM_JAX_OFFLINE="1", PYTHONPATH=str(root))
     wd = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "experiments.condense", "--dataset", "mnist", "--method", "idc",
-                          "--ipc", "1", "--preset", "cpu", "--width", "8", "--batch-real", "2", "--outer-loop", "2",
-                          "--inner-loop", "1", "--iterations", "2", "--eval-epochs", "1", "--eval-models", "1",
-                          "--subset-k", "2", "--data-dir", tmp_path / "mnist.tar.gz", "--workdir", wd,
-                          "--no-progress"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                          "--ipc", "1", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "2",
+                          "--outer-loop", "2", "--inner-loop", "1", "--iterations", "2", "--eval-epochs", "1",
+                          "--eval-models", "1", "--subset-k", "2", "--data-dir", tmp_path / "mnist.tar.gz",
+                          "--workdir", wd, "--no-progress"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = json.loads((wd / "config.json").read_text())
     assert (cfg["dataset"], cfg["distance"], cfg["aug_drop"], cfg["cutmix_prob"]) == ("mnist", "l1", "flip,cutout", 0)
@@ -204,6 +206,7 @@ def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path):
     assert Image.open(wd / "synthetic.png").size[1] == 10 * (2 * 28 + 2)  # a row per class, 2x scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dsa", "dc"])
 def test_grey_28px_and_100_class_runs_condense_and_evaluate(method, tmp_path):
     """DSA's augmentation on 28x28x1 images; DC on 100 classes (the class axis in 100 one-class programs)."""

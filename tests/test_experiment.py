@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs this module: its tests share the `finished` run
 pytestmark = [pytest.mark.xdist_group("cli"), pytest.mark.slow]
-TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--batch-real", "4",
+TINY = ["--method", "dc", "--ipc", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
         "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1", "--no-progress"]
 
 
@@ -176,7 +176,7 @@ def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env
 def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tiny_archive, tmp_path):
     """With iterations longer than --stop-grace, a stop saves the last finished iteration without waiting for the
     one in flight; resuming still gives the uninterrupted run's set."""
-    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 16, "--iterations", 3, "--checkpoint-every", 10,
+    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 30, "--iterations", 3, "--checkpoint-every", 10,
             "--eval-models", 0, "--stop-grace", 0]
     ref = cli(env, *args, "--workdir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]

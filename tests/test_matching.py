@@ -40,7 +40,7 @@ def test_mse_distance_conv_kernels_only_and_a_sum():
 
 
 def small_net():
-    model = build("convnet", num_classes=3, width=8)
+    model = build("convnet", num_classes=3, width=8, depth=1)
     params = Net(model).init(jax.random.key(0))[0]
     return (lambda p, x: model.apply({"params": p}, x)), params
 
@@ -71,8 +71,9 @@ def test_vmapped_matching_equals_python_loop():
     c, k = 3, 2
     real_all = jax.random.normal(jax.random.key(1), (c, 6, 32, 32, 3))
     syn_all = jax.random.normal(jax.random.key(2), (c, 4, 32, 32, 3))
-    real_sub = jax.random.normal(jax.random.key(3), (c, k, 6, 32, 32, 3))  # batch of real_all: one reference compile
-    syn_sub = syn_all.reshape(c, k, 2, 32, 32, 3)
+    # the shapes of the whole-class pair, so one reference program serves both
+    real_sub = jax.random.normal(jax.random.key(3), (c, k, 6, 32, 32, 3))
+    syn_sub = jax.random.normal(jax.random.key(5), (c, k, 4, 32, 32, 3))
     key = jax.random.key(4)
     for dist, policy in ((cosine_distance, DSA.match_policy), (mse_distance, IDC.match_policy)):
         la, ls = jax.jit(matching_losses, static_argnums=(0, 1, 2))(apply_fn, dist, policy, params, real_all,

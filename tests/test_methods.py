@@ -9,7 +9,7 @@ from sm_jax.methods import IDC, idc_decode, idc_init, make_context, make_method,
 
 
 def tiny_cfg(method, ipc=2, **kw):
-    base = dict(iterations=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8, width=8, eval_epochs=2,
+    base = dict(iterations=2, outer_loop=2, inner_loop=1, batch_real=4, batch_train=8, width=8, depth=1, eval_epochs=2,
                 eval_models=1, subset_batch_real=3)
     base.update(kw)
     return make_config(method, ipc, "cpu", **base)

@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from conftest import CPU_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a process with 4 devices
 
 SCRIPT = r"""
 import json
@@ -25,7 +28,7 @@ data = Dataset(rng.integers(0, 256, (c * n, 32, 32, 3), dtype=np.uint8), np.repe
                tuple("abcd"), "tiny")
 out = {"devices": len(jax.devices())}
 for method in ("dsa",):
-    cfg = make_config(method, 2, "cpu", width=8, batch_real=4, subset_batch_real=2, subset_k=2, outer_loop=2,
+    cfg = make_config(method, 2, "cpu", width=8, depth=1, batch_real=4, subset_batch_real=2, subset_k=2, outer_loop=2,
                       inner_loop=1, iterations=1, eval_epochs=1, batch_train=8, max_syn_per_class=4)
     for devices in (1, 4):
         mesh = make_mesh(devices)
@@ -46,8 +49,8 @@ print(json.dumps(out))
 
 
 def test_class_axis_sharded_over_4_devices_matches_one_device():
-    flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"  # see conftest.py
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {CPU_FLAGS}", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])

@@ -8,7 +8,7 @@ import pytest
 from sm_jax import study
 from sm_jax.errors import ConfigError
 
-TINY = {"method": "dc", "ipc": 2, "preset": "cpu", "width": 8, "batch_real": 4, "subset_batch_real": 2,
+TINY = {"method": "dc", "ipc": 2, "preset": "cpu", "width": 8, "depth": 1, "batch_real": 4, "subset_batch_real": 2,
         "outer_loop": 1, "inner_loop": 1, "iterations": 1, "eval_epochs": 1, "eval_models": 2}
 
 
@@ -94,6 +94,7 @@ def test_verdict_and_table_report(tmp_path):
     assert (tmp_path / "table.png").exists()
 
 
+@pytest.mark.slow
 def test_study_end_to_end_resumes_a_run(tmp_path, tiny_archive):
     """Two tiny real runs through the CLI code path; a half-done run resumes to the same result."""
     plan = write_plan(tmp_path / "e2e.json", [("a", "g", {**TINY, "subset_k": 2, "iterations": 2})])

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 # Tiny shapes make compilation most of the suite's time: XLA's backend optimisations and its newer CPU fusion
 # emitters (which change speed, not results' semantics) are turned off to cut it by half. Subprocesses started by the
@@ -8,10 +10,12 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {C
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the library's default (Config.precision): on a GPU the tolerances of the equivalence tests assume full float32
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "float32")
-# One persistent compilation cache for the session, shared by both xdist workers and every subprocess: the many
-# tiny runs compile the same programs (results do not depend on it; the cache is keyed by the program).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    __import__("tempfile").gettempdir(), f"sm_jax_tests_xla_{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"))
+# One persistent compilation cache for the session, shared by both xdist workers (they inherit the controller's
+# environment) and every subprocess: the many tiny runs compile the same programs (results do not depend on it; the
+# cache is keyed by the program). Made by the first process, removed by it at the end.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sm_jax_tests_xla_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from pathlib import Path  # noqa: E402
@@ -20,6 +24,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from sm_jax.data import Dataset  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

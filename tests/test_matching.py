@@ -66,7 +66,9 @@ def test_real_gradient_is_constant_and_syn_gradient_flows():
     assert float(jnp.abs(g_syn).max()) > 0.0
 
 
-def test_vmapped_matching_equals_python_loop():
+@pytest.mark.parametrize("dist,policy", [(cosine_distance, DSA.match_policy),
+                                         pytest.param(mse_distance, IDC.match_policy, marks=pytest.mark.slow)])
+def test_vmapped_matching_equals_python_loop(dist, policy):
     apply_fn, params = small_net()
     c, k = 3, 2
     real_all = jax.random.normal(jax.random.key(1), (c, 6, 32, 32, 3))
@@ -75,21 +77,19 @@ def test_vmapped_matching_equals_python_loop():
     real_sub = jax.random.normal(jax.random.key(3), (c, k, 6, 32, 32, 3))
     syn_sub = jax.random.normal(jax.random.key(5), (c, k, 4, 32, 32, 3))
     key = jax.random.key(4)
-    for dist, policy in ((cosine_distance, DSA.match_policy), (mse_distance, IDC.match_policy)):
-        la, ls = jax.jit(matching_losses, static_argnums=(0, 1, 2))(apply_fn, dist, policy, params, real_all,
-                                                                    syn_all, real_sub, syn_sub, key)
-        ref_fn = jax.jit(class_match, static_argnums=(0, 1, 2))
-        k_all, k_sub = jax.random.split(key)
-        keys_all = jax.random.split(k_all, c)
-        keys_sub = jax.random.split(k_sub, c * k).reshape(c, k)
-        for ci in range(c):
-            ref = ref_fn(apply_fn, dist, policy, params, real_all[ci], syn_all[ci], jnp.int32(ci),
-                         keys_all[ci])
-            np.testing.assert_allclose(la[ci], ref, rtol=2e-4, atol=1e-5)
-            for ki in range(k):
-                ref = ref_fn(apply_fn, dist, policy, params, real_sub[ci, ki], syn_sub[ci, ki],
-                             jnp.int32(ci), keys_sub[ci, ki])
-                np.testing.assert_allclose(ls[ci, ki], ref, rtol=2e-4, atol=1e-5)
+    la, ls = jax.jit(matching_losses, static_argnums=(0, 1, 2))(apply_fn, dist, policy, params, real_all, syn_all,
+                                                                real_sub, syn_sub, key)
+    ref_fn = jax.jit(class_match, static_argnums=(0, 1, 2))
+    k_all, k_sub = jax.random.split(key)
+    keys_all = jax.random.split(k_all, c)
+    keys_sub = jax.random.split(k_sub, c * k).reshape(c, k)
+    for ci in range(c):
+        ref = ref_fn(apply_fn, dist, policy, params, real_all[ci], syn_all[ci], jnp.int32(ci), keys_all[ci])
+        np.testing.assert_allclose(la[ci], ref, rtol=2e-4, atol=1e-5)
+        for ki in range(k):
+            ref = ref_fn(apply_fn, dist, policy, params, real_sub[ci, ki], syn_sub[ci, ki], jnp.int32(ci),
+                         keys_sub[ci, ki])
+            np.testing.assert_allclose(ls[ci, ki], ref, rtol=2e-4, atol=1e-5)
 
 
 def test_lambda_schedule_decays_linearly_to_zero():

@@ -240,6 +240,7 @@ def validate(cfg: Config) -> None:
     _dataset_name(cfg.dataset)
     if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
         raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
+    METHODS[cfg.method].check(cfg)
     if cfg.syn_per_class % cfg.subset_k:
         what = f"{cfg.syn_per_class} decoded images" if cfg.factor > 1 else f"ipc {cfg.ipc}"
         raise ConfigError(f"--subset-k {cfg.subset_k} does not divide the per-class synthetic count ({what})")

@@ -1,4 +1,5 @@
-"""Gradient-matching distances, subset partitions, the lambda schedule and the vmapped matching loss."""
+"""Gradient-matching distances (and DM's mean-embedding distance), subset partitions, the lambda schedule and the
+vmapped matching loss."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -7,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax.augmentation import Policy, apply_policy, sample_policy
+from sm_jax.augmentation import Policy, siamese
 from sm_jax.models import cross_entropy
 
 Params = Any
@@ -124,12 +125,16 @@ def class_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Para
     Returns:
       scalar distance; its gradient flows into `syn` only (real gradients are constants).
     """
-    if policy:
-        aug = sample_policy(key, policy, 1, real.shape[1:3])
-        real, syn = apply_policy(policy, aug, real), apply_policy(policy, aug, syn)
+    real, syn = siamese(policy, key, real, syn)
     g_real = jax.lax.stop_gradient(param_grad(apply_fn, params, real, jnp.full(real.shape[:1], label)))
     g_syn = param_grad(apply_fn, params, syn, jnp.full(syn.shape[:1], label))
     return dist(g_real, g_syn)
+
+
+def mean_embedding_distance(e_real: jax.Array, e_syn: jax.Array) -> jax.Array:
+    """DM's distance: ||mean(e_real) - mean(e_syn)||^2 over the batch axis of embeddings (B, D), (n, D); the real
+    side is a constant (the official code detaches it)."""
+    return jnp.sum((jax.lax.stop_gradient(e_real).mean(0) - e_syn.mean(0)) ** 2)
 
 
 def matching_losses(apply_fn: Callable, dist: Callable, policy: Policy, params: Params,

@@ -95,7 +95,7 @@ def test_partitions_disjoint_covering(tiny_data):
     np.testing.assert_array_equal(real, r2)
 
 
-@pytest.mark.parametrize("method", ["dc", "dsa", "idc"])
+@pytest.mark.parametrize("method", ["dc", pytest.param("dsa", marks=pytest.mark.slow), "idc"])
 def test_iteration_runs_and_keeps_partitions(method, tiny_data):
     cfg = tiny_cfg(method, subset_k=2)
     m = make_method(cfg, DataSpec(num_classes=3))
@@ -144,7 +144,7 @@ def test_k_must_divide_the_synthetic_count():
 
 # dc: one vmap over all 3 classes (the accelerator form); idc (decode, the image cap, augmentation): a lax.map over
 # chunks of 2 classes plus a remainder of 1, the form of the cpu preset
-@pytest.mark.parametrize("method,chunk", [("dc", 0), ("idc", 2)])
+@pytest.mark.parametrize("method,chunk", [("dc", 0), pytest.param("idc", 2, marks=pytest.mark.slow)])
 def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, tiny_data):
     """The fast form (per-class gradients, vmapped over chunks of classes) against grad of the summed loss of all
     classes computed by `matching_losses` (one vmap, one jax.grad), with the same random draws."""

@@ -63,7 +63,7 @@ def test_no_import_cycle(graph):
 def test_each_method_owns_its_presets_distance_and_policies_in_its_module():
     from sm_jax.methods import METHODS, PRESETS, Method
 
-    assert list(METHODS) == ["dc", "dsa", "idc"]
+    assert list(METHODS) == ["dc", "dsa", "idc", "dm"]
     for name, cls in METHODS.items():
         assert cls.__module__ == f"sm_jax.methods.{name}" and issubclass(cls, Method) and cls.name == name
         own = vars(cls)
@@ -71,6 +71,7 @@ def test_each_method_owns_its_presets_distance_and_policies_in_its_module():
         for preset in PRESETS:
             assert cls.preset(preset, 10, "cifar10")["iterations"] > 0
     assert METHODS["dsa"].match_policy and METHODS["idc"].match_policy and not METHODS["dc"].match_policy
+    assert METHODS["dm"].match_policy == METHODS["dsa"].match_policy
 
 
 def test_public_names_of_the_packages_exist():

@@ -12,7 +12,8 @@ from sm_jax.augmentation.policy import (
                                         check_policy,
                                         drop_ops,
                                         sample_policy,
+                                        siamese,
 )
 
 __all__ = ["DC_OPS", "DSA_OPS", "NO_POLICY", "OPS", "Policy", "affine_resample", "apply_policy", "augment",
-           "check_policy", "cutmix", "drop_ops", "sample_policy"]
+           "check_policy", "cutmix", "drop_ops", "sample_policy", "siamese"]

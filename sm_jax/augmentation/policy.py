@@ -64,6 +64,14 @@ def apply_policy(policy: Policy, params: Sequence[dict[str, Any]], x: jax.Array)
     return x
 
 
+def siamese(policy: Policy, key: jax.Array, real: jax.Array, syn: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """DSA's siamese augmentation: one draw of `policy` applied to both batches (N, H, W, C), (n, H, W, C)."""
+    if not policy:
+        return real, syn
+    draw = sample_policy(key, policy, 1, real.shape[1:3])
+    return apply_policy(policy, draw, real), apply_policy(policy, draw, syn)
+
+
 def augment(key: jax.Array, policy: Policy, x: jax.Array) -> jax.Array:
     """Per-sample augmentation of a batch (op chosen once per batch): the inner-loop and evaluation form."""
     if not policy:

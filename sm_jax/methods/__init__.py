@@ -19,10 +19,11 @@ from sm_jax.methods.base import (
     real_batch,
 )
 from sm_jax.methods.dc import DC
+from sm_jax.methods.dm import DM
 from sm_jax.methods.dsa import DSA
 from sm_jax.methods.idc import IDC, idc_decode
 
-METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC}
+METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC, "dm": DM}
 
 
 def make_method(cfg, spec=None, mesh=None) -> Method:
@@ -31,5 +32,5 @@ def make_method(cfg, spec=None, mesh=None) -> Method:
     return METHODS[cfg.method](cfg, spec or DataSpec(), mesh)
 
 
-__all__ = ["DC", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "Method", "idc_decode",
+__all__ = ["DC", "DM", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "Method", "idc_decode",
            "idc_init", "make_context", "make_method", "make_partitions", "real_batch"]

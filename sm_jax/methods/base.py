@@ -107,6 +107,10 @@ class Method:
         raise NotImplementedError
 
     @classmethod
+    def check(cls, cfg: Config) -> None:
+        """The method's own rules on a config (config.validate calls it): raises ConfigError."""
+
+    @classmethod
     def preset(cls, name: str, ipc: int, dataset: str) -> dict[str, Any]:
         """The preset `name` (one of PRESETS) of this method."""
         return {"paper": cls.paper_preset, "cpu": cls.cpu_preset}[name](ipc, dataset)
@@ -122,7 +126,7 @@ class Method:
                             cfg.conv_impl)
         self.batch_norm = self.net.has_state
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
-        self.dist = DISTANCES[cfg.distance or self.distance]
+        self.dist = DISTANCES.get(cfg.distance or self.distance)  # None for a method without a gradient distance
         drop = cfg.aug_drop_ops
         self.match_policy = drop_ops(type(self).match_policy, drop)
         self.net_policy = drop_ops(type(self).net_policy, drop)
@@ -177,6 +181,16 @@ class Method:
         return CondenseState(images, self.img_tx.init(images), jnp.zeros((), jnp.int32))
 
     # --- matching -----------------------------------------------------------------------------------------
+    def class_loss(self, apply_fn, params, real: jax.Array, syn: jax.Array, label: jax.Array,
+                   key: jax.Array) -> jax.Array:
+        """The matching loss of one class (or one subset of it): gradient matching under one siamese draw.
+
+        Args:
+          apply_fn: the network function `match` was given; real: (B, H, W, C); syn: (n, H, W, C) normalised;
+          label: int32 scalar class; key: this (class, subset)'s augmentation key.
+        """
+        return class_match(apply_fn, self.dist, self.match_policy, params, real, syn, label, key)
+
     def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
         """The synthetic images of one class's whole-class term (IDC caps their number).
 
@@ -192,7 +206,8 @@ class Method:
         vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
         through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
         second-order activations; the result is the same for every chunk size.
-        `apply_fn(params, x)`: the network's logits (default `self.apply_fn`; a batch-norm network's frozen one).
+        `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
+        network's frozen one; DM's embedding).
         Returns:
           (grads like images, (loss_all (C,), loss_sub (C, K))).
         """
@@ -220,11 +235,11 @@ class Method:
                 syn = self.decode(images_c[None])[0]  # (n, H, W, C)
                 la = ls = jnp.zeros((), jnp.float32)
                 if "real" in x:
-                    la = class_match(apply_fn, self.dist, self.match_policy, params, x["real"],
-                                     self.select_syn(syn, x["k_syn"]), x["label"], x["k_all"])
+                    la = self.class_loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"],
+                                         x["k_all"])
                 if "real_sub" in x:
-                    match = lambda r, part, kk: class_match(apply_fn, self.dist, self.match_policy,  # noqa: E731
-                                                           params, r, syn[part], x["label"], kk)
+                    match = lambda r, part, kk: self.class_loss(apply_fn, params, r, syn[part],  # noqa: E731
+                                                               x["label"], kk)
                     ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
                 return la + sub_weight * ls.sum(), (la, ls)
 
@@ -314,8 +329,13 @@ class Method:
         carry = (images, state.opt_state, params, (bn, self.net_init(params)))
         (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
         metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["lambda"] = jnp.asarray(0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam))
+        metrics["lambda"] = self.lambda_metric(lam)
         return CondenseState(images, opt_state, state.iteration + 1), metrics
+
+    def lambda_metric(self, lam) -> jax.Array:
+        """The weight the subset term had: 0 without subsets, 1 with --subset-only, else lam."""
+        cfg = self.cfg
+        return jnp.asarray(0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam))
 
     # --- evaluation ---------------------------------------------------------------------------------------
     def eval_protocol(self, epochs: int | None = None, arch: str | None = None) -> TrainProtocol:

@@ -46,6 +46,21 @@ class Net:
             return logits, dict(upd["batch_stats"])
         return self.module.apply(variables, x, train=False), state
 
+    def embed(self, params, state: State, x: jax.Array, train: bool = False) -> tuple[jax.Array, State]:
+        """The features of x before the classifier (N, D): the input of the network's last dense layer, as the
+        official `embed` of every architecture (ConvNet: the flattened last block; MLP / LeNet: after the hidden
+        dense layers). The classifier's output is discarded (XLA removes it under jit)."""
+        inputs = []
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+                inputs.append(args[0])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            _, state = self.apply(params, state, x, train)
+        return inputs[-1], state
+
     def num_params(self) -> int:
         params, _ = jax.eval_shape(self.init, jax.random.key(0))
         return sum(int(jnp.prod(jnp.asarray(p.shape))) for p in jax.tree.leaves(params))

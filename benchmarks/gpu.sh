@@ -4,7 +4,7 @@
 #   1. environment (devices, versions) and correctness on the GPU: the equivalence tests (vmapped vs looped
 #      matching, chunked vs joint gradients, every convolution form against XLA's, the fused RGB layer)
 #   2. step time, JAX against PyTorch on the same GPU: paper batches, all classes in one vmapped program,
-#      DC ipc 10 K 1 / K 2, IDC ipc 10 K 2, IDC ipc 50 K 2 (compile time reported apart)
+#      DC ipc 10 K 1 / K 2, IDC ipc 10 K 2, IDC ipc 50 K 2, DM ipc 10 K 2 (compile time reported apart)
 #   3. evaluation: 20 networks vmapped against one after another (model-epochs/s), DC ipc 1 and 10; then DC ipc 10
 #      K 1 at tensorfloat32, the price of full float32
 #   4. full paper budgets, as far as the time allows: DSA ipc 1 (K = 1; K = 2 cannot split 1 image per class),
@@ -111,6 +111,7 @@ else
   step 70 --method dc --ipc 10 --subset-k 2 --repeats 3
   step 70 --method idc --ipc 10 --subset-k 2 --repeats 3
   step 90 --method idc --ipc 50 --subset-k 2 --repeats 2
+  step 60 --method dm --ipc 10 --subset-k 2 --repeats 3
 fi
 report
 

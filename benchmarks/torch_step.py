@@ -1,11 +1,13 @@
-"""PyTorch baseline: one outer condensation step written the way the official DC/DSA/IDC code does it.
+"""PyTorch baseline: one outer condensation step written the way the official DC/DSA/IDC/DM code does it.
 
 python -m benchmarks.torch_step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5]
 
 A Python loop over classes (and subsets); per term, `torch.autograd.grad` of the real loss (detached) and of the
 synthetic loss with `create_graph=True`; the layer-wise distance (DC/DSA: 1 - cos per output row, IDC: squared
 error over conv kernels); SGD(momentum 0.5) on the synthetic pixels. DC/DSA sum the loss over classes and step
-once, IDC steps once per class, as their official code does. DSA/IDC apply one siamese augmentation draw per term.
+once, IDC steps once per class, as their official code does. DSA/IDC/DM apply one siamese augmentation draw per term.
+DM (main_DM.py): a new network per step, its parameters frozen; per term the squared distance between the mean
+embeddings of the real batch (detached) and the synthetic images; SGD(lr 1, momentum 0.5) once over all classes.
 Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys as benchmarks.step).
 """
 from __future__ import annotations
@@ -38,8 +40,11 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * (32 // 2 ** depth) ** 2, classes)
 
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
     def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
+        return self.classifier(self.embed(x))
 
 
 # --- siamese differentiable augmentation (one draw, applied to both batches) -----------------------------------
@@ -87,6 +92,7 @@ def _rotate(x, g):
 OPS = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
 POLICIES = {"dc": [], "dsa": [("color", "crop", "cutout", "flip", "scale", "rotate")],
             "idc": [("color",), ("crop",), ("cutout",)]}
+POLICIES["dm"] = POLICIES["dsa"]
 
 
 def siamese(policy, seed, *batches):
@@ -140,10 +146,10 @@ class Step:
         g = torch.Generator().manual_seed(seed)
         self.real = ((torch.randint(0, 256, (classes, per_class, 3, 32, 32), generator=g, dtype=torch.uint8)
                       .float() / 255 - MEAN) / STD).to(self.device)
-        self.net = ConvNet(classes, width).to(self.device)
-        self.params = list(self.net.parameters())
+        self.width = width
+        self.new_net()
         self.images = torch.randn(classes * ipc, 3, 32, 32, device=self.device, requires_grad=True)
-        self.opt = torch.optim.SGD([self.images], lr=0.1, momentum=0.5)
+        self.opt = torch.optim.SGD([self.images], lr=1.0 if method == "dm" else 0.1, momentum=0.5)
         self.dist = mse_distance if method == "idc" else cosine_distance
         self.policy = POLICIES[method]
         n_syn = ipc * self.factor ** 2
@@ -151,10 +157,19 @@ class Step:
         self.syn_part = [torch.randperm(n_syn).chunk(subset_k) for _ in range(classes)]
         self.seed = seed
 
+    def new_net(self):
+        self.net = ConvNet(self.classes, self.width).to(self.device)
+        self.params = list(self.net.parameters())
+        if self.method == "dm":  # never trained
+            for p in self.params:
+                p.requires_grad_(False)
+
     def term(self, real, syn, label):
         self.seed += 1
         if self.policy:
             real, syn = siamese(self.policy, self.seed, real, syn)
+        if self.method == "dm":
+            return torch.sum((self.net.embed(real).detach().mean(0) - self.net.embed(syn).mean(0)) ** 2)
         lab_r = torch.full((real.shape[0],), label, dtype=torch.long, device=self.device)
         lab_s = torch.full((syn.shape[0],), label, dtype=torch.long, device=self.device)
         gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(self.net(real), lab_r), self.params)]
@@ -182,6 +197,8 @@ class Step:
                 loss.backward()
                 self.opt.step()
         else:
+            if self.method == "dm":  # a fresh network every iteration
+                self.new_net()
             loss = sum(self.class_loss(c, lam) for c in range(self.classes))
             self.opt.zero_grad()
             loss.backward()

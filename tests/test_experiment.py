@@ -176,7 +176,7 @@ def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env
 def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tiny_archive, tmp_path):
     """With iterations longer than --stop-grace, a stop saves the last finished iteration without waiting for the
     one in flight; resuming still gives the uninterrupted run's set."""
-    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 30, "--iterations", 3, "--checkpoint-every", 10,
+    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 60, "--iterations", 3, "--checkpoint-every", 10,
             "--eval-models", 0, "--stop-grace", 0]
     ref = cli(env, *args, "--workdir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]

@@ -199,20 +199,11 @@ class Method:
         """
         return syn
 
-    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
-        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
-
-        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
-        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
-        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
-        second-order activations; the result is the same for every chunk size.
-        `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
-        network's frozen one; DM's embedding).
-        Returns:
-          (grads like images, (loss_all (C,), loss_sub (C, K))).
-        """
+    def match_inputs(self, images: jax.Array, ctx: Context, key: jax.Array) -> dict[str, jax.Array]:
+        """The random draws of one matching step, per class: the stored images, labels, the real batches of the
+        whole-class term ('real', unless --subset-only) and of the subset terms ('real_sub', with subsets), the
+        synthetic partition and the augmentation keys of every term."""
         cfg = self.cfg
-        apply_fn = apply_fn or self.apply_fn
         c = images.shape[0]
         k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
         ka_all, ka_sub = jax.random.split(k_aug)
@@ -228,6 +219,24 @@ class Method:
             xs["real_sub"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, K, Bs, H, W, C)
             xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
             xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
+        return xs
+
+    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
+        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
+
+        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
+        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
+        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
+        second-order activations; the result is the same for every chunk size.
+        `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
+        network's frozen one; DM's embedding).
+        Returns:
+          (grads like images, (loss_all (C,), loss_sub (C, K))).
+        """
+        cfg = self.cfg
+        apply_fn = apply_fn or self.apply_fn
+        c = images.shape[0]
+        xs = self.match_inputs(images, ctx, key)
         sub_weight = 1.0 if cfg.subset_only else lam
 
         def class_grad(x):

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from sm_jax import sharding
 from sm_jax.augmentation import siamese
 from sm_jax.errors import ConfigError
-from sm_jax.matching import mean_embedding_distance, sample_rows
-from sm_jax.methods.base import CondenseState, Context, Method, real_batch
+from sm_jax.matching import mean_embedding_distance
+from sm_jax.methods.base import CondenseState, Context, Method
 from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
 
@@ -66,8 +66,7 @@ class DM(Method):
         """The batch-norm form: the same draws as `Method.match`, every class through the network in one batch."""
         cfg = self.cfg
         c = images.shape[0]
-        k_all, k_sub, _, k_aug = jax.random.split(key, 4)
-        ka_all, ka_sub = jax.random.split(k_aug)
+        xs = self.match_inputs(images, ctx, key)
         aug = jax.vmap(lambda r, s, k: siamese(self.match_policy, k, r, s))
 
         def joint(real, syn):  # (C, B, H, W, C'), (C, n, H, W, C') -> (C,) distances
@@ -75,27 +74,16 @@ class DM(Method):
             es = embed(params, syn.reshape(-1, *syn.shape[2:])).reshape(c, syn.shape[1], -1)
             return jax.vmap(mean_embedding_distance)(er, es)
 
-        real = real_sub = None
-        if not cfg.subset_only:
-            idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            real = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (C, B, H, W, C')
-        if cfg.use_subsets:
-            k = ctx.real_part.shape[1]
-            keys = jax.random.split(k_sub, c * k).reshape(c, k)
-            idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            real_sub = real_batch(ctx, idx, self.spec)  # (C, K, Bs, H, W, C')
         sub_weight = 1.0 if cfg.subset_only else lam
 
         def loss_fn(images):
             syn = self.decode(images)  # (C, n, H, W, C')
             la = ls = jnp.zeros((c,), jnp.float32)
-            if real is not None:
-                la = joint(*aug(real, syn, jax.random.split(ka_all, c)))
-            if real_sub is not None:
-                k = ctx.real_part.shape[1]
-                syn_sub = syn[jnp.arange(c)[:, None, None], ctx.syn_part]  # (C, K, n/K, H, W, C')
-                keys = jax.random.split(ka_sub, c * k).reshape(c, k)
-                r, s = jax.vmap(aug, in_axes=1, out_axes=1)(real_sub, syn_sub, keys)
+            if "real" in xs:  # (C, B, H, W, C')
+                la = joint(*aug(xs["real"], syn, xs["k_all"]))
+            if "real_sub" in xs:  # (C, K, Bs, H, W, C')
+                syn_sub = syn[jnp.arange(c)[:, None, None], xs["syn_part"]]  # (C, K, n/K, H, W, C')
+                r, s = jax.vmap(aug, in_axes=1, out_axes=1)(xs["real_sub"], syn_sub, xs["k_sub"])
                 ls = jax.vmap(joint, in_axes=1, out_axes=1)(r, s)  # (C, K): per k, all classes in one batch
             return la.sum() + sub_weight * ls.sum(), (la, ls)
 

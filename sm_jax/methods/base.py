@@ -237,7 +237,7 @@ class Method:
         apply_fn = apply_fn or self.apply_fn
         c = images.shape[0]
         xs = self.match_inputs(images, ctx, key)
-        sub_weight = 1.0 if cfg.subset_only else lam
+        sub_weight = self.subset_weight(lam)
 
         def class_grad(x):
             def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
@@ -338,13 +338,14 @@ class Method:
         carry = (images, state.opt_state, params, (bn, self.net_init(params)))
         (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
         metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["lambda"] = self.lambda_metric(lam)
+        metrics["lambda"] = jnp.asarray(self.subset_weight(lam))
         return CondenseState(images, opt_state, state.iteration + 1), metrics
 
-    def lambda_metric(self, lam) -> jax.Array:
-        """The weight the subset term had: 0 without subsets, 1 with --subset-only, else lam."""
+    def subset_weight(self, lam):
+        """The weight of the subset term (and the reported `lambda`): 0 without subsets, 1 with --subset-only (no
+        decay), else lam."""
         cfg = self.cfg
-        return jnp.asarray(0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam))
+        return 0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam)
 
     # --- evaluation ---------------------------------------------------------------------------------------
     def eval_protocol(self, epochs: int | None = None, arch: str | None = None) -> TrainProtocol:

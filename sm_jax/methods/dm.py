@@ -74,7 +74,7 @@ class DM(Method):
             es = embed(params, syn.reshape(-1, *syn.shape[2:])).reshape(c, syn.shape[1], -1)
             return jax.vmap(mean_embedding_distance)(er, es)
 
-        sub_weight = 1.0 if cfg.subset_only else lam
+        sub_weight = self.subset_weight(lam)
 
         def loss_fn(images):
             syn = self.decode(images)  # (C, n, H, W, C')
@@ -102,5 +102,5 @@ class DM(Method):
         lam = self.lam(state.iteration)
         images, opt_state, metrics = self.matching_step(state.images, state.opt_state, params, ctx, k_match, lam,
                                                         self.embedder(bn))
-        metrics["lambda"] = self.lambda_metric(lam)
+        metrics["lambda"] = jnp.asarray(self.subset_weight(lam))
         return CondenseState(images, opt_state, state.iteration + 1), metrics

@@ -206,3 +206,32 @@ def test_a_plan_may_set_any_field_and_a_bad_one_is_a_config_error(tmp_path):
         plan = write_plan(tmp_path / "bad_run.json", [("r", "g", flags)])
         with pytest.raises(ConfigError, match=f"plan 'bad_run', run r: .*{msg}"):
             study.run_plan(plan, tmp_path / "runs", None, log=lambda s: None, execute=lambda c: {})
+
+
+def test_dm_plan_chooses_lambda_on_held_out_data_and_reports(tmp_path):
+    """The dm plan: lambda_0 from held-out runs only, base and + subsets paired per seed; the loss figure averages
+    L_all over windows of the logged iterations."""
+    from sm_jax.study import dm
+
+    specs = study.load_plan("dm")
+    val = [s for s in specs if "/val/" in s.group]
+    assert val and all(s.flags.get("holdout") for s in val)
+    assert all(s.flags["iterations"] >= 1000 and s.flags["method"] == "dm" for s in specs)
+    sm = [s for s in specs if s.group == "dm10/sm"]
+    assert [s.flags["subset_lambda"] for s in sm] == [f"{study.SELECT}dm10/val/"] * 3
+    results, metrics = {}, {}
+    for s in specs:
+        if "/val/" in s.group:
+            results[s.id] = {"accuracy_mean": 0.3 + 0.01 * s.flags["subset_lambda"], "config": s.flags}
+            continue
+        acc = {"dm10/base": 0.40, "dm10/sm": 0.41}[s.group] + 0.002 * s.flags["seed"] ** 2
+        results[s.id] = {"accuracy_mean": acc, "config": {**s.flags, "subset_lambda": 3.0}}
+        metrics[s.id] = [{"iteration": i, "loss_all": float(i)} for i in range(1, 2 * dm.SMOOTH + 8)]
+    md = dm.report(specs, results, metrics, tmp_path)
+    row = [ln for ln in md.splitlines() if ln.startswith("| dm10")][0]
+    assert "40.33 ± 0.42" in row and "41.33 ± 0.42" in row and "1.00 ± 0.00" in row and "helped" in row
+    assert "**3** (0.3: 30.30; 1: 31.00; 3: 33.00)" in row
+    its, loss = dm.loss_curve(metrics["dm10_base_s0"])
+    np.testing.assert_allclose(its, [dm.SMOOTH, 2 * dm.SMOOTH])
+    np.testing.assert_allclose(loss, [(1 + dm.SMOOTH) / 2, (3 * dm.SMOOTH + 1) / 2])
+    assert (tmp_path / "dm.png").exists() and (tmp_path / "dm_loss.png").exists()

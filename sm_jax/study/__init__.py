@@ -1,6 +1,6 @@
 """Studies: named plans of runs, executed like any run (resumable), aggregated into tables and figures.
 
-A plan (one module each: table, k, loss, arch; see plans.py) is a list of `RunSpec`s, each a set of Config fields.
+A plan (one module each: table, k, loss, arch, dm; see plans.py) is a list of `RunSpec`s, each a set of Config fields.
 Each run lives in `<root>/<plan>/<id>` and checkpoints like any other run, so rerunning a study skips finished runs
 and resumes unfinished ones. A field value `select:<group>` is resolved when the run starts: the value of that field
 in the group's runs with the best mean accuracy (used to pick lambda_0 on a held-out split of the training set).

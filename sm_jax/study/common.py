@@ -124,3 +124,51 @@ def group_runs(results: dict[str, dict], specs: Sequence[RunSpec]) -> dict[str, 
         if s.id in results:
             out.setdefault(s.group, []).append(results[s.id])
     return out
+
+
+def by_seed(runs: list[dict]) -> dict[int, float]:
+    """{seed: mean accuracy (%)} of a group's runs."""
+    return {r["config"]["seed"]: 100 * r["accuracy_mean"] for r in runs}
+
+
+def paired(a: dict, b: dict) -> np.ndarray:
+    """b - a over the seeds both have (points)."""
+    return np.asarray([b[k] - a[k] for k in sorted(set(a) & set(b))])
+
+
+def base_vs_subsets(groups: dict[str, list[dict]], settings: Sequence[str], lambda_from: dict[str, str],
+                    png: Path, title: str) -> list[str]:
+    """The base-vs-subset-matching table (markdown lines) of settings whose `<s>/base` and `<s>/sm` groups exist,
+    paired by seed, with the lambda_0 chosen on the held-out `<lambda_from[s]>/val/lambda<x>` groups; its bar figure
+    is written to `png`."""
+    lines = ["| setting | base (%) | + subset matching (%) | paired Δ (points) | verdict | λ0 (held-out acc. %) |"
+             " base per seed | + SM per seed |", "|---|---|---|---|---|---|---|---|"]
+    names, bars = [], []
+    for s in settings:
+        base, sm = groups.get(f"{s}/base", []), groups.get(f"{s}/sm", [])
+        if not base or not sm:
+            continue
+        b, m = by_seed(base), by_seed(sm)
+        diff = paired(b, m)
+        val = "; ".join(f"{g.rsplit('lambda', 1)[1]}: {seed_means(rs).mean():.2f}"
+                        for g, rs in groups.items() if g.startswith(f"{lambda_from[s]}/val/"))
+        lam = sm[0]["config"]["subset_lambda"]
+        lines.append(f"| {s} | {fmt(seed_means(base))} | {fmt(seed_means(sm))} | {fmt(diff)} | {verdict(diff)} | "
+                     f"**{lam:g}** ({val}) | {', '.join(f'{b[k]:.2f}' for k in sorted(b))} | "
+                     f"{', '.join(f'{m[k]:.2f}' for k in sorted(m))} |")
+        names.append(s)
+        bars.append((seed_means(base), seed_means(sm)))
+    if names:
+        fig, ax = figure(figsize=(1.6 * len(names) + 2, 3.4))
+        x = np.arange(len(names))
+        for j, (label, off) in enumerate((("base", -0.18), ("+ subset matching (K=2)", 0.18))):
+            vals = [b[j] for b in bars]
+            ax.bar(x + off, [v.mean() for v in vals], 0.34, yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in vals],
+                   capsize=3, label=label, alpha=0.8)
+            for xi, v in zip(x, vals):
+                ax.plot(np.full(len(v), xi + off), v, "k.", ms=4)
+        lo = min(v.min() for b in bars for v in b)
+        ax.set_ylim(max(0, lo - 5), None)
+        ax.set_xticks(x, names)
+        finish(fig, ax, title, png, legend=True)
+    return lines

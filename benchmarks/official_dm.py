@@ -11,8 +11,9 @@ official files:
 Everything else (the DM loop, the networks, DSA, the evaluation) is the official code, run as is.
 
 Usage:
-  python -m benchmarks.official_dm --official /path/to/DatasetCondensation --data-dir ../shared/data/cifar10-jpeg.tar.gz \
-      -- --ipc 10 --Iteration 200 --num_exp 1 --num_eval 5 --epoch_eval_train 300 --eval_mode F
+  python -m benchmarks.official_dm --official /path/to/DatasetCondensation \
+      --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+      -- --ipc 10 --Iteration 200 --num_exp 2 --num_eval 5 --epoch_eval_train 300 --eval_mode F
 (`--eval_mode F`: evaluate only at the last iteration, on the training architecture; `SS` evaluates every 2,000.)
 """
 from __future__ import annotations

@@ -126,29 +126,78 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
     _guard(go)
 
 
-EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "data_dir", "log_every")  # what evaluate may change
+EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "baseline", "data_dir", "log_every")  # may change
+SET_FIELDS = ("method", "dataset", "preset", "factor")  # what a set without a run config is evaluated as
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m experiments.evaluate",
-                description="Evaluate the synthetic set of a checkpoint with its method's protocol; the flags below "
-                "override the run's own values.")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--step", type=int, help="checkpoint iteration (default: latest)")
+                description="Evaluate a run's checkpoint (--workdir) with its method's protocol, or any condensed set "
+                "(--set: an exported folder / npz / pt, a run's synthetic.npz, the official DC/DSA/DM res_*.pt or "
+                "IDC's data.pt) with the protocol of its metadata's run config, else of --method's preset; the "
+                "flags below override the config's values.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="a run directory")
+    src.add_argument("--set", help="a condensed set's file or directory")
+    p.add_argument("--step", type=int, help="--workdir: checkpoint iteration (default: latest)")
     add_config_flags(p, EVALUATE_FIELDS)
+    g = p.add_argument_group("--set without a run config in its metadata (e.g. the official codes' sets)")
+    add_config_flags(g, SET_FIELDS)
+    g.add_argument("--set-index", type=int, default=0, help="which experiment's set of an official res_*.pt")
+    g.add_argument("--out", help="results file (default: results.json beside the set; set_results.json where a "
+                   "run's own results.json is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     return p
 
 
 def evaluate_main(argv=None) -> None:
-    args = evaluate_parser().parse_args(argv)
+    p = evaluate_parser()
+    args = p.parse_args(argv)
+    if args.workdir:
+        given = [f"--{k.replace('_', '-')}" for k in (*SET_FIELDS, "set_index", "out")
+                 if getattr(args, k) not in (None, 0)]
+        if given:
+            p.error(f"{given[0]} applies to --set only")
 
     def go():
-        from sm_jax.experiment import evaluate_checkpoint
-
         overrides = {k: getattr(args, k) for k in EVALUATE_FIELDS if getattr(args, k) is not None}
-        out = evaluate_checkpoint(args.workdir, args.step, overrides, progress=not args.no_progress)
+        if args.workdir:
+            from sm_jax.experiment import evaluate_checkpoint
+
+            out = evaluate_checkpoint(args.workdir, args.step, overrides, progress=not args.no_progress)
+        else:
+            from sm_jax.sets.evaluate import evaluate_set_path
+
+            if args.preset:
+                overrides["preset"] = args.preset
+            out = evaluate_set_path(args.set, overrides, dataset=args.dataset, method=args.method,
+                                    factor=args.factor, index=args.set_index, out=args.out,
+                                    progress=not args.no_progress)
         print(json.dumps(out))
+
+    _guard(go)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from sm_jax.sets import FORMATS
+
+    p = _Parser(prog="python -m experiments.export",
+                description="Export a finished run's condensed set with its preprocessing and provenance "
+                "(metadata.json): folder (8-bit PNGs per class), npz (float32) or pt (the official results layout).")
+    p.add_argument("--workdir", required=True, help="a finished run's directory")
+    p.add_argument("--to", required=True, help="a new (or empty) directory")
+    p.add_argument("--format", required=True, choices=list(FORMATS), help="export format")
+    return p
+
+
+def export_main(argv=None) -> None:
+    args = export_parser().parse_args(argv)
+
+    def go():
+        from sm_jax.sets import export_run
+
+        written = export_run(args.workdir, args.to, args.format)
+        print(json.dumps({"format": args.format, "written": [str(w) for w in written]}))
 
     _guard(go)
 

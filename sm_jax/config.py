@@ -16,6 +16,7 @@ from sm_jax.augmentation import DSA_OPS, OPS
 from sm_jax.backend import AUTO_CHUNK, PRECISIONS
 from sm_jax.data import DATASETS, dataset_info
 from sm_jax.errors import ConfigError
+from sm_jax.evaluation import BASELINES
 from sm_jax.matching import DISTANCES
 from sm_jax.methods import INITS, METHODS, PRESETS
 from sm_jax.models import ARCHS, CONVS, NORMS, arch_names
@@ -118,6 +119,9 @@ class Config:
                           "(for choosing hyper-parameters)", low=0)
     eval_test_per_class: int = _field(0, "evaluate on the first N test images of each class only (a cheaper, fixed "
                                       "test subset for studies; 0 = the whole test set)", kind=RESULT, low=0)
+    baseline: str = _field("", "also evaluate a random real subset of the training split, as many images per class "
+                           "as the set trains on, with the same protocol and networks, and report the difference "
+                           "('' = none: it doubles the evaluation's cost)", kind=RESULT, choices=lambda: BASELINES)
     # bookkeeping
     checkpoint_every: int = _field(100, "checkpoint every N iterations", kind=OTHER, low=0)
     checkpoint_minutes: float = _field(5.0, "also checkpoint when N minutes passed since the last save (0 = off)",

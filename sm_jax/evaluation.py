@@ -52,7 +52,8 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
 
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
                  models: int, epochs: int | None = None, parallel: int = 1,
-                 progress: Callable[[int], None] | None = None, mesh=None, arch: str | None = None) -> np.ndarray:
+                 progress: Callable[[int], None] | None = None, mesh=None, arch: str | None = None,
+                 evaluator=None) -> np.ndarray:
     """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
 
     Args:
@@ -63,6 +64,7 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
       progress: called with the number of networks finished after each chunk.
       mesh: when given and `parallel` is a multiple of its size, each chunk's networks are split over its devices.
       arch: the architecture trained (models.ARCHS; default the matching network), with its protocol.
+      evaluator: a `make_evaluator` function for these shapes, protocol and `parallel` (reused: not recompiled).
     Returns:
       (models,) float accuracies in [0, 1].
     """
@@ -70,7 +72,7 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     x = images.reshape(-1, *images.shape[2:])
     y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
     parallel = max(1, min(parallel, models))
-    fn = make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch))
+    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch))
     accs = []
     for start in range(0, models, parallel):
         ids = np.arange(start, start + parallel)
@@ -83,35 +85,75 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     return np.asarray(accs[:models], np.float64)
 
 
+def random_subset(train_y: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """The random real baseline's images: per class `per_class` distinct training images, drawn by a generator
+    seeded with `seed` alone (the same subset for the same seed, whatever else the run does).
+
+    Returns:
+      (num_classes, per_class) indices into the training split, sorted within each class.
+    Raises:
+      ValueError: if a class has fewer than `per_class` training images.
+    """
+    rng = np.random.default_rng([seed, 0xBA5E])
+    out = []
+    for c in range(num_classes):
+        members = np.flatnonzero(np.asarray(train_y) == c)
+        if len(members) < per_class:
+            raise ValueError(f"the random baseline needs {per_class} training images of class {c}, which has "
+                             f"{len(members)}")
+        out.append(np.sort(rng.choice(members, per_class, replace=False)))
+    return np.stack(out)
+
+
+BASELINES = ("random",)
+
+
+def _summary(accs: np.ndarray) -> dict[str, Any]:
+    return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std())}
+
+
 def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array, models: int,
                    archs: Sequence[str], epochs: int | None = None, parallel: int = 1, mesh=None,
-                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print
-                   ) -> dict[str, Any]:
+                   progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print,
+                   baseline: jax.Array | None = None) -> dict[str, Any]:
     """`evaluate_set` on each architecture of `archs`, with one log line each when there are several (or the one is
-    not the matching network).
+    not the matching network, or a baseline is evaluated).
 
     Args:
       key: the evaluation key; architecture a > 0 uses fold_in(key, a) (the first keeps the key itself).
       progress: called with the networks finished so far over all architectures (it may raise to stop).
+      baseline: (classes, n, H, W, C) normalised real images (`random_subset`) trained with the same protocol and
+        the same network keys, so that the difference compares paired networks.
     Returns:
       the first architecture's accuracies at the top level (accuracies, accuracy_mean, accuracy_std, eval_epochs,
-      eval_models, eval_seconds) and, with several, `archs[name]` = {accuracies, accuracy_mean, accuracy_std,
-      eval_epochs}.
+      eval_models, eval_seconds; with a baseline also `baseline` = {accuracies, accuracy_mean, accuracy_std} and
+      `difference` = the set's mean minus the baseline's) and, with several, `archs[name]` = the same per
+      architecture.
     """
     if models == 0:
         return {"accuracies": [], "accuracy_mean": None, "accuracy_std": None}
     t0 = time.time()
     per: dict[str, dict] = {}
     several = len(archs) > 1 or archs[0] != method.net.name
+    sets = (images,) if baseline is None else (images, baseline)
     for a, arch in enumerate(archs):
-        done = (lambda n, a=a: progress(a * models + n)) if progress is not None else None
-        accs = evaluate_set(method, images, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,
-                            epochs=epochs, parallel=parallel, progress=done, mesh=mesh, arch=arch)
-        per[arch] = {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()),
-                     "accuracy_std": float(accs.std()), "eval_epochs": method.eval_protocol(epochs, arch).epochs}
-        if several:
-            log(f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
-                f" ({models} networks, {per[arch]['eval_epochs']} epochs)")
+        res = []
+        fn = make_evaluator(method, method.eval_protocol(epochs, arch), test_x, test_y, max(1, min(parallel, models)),
+                            method.eval_net(arch))  # one program for the set and the baseline
+        for b, x in enumerate(sets):
+            done = (lambda n, i=a * len(sets) + b: progress(i * models + n)) if progress is not None else None
+            res.append(evaluate_set(method, x, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,
+                                    epochs=epochs, parallel=parallel, progress=done, mesh=mesh, arch=arch,
+                                    evaluator=fn))
+        per[arch] = {**_summary(res[0]), "eval_epochs": method.eval_protocol(epochs, arch).epochs}
+        line = f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
+        if baseline is not None:
+            per[arch]["baseline"] = {"kind": "random", **_summary(res[1])}
+            per[arch]["difference"] = float(res[0].mean() - res[1].mean())
+            line += (f"; random real subset {res[1].mean():.4f} +- {res[1].std():.4f}; difference "
+                     f"{per[arch]['difference']:+.4f}")
+        if several or baseline is not None:
+            log(f"{line} ({models} networks, {per[arch]['eval_epochs']} epochs)")
     out: dict[str, Any] = dict(per[archs[0]], eval_models=models, eval_seconds=time.time() - t0)
     if several:
         out["archs"] = per

@@ -21,7 +21,7 @@ from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, load_dataset
 from sm_jax.errors import UserError
-from sm_jax.evaluation import evaluate_archs
+from sm_jax.evaluation import evaluate_archs, random_subset
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
 from sm_jax.models import arch_names
@@ -133,30 +133,48 @@ class Run:
     def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None,
                  stop: StopSignals | None = None) -> dict:
         """The method's evaluation of `state`'s synthetic set on each architecture of the config's `eval_arch` (or
-        the matching network); raises _EvalStopped between networks once `stop` is requested.
+        the matching network); raises EvalStopped between networks once `stop` is requested.
 
         Returns:
           evaluation.evaluate_archs's results.
         """
+        return self.evaluate_images(self.method.decode(state.images), int(state.iteration), models, epochs, stop)
+
+    def evaluate_images(self, images: jax.Array, iteration: int, models: int | None = None,
+                        epochs: int | None = None, stop: StopSignals | None = None) -> dict:
+        """`evaluate` of a set given as the images networks train on, (classes, n, H, W, C) normalised; the
+        networks' keys are those of this run's evaluation at `iteration`."""
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
         archs = arch_names(cfg.eval_arch) or (self.method.net.name,)
-        bar = Progress(models * len(archs), desc=f"evaluate iteration {int(state.iteration)}: network", unit="net",
+        bar = Progress(models * len(archs) * (2 if cfg.baseline else 1),
+                       desc=f"evaluate iteration {iteration}: network", unit="net",
                        enabled=self.progress and models > 0, every=cfg.log_every)
 
         def progress(done: int) -> None:
             bar.update(done)
             if stop is not None and stop.requested:
-                raise _EvalStopped
+                raise EvalStopped
 
-        key = jax.random.fold_in(jax.random.fold_in(self.key, 2), int(state.iteration))
+        key = jax.random.fold_in(jax.random.fold_in(self.key, 2), iteration)
         try:
             with backend.precision(cfg.precision):
-                return evaluate_archs(self.method, self.method.decode(state.images), self.data.test_x,
-                                      self.data.test_y, key, models, archs, epochs, cfg.eval_parallel, self.mesh,
-                                      progress, self.log)
+                return evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
+                                      epochs, cfg.eval_parallel, self.mesh, progress, self.log,
+                                      self.baseline_images(images.shape[1]))
         finally:
             bar.close()
+
+    def baseline_images(self, per_class: int) -> jax.Array | None:
+        """The config's baseline set (None without one): `per_class` random training images of each class
+        (evaluation.random_subset, seeded by the run's seed), normalised: (classes, per_class, H, W, C)."""
+        if not self.cfg.baseline:
+            return None
+        try:
+            idx = random_subset(self.data.train_y, self.data.num_classes, per_class, self.cfg.seed)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        return self.method.normalize(jnp.asarray(self.data.train_x[idx], jnp.float32) / 255.0)
 
     def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
         it = int(state.iteration)
@@ -259,7 +277,7 @@ class Run:
                     save()  # before an evaluation too: a stop during it then loses nothing
                 if evaluate_now and it < cfg.iterations:
                     self._evaluate_and_log(state, metrics_log, stop)
-        except _EvalStopped:
+        except EvalStopped:
             pass
         finally:
             bar.close()
@@ -276,7 +294,7 @@ class Run:
         artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names)
         try:
             ev = self.evaluate(state, stop=stop)
-        except _EvalStopped:
+        except EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the final evaluation; the condensed set is "
                           f"saved (iteration {it}); rerun the same command to evaluate it") from None
         if ev["accuracy_mean"] is not None:
@@ -292,7 +310,7 @@ class Run:
         return results
 
 
-class _EvalStopped(Exception):
+class EvalStopped(Exception):
     """A stop requested during an evaluation (raised between networks)."""
 
 
@@ -319,8 +337,27 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, overrides:
         try:
             # epochs given explicitly are trained as given (not scaled as a protocol's default is: DC's ConvNetBN)
             ev = run.evaluate(state, epochs=(overrides or {}).get("eval_epochs"), stop=stop)
-        except _EvalStopped:
+        except EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     out = {**ev, "step": step, "workdir": str(workdir), "method": cfg.method, "ipc": cfg.ipc}
     artifacts.write_json(workdir / f"eval_step{step}.json", out)
+    _merge_results(workdir / "results.json", out, run.method.net.name)
     return out
+
+
+def _merge_results(path: Path, ev: dict, matching: str) -> None:
+    """Adds an evaluation's per-architecture results to a run's results.json under `archs` (the top level keeps the
+    run's own final evaluation); each entry records its step, networks and epochs."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    archs = dict(results.get("archs") or {})
+    if not archs and results.get("accuracies"):  # the run's own evaluation, on the matching network
+        archs[matching] = {k: results[k] for k in ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs",
+                                                   "baseline", "difference") if k in results}
+    new = ev.get("archs") or {matching: {k: v for k, v in ev.items() if k in (
+        "accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "baseline", "difference")}}
+    for arch, r in new.items():
+        archs[arch] = {**r, "step": ev["step"], "eval_models": ev.get("eval_models")}
+    if not results.get("accuracies"):  # no final evaluation recorded: this one is the run's result
+        results.update({k: v for k, v in ev.items() if k != "archs"})
+    results["archs"] = archs
+    artifacts.write_json(path, results)

@@ -132,6 +132,55 @@ def test_evaluate_roundtrip_and_other_architectures(finished, capsys):
     ev = json.loads(lines[-1])
     assert list(ev["archs"]) == ["mlp", "lenet"] and ev["accuracies"] == ev["archs"]["mlp"]["accuracies"]
     assert all(len(r["accuracies"]) == 1 and r["eval_epochs"] == 1 for r in ev["archs"].values())
+    res = json.loads((wd / "results.json").read_text())  # every architecture evaluated so far, the run's own too
+    assert set(res["archs"]) == {"convnet", "mlp", "lenet"} and res["accuracies"] == summary["accuracies"]
+    assert res["archs"]["mlp"]["accuracies"] == ev["archs"]["mlp"]["accuracies"] and res["archs"]["mlp"]["step"] == 2
+
+
+def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
+    """Each format exported with its metadata; --set on the npz and on the pt (the same float images) gives the run's
+    own accuracies (same protocol, same network keys); the random baseline is reported beside it."""
+    pytest.importorskip("torch")
+    from sm_jax.cli import export_main
+    from sm_jax.sets import load_set
+
+    wd, summary = finished
+    for fmt in ("npz", "pt", "folder"):
+        code, out, err = run(export_main, ["--workdir", wd, "--to", tmp_path / fmt, "--format", fmt], capsys)
+        assert code == 0, err[-2000:]
+        meta = json.loads((tmp_path / fmt / "metadata.json").read_text())
+        names = np.load(wd / "synthetic.npz")["class_names"].tolist()
+        assert meta["method"] == "dc" and meta["ipc_trained"] == 2 and meta["class_names"] == names
+        assert meta["evaluations"][0]["accuracies"] == summary["accuracies"]
+        assert meta["evaluations"][0]["protocol"]["epochs"] == 1 and meta["mean"][0] == pytest.approx(0.4914)
+    assert_one_line_error(run(export_main, ["--workdir", wd, "--to", tmp_path / "npz", "--format", "npz"], capsys),
+                          "is not empty")
+    syn = np.load(wd / "synthetic.npz")
+    np.testing.assert_array_equal(load_set(tmp_path / "npz").images.reshape(-1, 32, 32, 3), syn["train_normalized"])
+    for fmt in ("npz", "pt"):
+        code, out, err = run(evaluate_main, ["--set", tmp_path / fmt, "--no-progress"], capsys)
+        assert code == 0, err[-3000:]
+        ev = json.loads(out.strip().splitlines()[-1])
+        assert ev["accuracies"] == summary["accuracies"], fmt
+        assert json.loads((tmp_path / fmt / "results.json").read_text())["accuracies"] == summary["accuracies"]
+    code, out, err = run(evaluate_main, ["--set", tmp_path / "folder", "--baseline", "random", "--eval-models", 2,
+                                         "--no-progress"], capsys)
+    assert code == 0, err[-3000:]
+    assert "random real subset" in out
+    ev = json.loads(out.strip().splitlines()[-1])
+    assert len(ev["baseline"]["accuracies"]) == 2
+    assert ev["difference"] == pytest.approx(ev["accuracy_mean"] - ev["baseline"]["accuracy_mean"])
+
+
+def test_evaluate_set_errors_are_one_line(finished, tmp_path, capsys):
+    wd, _ = finished
+    assert_one_line_error(run(evaluate_main, ["--set", tmp_path / "nowhere"], capsys), "does not exist")
+    np.savez(tmp_path / "bare.npz", images=np.zeros((4, 32, 32, 3), np.float32), labels=np.array([0, 0, 1, 1]))
+    assert_one_line_error(run(evaluate_main, ["--set", tmp_path / "bare.npz"], capsys), "give --dataset")
+    assert_one_line_error(run(evaluate_main, ["--set", tmp_path / "bare.npz", "--dataset", "cifar10"], capsys),
+                          "give --method")
+    assert_one_line_error(run(evaluate_main, ["--workdir", wd, "--method", "dc"], capsys), "applies to --set only")
+    assert_one_line_error(run(evaluate_main, ["--workdir", wd, "--set", wd], capsys), "not allowed with")
 
 
 def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive, finished, tmp_path, capsys):

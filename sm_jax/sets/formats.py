@@ -1,0 +1,294 @@
+"""Writing a run's set in the three export formats, and reading any set back (ours, or the official codes').
+
+Layouts (each export directory also holds `metadata.json`, see core.metadata_of):
+  folder: DIR/<class>/<index>.png, 8-bit pixels, readable by torchvision's ImageFolder and Keras'
+          image_dataset_from_directory (class folders sort in label order; where the names do not, they are
+          prefixed with the zero-padded label). IDC: the decoded images (what networks train on); the stored ones
+          in DIR_stored/<class>/.
+  npz:    DIR/set.npz, the schema of a run's synthetic.npz: `images` (N, H, W, C) float32 in [0, 1] (stored), `labels`,
+          `class_names`, `train_normalized` (M, H, W, C) float32 exactly what networks train on (normalised),
+          `train_labels`, `mean`, `std`; IDC also `decoded_images` / `decoded_labels` in [0, 1].
+  pt:     DIR/set.pt, the official DC/DSA/DM results layout {"data": [[images (N, C, H, W) normalised, labels]]}.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sm_jax.sets.core import ImageSet, SetError, by_class, metadata_of, normalise
+
+PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+# --- export ---------------------------------------------------------------------------------------------------------
+def _class_dirs(names) -> list[str]:
+    """Folder names that sort in label order (ImageFolder labels the sorted folders 0..C-1)."""
+    safe = [str(n).replace("/", "_").replace("\\", "_") or f"class{i}" for i, n in enumerate(names)]
+    if safe == sorted(safe) and len(set(safe)) == len(safe):
+        return safe
+    width = len(str(len(names) - 1))
+    return [f"{i:0{width}d}_{n}" for i, n in enumerate(safe)]
+
+
+def _write_pngs(root: Path, pixels: np.ndarray, names) -> list[str]:
+    from PIL import Image
+
+    dirs = _class_dirs(names)
+    for c, d in enumerate(dirs):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(pixels[c]):
+            a = np.round(im * 255).astype(np.uint8)
+            Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).save(root / d / f"{i:04d}.png")
+    return dirs
+
+
+def write_folder(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    dirs = _write_pngs(out, s.pixels(), s.class_names)
+    meta["class_folders"] = dirs
+    written = [out]
+    if s.stored is not None:
+        stored = out.parent / f"{out.name}_stored"
+        _write_pngs(stored, s.pixels(s.stored), s.class_names)
+        meta["stored_folder"] = stored.name
+        written.append(stored)
+    return written
+
+
+def npz_arrays(s: ImageSet) -> dict[str, np.ndarray]:
+    """The npz schema (module docstring) of a set."""
+    c, n = s.images.shape[:2]
+    stored = s.stored if s.stored is not None else s.images
+    out = {"images": s.pixels(stored).reshape(-1, *stored.shape[2:]),
+           "labels": np.repeat(np.arange(c), stored.shape[1]),
+           "class_names": np.asarray(s.class_names), "train_normalized": s.images.reshape(-1, *s.images.shape[2:]),
+           "train_labels": np.repeat(np.arange(c), n), "mean": np.asarray(s.mean, np.float32),
+           "std": np.asarray(s.std, np.float32)}
+    if s.stored is not None:
+        out["decoded_images"] = s.pixels().reshape(-1, *s.images.shape[2:])
+        out["decoded_labels"] = out["train_labels"]
+    return out
+
+
+def write_npz(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "set.npz", **npz_arrays(s))
+    return [out / "set.npz"]
+
+
+def write_pt(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    try:
+        import torch
+    except ImportError:
+        raise SetError("--format pt needs PyTorch (pip install torch); folder and npz do not") from None
+    out.mkdir(parents=True, exist_ok=True)
+    c, n = s.images.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(s.images.reshape(-1, *s.images.shape[2:]).transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(np.repeat(np.arange(c), n).astype(np.int64))
+    torch.save({"data": [[x, y]]}, out / "set.pt")
+    return [out / "set.pt"]
+
+
+FORMATS: dict[str, Callable[[ImageSet, Path, dict], list[Path]]] = {"folder": write_folder, "npz": write_npz,
+                                                                     "pt": write_pt}
+
+
+def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
+    """Writes the set of the finished run in `workdir` to directory `to` in format `fmt` (FORMATS), with
+    metadata.json.
+
+    Returns:
+      the paths written.
+    Raises:
+      SetError: for an unknown format, a run without a saved set, or a non-empty target.
+    """
+    from sm_jax.config import Config
+
+    if fmt not in FORMATS:
+        raise SetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    workdir, to = Path(workdir), Path(to)
+    s = load_set(workdir / "synthetic.npz")
+    cfg_file = workdir / "config.json"
+    if not cfg_file.is_file():
+        raise SetError(f"{workdir} has no config.json: not a run directory")
+    cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+    results = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").is_file() else None
+    if to.exists() and any(to.iterdir()):
+        raise SetError(f"{to} exists and is not empty; export into a new directory")
+    meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:])
+    meta["format"] = fmt
+    written = FORMATS[fmt](s, to, meta)
+    to.mkdir(parents=True, exist_ok=True)
+    (to / "metadata.json").write_text(json.dumps(meta, indent=2))
+    return [*written, to / "metadata.json"]
+
+
+# --- load -----------------------------------------------------------------------------------------------------------
+def _metadata_near(path: Path) -> dict:
+    f = (path if path.is_dir() else path.parent) / "metadata.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise SetError(f"{f}: not JSON ({e})") from None
+
+
+def _stats(meta: dict, dataset: str | None, where: str) -> tuple[tuple, tuple, str]:
+    """(mean, std, dataset name) from the set's metadata, else from `dataset`'s registry entry."""
+    from sm_jax.data import dataset_info
+
+    if meta.get("mean") and meta.get("std"):
+        return tuple(meta["mean"]), tuple(meta["std"]), meta.get("dataset", dataset or "")
+    if not dataset:
+        raise SetError(f"{where} has no metadata.json: give --dataset (its normalisation and test split)")
+    try:
+        info = dataset_info(dataset)
+    except ValueError as e:
+        raise SetError(str(e)) from None
+    if info.mean is None:
+        raise SetError(f"--dataset {info.name} has no fixed normalisation: the set needs its metadata.json")
+    return info.mean, info.std, info.name
+
+
+def _names(meta: dict, dataset: str | None, c: int) -> tuple[str, ...]:
+    from sm_jax.data import dataset_info
+
+    if meta.get("class_names"):
+        return tuple(meta["class_names"])
+    try:
+        names = dataset_info(dataset).class_names if dataset else ()
+    except ValueError:
+        names = ()
+    return tuple(names) if len(names) == c else tuple(str(i) for i in range(c))
+
+
+def _read_npz(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            z = dict(f)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise SetError(f"{path}: not a readable npz ({e})") from None
+    meta = _metadata_near(path)
+    if "mean" in z and "std" in z:
+        meta = {**meta, "mean": z["mean"].tolist(), "std": z["std"].tolist()}
+    mean, std, name = _stats(meta, dataset, str(path))
+    if "train_normalized" in z:
+        images = by_class(z["train_normalized"].astype(np.float32), z["train_labels"], str(path))
+    elif "decoded_images" in z:
+        images = by_class(normalise(z["decoded_images"], mean, std), z["decoded_labels"], str(path))
+    elif "images" in z and "labels" in z:
+        images = by_class(normalise(z["images"], mean, std), z["labels"], str(path))
+    else:
+        raise SetError(f"{path}: an npz set needs `images` and `labels` (or `train_normalized` / `train_labels`)")
+    stored = None
+    if "decoded_images" in z or "decoded_labels" in z:
+        stored = by_class(normalise(z["images"], mean, std), z["labels"], str(path))
+    names = tuple(str(n) for n in z["class_names"]) if "class_names" in z else _names(meta, name, images.shape[0])
+    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, stored, str(path))
+
+
+def _read_folder(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
+    from PIL import Image
+
+    meta = _metadata_near(path)
+    mean, std, name = _stats(meta, dataset, str(path))
+    dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    xs, ys = [], []
+    for label, d in enumerate(dirs):
+        for f in sorted(f for f in d.iterdir() if f.suffix.lower() in PNG_SUFFIXES):
+            try:
+                a = np.asarray(Image.open(f), np.float32) / 255.0
+            except OSError as e:
+                raise SetError(f"{f}: not an image ({e})") from None
+            xs.append(a[..., None] if a.ndim == 2 else a)
+            ys.append(label)
+    if not xs:
+        raise SetError(f"{path}: no class folders with images (expected {path}/<class>/<index>.png)")
+    if len({x.shape for x in xs}) > 1:
+        raise SetError(f"{path}: the images differ in size ({sorted({x.shape for x in xs})[:2]})")
+    if len(xs[0].shape) == 3 and len(mean) != xs[0].shape[-1]:
+        raise SetError(f"{path}: {xs[0].shape[-1]}-channel images, but the normalisation has {len(mean)} channels")
+    images = by_class(normalise(np.stack(xs), mean, std), np.asarray(ys), str(path), num_classes=len(dirs))
+    names = tuple(meta["class_names"]) if len(meta.get("class_names", ())) == len(dirs) else \
+        tuple(d.name for d in dirs)
+    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, None, str(path))
+
+
+def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0) -> ImageSet:
+    try:
+        import torch
+    except ImportError:
+        raise SetError(f"{path}: reading .pt sets needs PyTorch (pip install torch)") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # tensors and containers only: no unpickling
+    except Exception as e:  # torch raises several types for a corrupt or unsafe file
+        raise SetError(f"{path}: not a readable PyTorch set ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                       ) from None
+    meta = _metadata_near(path)
+    mean, std, name = _stats(meta, dataset, str(path))
+    idc = False
+    if isinstance(obj, dict) and "data" in obj:  # DC/DSA/DM's res_*.pt (one [images, labels] per experiment), ours
+        runs = obj["data"]
+        if not isinstance(runs, (list, tuple)) or not runs:
+            raise SetError(f"{path}: its 'data' holds no [images, labels] pair")
+        if not 0 <= index < len(runs):
+            raise SetError(f"{path} holds {len(runs)} sets (experiments); --set-index {index} is out of range")
+        pair = runs[index]
+    elif isinstance(obj, (list, tuple)) and len(obj) == 2:  # IDC's data.pt: [stored images, targets]
+        pair, idc = obj, not meta
+    else:
+        raise SetError(f"{path}: neither the official results layout {{'data': [[images, labels]]}} nor IDC's "
+                       f"[images, targets]")
+    try:
+        x, y = (np.asarray(t.detach().cpu().numpy()) for t in pair)
+    except (AttributeError, TypeError, ValueError):
+        raise SetError(f"{path}: expected [images, labels] tensors") from None
+    if x.ndim != 4 or x.shape[1] != len(mean):
+        raise SetError(f"{path}: images must be (N, {len(mean)}, H, W), got {tuple(x.shape)}")
+    images = by_class(x.transpose(0, 2, 3, 1).astype(np.float32), y, str(path))
+    stored = None
+    if idc:  # stored images: decode them as IDC's test code does (multi-formation, factor 2 unless told)
+        from sm_jax.methods import idc_decode
+
+        f = factor or 2
+        if images.shape[2] % f or images.shape[3] % f:
+            raise SetError(f"{path}: --factor {f} does not divide the image size {images.shape[2]}x{images.shape[3]}")
+        stored, images = images, np.asarray(idc_decode(images, f))
+        meta = {**meta, "factor": f}
+    return ImageSet(images, _names(meta, name, images.shape[0]), mean, std, {**meta, "dataset": name}, stored,
+                    str(path))
+
+
+def load_set(path: str | Path, dataset: str | None = None, factor: int | None = None, index: int = 0) -> ImageSet:
+    """Any condensed set: an exported folder / npz / pt directory (or its file), a run's synthetic.npz or workdir,
+    the official DC/DSA/DM `res_*.pt`, IDC's `data.pt`.
+
+    Args:
+      path: the set's file or directory.
+      dataset: the dataset whose normalisation (and class names) a set without metadata.json uses.
+      factor: IDC's multi-formation factor for a bare `data.pt` of stored images (default 2, IDC's).
+      index: which experiment's set of an official results file holding several.
+    Returns:
+      the ImageSet.
+    Raises:
+      SetError: for a missing, corrupt or mislabelled set (one line).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SetError(f"{p} does not exist")
+    if p.is_dir():
+        for name in ("set.npz", "set.pt", "synthetic.npz"):
+            if (p / name).is_file():
+                p = p / name
+                break
+    if p.is_dir():
+        return _read_folder(p, dataset, factor)
+    if p.suffix == ".npz":
+        return _read_npz(p, dataset, factor)
+    if p.suffix in (".pt", ".pth"):
+        return _read_pt(p, dataset, factor, index)
+    raise SetError(f"{p}: not a set (a folder of class folders, .npz or .pt)")

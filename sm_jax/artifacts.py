@@ -18,8 +18,10 @@ def write_json(path: Path, obj) -> None:
 class MetricsLog:
     """Append-only JSON lines; on resume, drops the lines of iterations after the checkpoint being resumed."""
 
-    def __init__(self, path: Path, keep_up_to: int):
+    def __init__(self, path: Path, keep_up_to: int, sink=None):
+        """`sink`: also called with every record written (e.g. a tensorboard.TensorBoard)."""
         self.path = Path(path)
+        self.sink = sink
         if self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _iteration(ln) <= keep_up_to]
             tmp = Path(str(self.path) + ".tmp")
@@ -30,6 +32,8 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.sink is not None:
+            self.sink(record)
 
 
 def _iteration(line: str) -> int:
@@ -72,6 +76,11 @@ def save_synthetic(workdir: Path, method, images, class_names) -> None:
 
 def save_grid(path: Path, pixels: np.ndarray, class_names, max_cols: int = 10, scale: int = 2) -> None:
     """A grid PNG: one row per class (at most `max_cols` images), class names on the left."""
+    grid(pixels, class_names, max_cols, scale).save(path)
+
+
+def grid(pixels: np.ndarray, class_names, max_cols: int = 10, scale: int = 2):
+    """The grid of `save_grid` as a PIL image; pixels: (classes, n, H, W, C) in [0, 1]."""
     from PIL import Image, ImageDraw
 
     c, n = pixels.shape[:2]
@@ -86,7 +95,7 @@ def save_grid(path: Path, pixels: np.ndarray, class_names, max_cols: int = 10, s
             tile = Image.fromarray((pixels[ci, j] * 255).round().astype(np.uint8).squeeze(-1) if pixels.shape[-1] == 1
                                    else (pixels[ci, j] * 255).round().astype(np.uint8)).resize((w, h), Image.NEAREST)
             canvas.paste(tile, (label_w + j * (w + pad), ci * (h + pad)))
-    canvas.save(path)
+    return canvas
 
 
 def plot_progress(workdir: Path) -> None:

@@ -44,7 +44,9 @@ def add_config_flags(p: argparse.ArgumentParser, names=None, required=()) -> Non
         text = meta["help"]
         if meta["choices"] is not None:
             text += f" (one of {', '.join(meta['choices']())})"
-        if f.type == "bool":
+        if f.type == "bool" and f.default:  # on unless turned off
+            p.add_argument("--no-" + flag[2:], dest=name, action="store_const", const=False, help=text)
+        elif f.type == "bool":
             p.add_argument(flag, action="store_const", const=True, help=text)
         else:
             p.add_argument(flag, type=_SPECIAL_TYPES.get(name, _TYPES[f.type]), required=name in required, help=text,
@@ -126,7 +128,8 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
     _guard(go)
 
 
-EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "baseline", "data_dir", "log_every")  # may change
+# the fields experiments.evaluate may change (the protocol and where the data is; never the set)
+EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "baseline", "data_dir", "log_every")
 SET_FIELDS = ("method", "dataset", "preset", "factor")  # what a set without a run config is evaluated as
 
 

@@ -130,6 +130,8 @@ class Config:
                                "saving the last finished one (SLURM's default grace is 30)", kind=OTHER, low=0)
     log_every: float = _field(30.0, "seconds between progress lines when the output is not a terminal", kind=OTHER,
                               low=0)
+    tensorboard: bool = _field(True, "write the metrics and the synthetic grid at each evaluation to TensorBoard "
+                               "event files in <workdir>/tensorboard (--no-tensorboard: off)", kind=OTHER)
     seed: int = _field(0, "run seed: the partitions, the initial set, every draw")
     data_dir: str | None = _field(None, "TFDS data dir, image-folder archive/directory, or the dataset's official "
                                   "archive (or its extracted folder); default: TFDS download", kind=OTHER)

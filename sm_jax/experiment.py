@@ -27,6 +27,7 @@ from sm_jax.methods import CondenseState, make_context, make_method, make_partit
 from sm_jax.models import arch_names
 from sm_jax.progress import Progress
 from sm_jax.sharding import check_divides, make_mesh, put
+from sm_jax.tensorboard import TensorBoard
 
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
 
@@ -179,8 +180,15 @@ class Run:
     def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
         it = int(state.iteration)
         ev = self.evaluate(state, stop=stop)
-        metrics_log.write({"iteration": it, "eval": ev})
+        self._log_eval(metrics_log, it, ev, state.images)
         self.log(f"iteration {it}: accuracy {ev['accuracy_mean']:.4f} +- {ev['accuracy_std']:.4f}")
+
+    def _log_eval(self, metrics_log: artifacts.MetricsLog, it: int, ev: dict, images) -> None:
+        """An evaluation's metrics.jsonl line and, with TensorBoard on, the synthetic grid beside its scalars."""
+        metrics_log.write({"iteration": it, "eval": ev})
+        if isinstance(metrics_log.sink, TensorBoard):
+            pixels = np.asarray(self.method.to_pixels(images), np.float32)
+            metrics_log.sink.image("synthetic", np.asarray(artifacts.grid(pixels, self.data.class_names)), it)
 
     def _eval_pending(self, it: int) -> bool:
         """Whether the periodic evaluation due at iteration `it` has no line in metrics.jsonl (a run stopped during
@@ -213,11 +221,14 @@ class Run:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(self.workdir)
+        self.tensorboard = TensorBoard(self.workdir / "tensorboard") if self.cfg.tensorboard else None
         try:
             with StopSignals() as stop, backend.precision(self.cfg.precision):
                 return self._execute(ckpt, stop)
         finally:
             ckpt.close()  # waits for an asynchronous save in flight
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _execute(self, ckpt: Checkpointer, stop: StopSignals) -> dict:
         cfg = self.cfg
@@ -230,7 +241,7 @@ class Run:
             if not run_differences(done["config"], cfg, results=True):
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
-        metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start)
+        metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard)
         ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
         state = CondenseState(put(state.images, self.mesh, True), put(state.opt_state, self.mesh, True),
                               state.iteration)
@@ -298,7 +309,7 @@ class Run:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the final evaluation; the condensed set is "
                           f"saved (iteration {it}); rerun the same command to evaluate it") from None
         if ev["accuracy_mean"] is not None:
-            metrics_log.write({"iteration": it, "eval": ev})
+            self._log_eval(metrics_log, it, ev, last.images)
         results = {**ev, "iterations": it, "condense_seconds_this_sitting": condense_seconds,
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "budget": {

@@ -240,3 +240,37 @@ def test_artifacts_of_a_run(finished):
     steps = [r for r in lines if "loss_all" in r]
     assert [r["iteration"] for r in steps] == [1, 2]
     assert steps[0]["lambda"] == 1.0 and steps[-1]["lambda"] == pytest.approx(0.5)
+
+
+def test_python_api(finished, tiny_archive, tmp_path):
+    """sm_jax.condense / evaluate / load_set: the command line's code, called from a notebook."""
+    import sm_jax
+
+    wd, summary = finished
+    s = sm_jax.load_set(wd)  # a run directory: its synthetic.npz
+    np.testing.assert_array_equal(s.images.reshape(-1, 32, 32, 3), np.load(wd / "synthetic.npz")["train_normalized"])
+    assert sm_jax.evaluate(wd, eval_models=1, eval_epochs=1, progress=False)["accuracies"] == summary["accuracies"]
+    res = sm_jax.condense("dc", 2, preset="cpu", width=8, depth=1, batch_real=4, iterations=0, eval_models=0,
+                          data_dir=str(tiny_archive), workdir=str(tmp_path / "api"), progress=False)
+    assert res["iterations"] == 0 and (tmp_path / "api" / "synthetic.npz").exists()
+
+
+@pytest.mark.slow  # imports TensorFlow to read the files back as TensorBoard does
+def test_tensorboard_event_files(finished):
+    """The run's TensorBoard files hold metrics.jsonl's scalars and the synthetic grid at the evaluation."""
+    tf = pytest.importorskip("tensorflow")
+    wd, summary = finished
+    scalars, images = {}, []
+    for f in sorted((wd / "tensorboard").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(f)):
+            for v in event.summary.value:
+                if v.HasField("image"):
+                    images.append((v.tag, event.step))
+                else:
+                    scalars.setdefault(v.tag, {})[event.step] = v.simple_value
+    steps = [json.loads(ln) for ln in (wd / "metrics.jsonl").read_text().splitlines()]
+    loss = {r["iteration"]: r["loss_all"] for r in steps if "loss_all" in r}
+    assert scalars["condense/loss_all"] == pytest.approx(loss)
+    assert set(scalars["condense/lambda"]) == {1, 2}
+    assert scalars["eval/accuracy_mean"] == pytest.approx({2: summary["accuracy_mean"]})
+    assert ("synthetic", 2) in images

@@ -1,0 +1,65 @@
+"""TensorBoard event files of a run, in `<workdir>/tensorboard/`: every scalar of metrics.jsonl (the matching losses,
+lambda, gradient norm, seconds; each evaluation's accuracies, per architecture, with the baseline where there is one)
+and the synthetic grid at each evaluation. Written with tensorboardX's SummaryWriter (no TensorFlow in the run's
+process); `tensorboard --logdir runs/` shows every run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TensorBoard:
+    """A metrics.jsonl sink (`artifacts.MetricsLog(sink=...)`) and image writer; opens its writer on first use."""
+
+    def __init__(self, logdir: str | Path):
+        self.logdir = Path(logdir)
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.logdir), flush_secs=20)
+        return self._writer
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        """Writes one metrics.jsonl record: a step's scalars under condense/, an evaluation's under eval/."""
+        it = int(record["iteration"])
+        if "eval" in record:
+            for tag, v in eval_scalars(record["eval"]).items():
+                self.writer.add_scalar(f"eval/{tag}", v, it)
+            self.writer.flush()
+            return
+        for k, v in record.items():
+            if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"condense/{k}", v, it)
+
+    def image(self, tag: str, image: np.ndarray, iteration: int) -> None:
+        """An (H, W, 3) uint8 image at `iteration`."""
+        self.writer.add_image(tag, image, iteration, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def eval_scalars(ev: dict[str, Any]) -> dict[str, float]:
+    """The scalars of an evaluation result (evaluation.evaluate_archs's): accuracy mean/std (and the baseline's and the
+    difference), per architecture when there are several."""
+    per = ev.get("archs") or {"": ev}
+    out = {}
+    for arch, r in per.items():
+        pre = f"{arch}/" if arch else ""
+        if r.get("accuracy_mean") is None:
+            continue
+        out[f"{pre}accuracy_mean"] = float(r["accuracy_mean"])
+        out[f"{pre}accuracy_std"] = float(r["accuracy_std"])
+        if "baseline" in r:
+            out[f"{pre}baseline_accuracy_mean"] = float(r["baseline"]["accuracy_mean"])
+            out[f"{pre}difference"] = float(r["difference"])
+    return out

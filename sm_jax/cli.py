@@ -122,7 +122,8 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
             print(f"note: --subset-k defaults to 1 (the base method) here: K = 2 does not divide the "
                   f"{cfg.syn_per_class} synthetic images per class", file=sys.stderr)
         results = Run(cfg, progress=not args.no_progress).execute()
-        summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations")}
+        summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations",
+                                               "baseline", "difference") if k in results}
         print(json.dumps({"workdir": cfg.workdir, **summary}))
 
     _guard(go)

@@ -274,3 +274,31 @@ def test_tensorboard_event_files(finished):
     assert set(scalars["condense/lambda"]) == {1, 2}
     assert scalars["eval/accuracy_mean"] == pytest.approx({2: summary["accuracy_mean"]})
     assert ("synthetic", 2) in images
+
+
+def test_a_field_on_by_default_has_a_no_flag():
+    from sm_jax.cli import condense_parser, config_from_flags
+
+    argv = ["--method", "dc", "--ipc", "1"]
+    assert config_from_flags(condense_parser("cifar10").parse_args(argv)).tensorboard is True
+    assert config_from_flags(condense_parser("cifar10").parse_args([*argv, "--no-tensorboard"])).tensorboard is False
+
+
+@pytest.mark.slow  # a process: the example is a script
+def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive, tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    from sm_jax.cli import export_main
+
+    wd, _ = finished
+    assert run(export_main, ["--workdir", wd, "--to", tmp_path / "f", "--format", "folder"], capsys)[0] == 0
+    example = Path(__file__).parents[1] / "examples" / "train_torch.py"
+    res = subprocess.run([sys.executable, str(example), "--set", str(tmp_path / "f"), "--test", str(tiny_archive),
+                          "--models", "2", "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["train_images"] == 6 and out["test_images"] == 12 and len(out["accuracies"]) == 2
+    assert all(0 <= a <= 1 for a in out["accuracies"])

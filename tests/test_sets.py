@@ -51,6 +51,17 @@ def test_npz_and_pt_read_back_exactly_and_png_within_8bit_rounding(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(first)), np.round(s.pixels()[1, 0] * 255).astype(np.uint8))
 
 
+def test_idc_folder_export_keeps_the_stored_images_beside(tmp_path):
+    s = a_set()
+    stored = a_set(n=1).images
+    s = ImageSet(s.images, s.class_names, MEAN, STD, {}, stored)
+    meta = write(s, "folder", tmp_path / "out")
+    assert meta["stored_folder"] == "out_stored"
+    assert load_set(tmp_path / "out").images.shape == (3, 2, 8, 8, 3)  # what networks train on
+    assert sorted(p.name for p in (tmp_path / "out_stored").iterdir()) == ["c0", "c1", "c2"]
+    assert len(list((tmp_path / "out_stored" / "c0").iterdir())) == 1
+
+
 def test_npz_schema_is_a_runs_synthetic_npz(tmp_path):
     """The export's npz and a run's synthetic.npz share one schema: the stored pixels in [0, 1] and the exact
     normalised images networks train on."""

@@ -163,6 +163,11 @@ def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
         ev = json.loads(out.strip().splitlines()[-1])
         assert ev["accuracies"] == summary["accuracies"], fmt
         assert json.loads((tmp_path / fmt / "results.json").read_text())["accuracies"] == summary["accuracies"]
+    code, out, err = run(evaluate_main, ["--set", wd / "synthetic.npz", "--no-progress"], capsys)
+    assert code == 0, err[-3000:]  # a run's own set: its config.json gives the protocol; its results.json is kept
+    assert json.loads(out.strip().splitlines()[-1])["accuracies"] == summary["accuracies"]
+    assert json.loads((wd / "set_results.json").read_text())["set"] == str(wd / "synthetic.npz")
+    assert json.loads((wd / "results.json").read_text())["config"]["method"] == "dc"
     code, out, err = run(evaluate_main, ["--set", tmp_path / "folder", "--baseline", "random", "--eval-models", 2,
                                          "--no-progress"], capsys)
     assert code == 0, err[-3000:]

@@ -128,13 +128,17 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
 
 # --- load -----------------------------------------------------------------------------------------------------------
 def _metadata_near(path: Path) -> dict:
-    f = (path if path.is_dir() else path.parent) / "metadata.json"
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError as e:
-        raise SetError(f"{f}: not JSON ({e})") from None
+    """metadata.json beside the set; in a run directory (no metadata.json), the run's config.json as its config."""
+    where = path if path.is_dir() else path.parent
+    for name in ("metadata.json", "config.json"):
+        f = where / name
+        if f.is_file():
+            try:
+                meta = json.loads(f.read_text())
+            except ValueError as e:
+                raise SetError(f"{f}: not JSON ({e})") from None
+            return meta if name == "metadata.json" else {"config": meta, "dataset": meta.get("dataset")}
+    return {}
 
 
 def _stats(meta: dict, dataset: str | None, where: str) -> tuple[tuple, tuple, str]:
@@ -143,6 +147,7 @@ def _stats(meta: dict, dataset: str | None, where: str) -> tuple[tuple, tuple, s
 
     if meta.get("mean") and meta.get("std"):
         return tuple(meta["mean"]), tuple(meta["std"]), meta.get("dataset", dataset or "")
+    dataset = dataset or meta.get("dataset")
     if not dataset:
         raise SetError(f"{where} has no metadata.json: give --dataset (its normalisation and test split)")
     try:

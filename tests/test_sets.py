@@ -89,7 +89,7 @@ def test_official_layouts(tmp_path):
     x = torch.from_numpy(np.ascontiguousarray(s.images.reshape(20, 8, 8, 3).transpose(0, 3, 1, 2)))
     y = torch.arange(10).repeat_interleave(2)
     perm = torch.from_numpy(np.argsort(-y.numpy(), kind="stable"))  # classes need not come in label order
-    torch.save({"data": [[x[perm] * 0, y[perm]], [x[perm], y[perm]]], "accs_all_exps": {"ConvNet": [0.5]}},
+    torch.save({"data": [[x[perm] * 0, y[perm]], [x[perm], y[perm]]], "accs_all_exps": {"ConvNet": [np.float64(0.5)]}},
                tmp_path / "res_DM_CIFAR10_ConvNet_2ipc.pt")
     with pytest.raises(SetError, match="give --dataset"):
         load_set(tmp_path / "res_DM_CIFAR10_ConvNet_2ipc.pt")

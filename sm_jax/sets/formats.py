@@ -228,8 +228,13 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
         import torch
     except ImportError:
         raise SetError(f"{path}: reading .pt sets needs PyTorch (pip install torch)") from None
+    # tensors, containers and numpy scalars (the official results hold their accuracies as numpy floats): nothing
+    # that runs code while unpickling
+    numpy_data = [np.dtype, np.core.multiarray.scalar if not hasattr(np, "_core") else np._core.multiarray.scalar,
+                  *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}]
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # tensors and containers only: no unpickling
+        with torch.serialization.safe_globals(numpy_data):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or unsafe file
         raise SetError(f"{path}: not a readable PyTorch set ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
                        ) from None

@@ -140,6 +140,8 @@ def test_evaluate_roundtrip_and_other_architectures(finished, capsys):
 def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
     """Each format exported with its metadata; --set on the npz and on the pt (the same float images) gives the run's
     own accuracies (same protocol, same network keys); the random baseline is reported beside it."""
+    import shutil
+
     pytest.importorskip("torch")
     from sm_jax.cli import export_main
     from sm_jax.sets import load_set
@@ -157,6 +159,12 @@ def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
                           "is not empty")
     syn = np.load(wd / "synthetic.npz")
     np.testing.assert_array_equal(load_set(tmp_path / "npz").images.reshape(-1, 32, 32, 3), syn["train_normalized"])
+    old = tmp_path / "old_run"  # a run saved before synthetic.npz held the exact images: export reads its checkpoint
+    shutil.copytree(wd, old)
+    np.savez(old / "synthetic.npz", **{k: syn[k] for k in ("images", "labels", "class_names")})
+    assert run(export_main, ["--workdir", old, "--to", tmp_path / "old_npz", "--format", "npz"], capsys)[0] == 0
+    np.testing.assert_array_equal(load_set(tmp_path / "old_npz").images.reshape(-1, 32, 32, 3),
+                                  syn["train_normalized"])
     for fmt in ("npz", "pt"):
         code, out, err = run(evaluate_main, ["--set", tmp_path / fmt, "--no-progress"], capsys)
         assert code == 0, err[-3000:]

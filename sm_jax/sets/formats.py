@@ -110,11 +110,15 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     if fmt not in FORMATS:
         raise SetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     workdir, to = Path(workdir), Path(to)
-    s = load_set(workdir / "synthetic.npz")
     cfg_file = workdir / "config.json"
     if not cfg_file.is_file():
         raise SetError(f"{workdir} has no config.json: not a run directory")
     cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+    s = load_set(workdir / "synthetic.npz")
+    with np.load(workdir / "synthetic.npz") as z:
+        exact = "train_normalized" in z.files
+    if not exact:  # a run saved before synthetic.npz held the exact images: its [0, 1] pixels are clipped
+        s = _from_checkpoint(workdir, cfg, s)
     results = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").is_file() else None
     if to.exists() and any(to.iterdir()):
         raise SetError(f"{to} exists and is not empty; export into a new directory")
@@ -124,6 +128,25 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     to.mkdir(parents=True, exist_ok=True)
     (to / "metadata.json").write_text(json.dumps(meta, indent=2))
     return [*written, to / "metadata.json"]
+
+
+def _from_checkpoint(workdir: Path, cfg, s: ImageSet) -> ImageSet:
+    """`s` with the exact images of the run's latest checkpoint (what its evaluation trained on)."""
+    import dataclasses
+
+    from sm_jax.checkpointing import Checkpointer
+    from sm_jax.experiment import Run
+
+    run = Run(cfg, progress=False, log=lambda *a: None)
+    ckpt = Checkpointer(workdir, create=False)
+    try:
+        state, _ = run.restore(ckpt, None, *run.fresh())
+    finally:
+        ckpt.close()
+    images = np.asarray(run.method.decode(state.images), np.float32)
+    stored = None if images.shape[1] == cfg.ipc else normalise(np.asarray(run.method.to_pixels(state.images)),
+                                                                 s.mean, s.std)
+    return dataclasses.replace(s, images=images, stored=stored)
 
 
 # --- load -----------------------------------------------------------------------------------------------------------

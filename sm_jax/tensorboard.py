@@ -11,19 +11,15 @@ import numpy as np
 
 
 class TensorBoard:
-    """A metrics.jsonl sink (`artifacts.MetricsLog(sink=...)`) and image writer; opens its writer on first use."""
+    """A metrics.jsonl sink (`artifacts.MetricsLog(sink=...)`) and image writer."""
 
     def __init__(self, logdir: str | Path):
+        from tensorboardX import SummaryWriter
+
+        # opened (and its module imported) here, before the run's loop: never between two iterations, where a
+        # stop must find the next iteration already in flight
         self.logdir = Path(logdir)
-        self._writer = None
-
-    @property
-    def writer(self):
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.logdir), flush_secs=20)
-        return self._writer
+        self.writer = SummaryWriter(str(self.logdir), flush_secs=20)
 
     def __call__(self, record: dict[str, Any]) -> None:
         """Writes one metrics.jsonl record: a step's scalars under condense/, an evaluation's under eval/."""
@@ -43,9 +39,7 @@ class TensorBoard:
         self.writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.writer.close()
 
 
 def eval_scalars(ev: dict[str, Any]) -> dict[str, float]:

@@ -11,7 +11,8 @@ from sm_jax.study.spec import SELECT, RunSpec
 
 # DM is forward-only on the real side, so it affords far more iterations than the gradient methods' plans: 1,000
 # iterations at 32 real images per class (per subset too), evaluated as DSA with 5 networks x 300 epochs (the paper:
-# 20 x 1000). About 2 CPU-hours on 2 cores for the 9 runs.
+# 20 x 1000). Measured on 2 cores: 1.2 s per K = 2 iteration, about 6 minutes per 5-network evaluation; the 9 runs
+# take about 3 hours.
 DM_SETTINGS = {"dm10": ("dm", 10, {"iterations": 1000, "batch_real": 32, "eval_epochs": 300, "eval_models": 5,
                                    "checkpoint_every": 100})}
 SMOOTH = 50  # iterations per point of the loss figure: each DM iteration draws a new network, so L_all is noisy

@@ -112,6 +112,15 @@ def _summary(accs: np.ndarray) -> dict[str, Any]:
     return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std())}
 
 
+ARCH_RESULT = ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "baseline", "difference")
+
+
+def per_arch(ev: dict[str, Any], matching: str) -> dict[str, dict[str, Any]]:
+    """An `evaluate_archs` result (or a results.json) per architecture: its `archs`, or, with one architecture,
+    {matching: its top-level fields of ARCH_RESULT}."""
+    return ev.get("archs") or {matching: {k: ev[k] for k in ARCH_RESULT if k in ev}}
+
+
 def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array, models: int,
                    archs: Sequence[str], epochs: int | None = None, parallel: int = 1, mesh=None,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print,

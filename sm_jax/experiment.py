@@ -21,7 +21,7 @@ from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, load_dataset
 from sm_jax.errors import UserError
-from sm_jax.evaluation import evaluate_archs, random_subset
+from sm_jax.evaluation import evaluate_archs, per_arch, random_subset
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
 from sm_jax.models import arch_names
@@ -360,13 +360,9 @@ def _merge_results(path: Path, ev: dict, matching: str) -> None:
     """Adds an evaluation's per-architecture results to a run's results.json under `archs` (the top level keeps the
     run's own final evaluation); each entry records its step, networks and epochs."""
     results = json.loads(path.read_text()) if path.is_file() else {}
-    archs = dict(results.get("archs") or {})
-    if not archs and results.get("accuracies"):  # the run's own evaluation, on the matching network
-        archs[matching] = {k: results[k] for k in ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs",
-                                                   "baseline", "difference") if k in results}
-    new = ev.get("archs") or {matching: {k: v for k, v in ev.items() if k in (
-        "accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "baseline", "difference")}}
-    for arch, r in new.items():
+    # the run's own evaluation (on the matching network when it recorded one architecture) is kept
+    archs = dict(per_arch(results, matching)) if results.get("accuracies") else {}
+    for arch, r in per_arch(ev, matching).items():
         archs[arch] = {**r, "step": ev["step"], "eval_models": ev.get("eval_models")}
     if not results.get("accuracies"):  # no final evaluation recorded: this one is the run's result
         results.update({k: v for k, v in ev.items() if k != "archs"})

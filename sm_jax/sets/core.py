@@ -89,13 +89,13 @@ def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, st
     protocol that produced it."""
     import sm_jax
     from sm_jax.data import DataSpec
+    from sm_jax.evaluation import per_arch
     from sm_jax.methods import make_method
 
     method = make_method(cfg, DataSpec(len(class_names), tuple(image_shape), tuple(mean), tuple(std)))
     evaluations = []
     if results and results.get("accuracies"):
-        archs = results.get("archs") or {method.net.name: results}  # one architecture: the matching network
-        for arch, r in archs.items():
+        for arch, r in per_arch(results, method.net.name).items():
             evaluations.append({"protocol": protocol_dict(method, arch, r.get("eval_epochs")),
                                 "accuracies": r["accuracies"], "accuracy_mean": r["accuracy_mean"],
                                 "accuracy_std": r["accuracy_std"], "networks": len(r["accuracies"]),

@@ -18,17 +18,21 @@ def write_json(path: Path, obj) -> None:
 class MetricsLog:
     """Append-only JSON lines; on resume, drops the lines of iterations after the checkpoint being resumed."""
 
-    def __init__(self, path: Path, keep_up_to: int, sink=None):
-        """`sink`: also called with every record written (e.g. a tensorboard.TensorBoard)."""
+    def __init__(self, path: Path, keep_up_to: int, sink=None, enabled: bool = True):
+        """`sink`: also called with every record written (e.g. a tensorboard.TensorBoard); `enabled` False: writes
+        nothing (a process other than the run's writer)."""
         self.path = Path(path)
         self.sink = sink
-        if self.path.exists():
+        self.enabled = enabled
+        if enabled and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and _iteration(ln) <= keep_up_to]
             tmp = Path(str(self.path) + ".tmp")
             tmp.write_text("".join(ln + "\n" for ln in kept))
             os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

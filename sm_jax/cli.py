@@ -30,14 +30,15 @@ def class_chunk(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
 
 
-_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str, "int | None": int}
 _SPECIAL_TYPES = {"class_chunk": class_chunk}
 
 
-def add_config_flags(p: argparse.ArgumentParser, names=None, required=()) -> None:
-    """--flags for the Config fields `names` (default: all), each with its metadata's help and choices; defaults
-    are None (the preset's value), so that only the flags given override it."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+def add_config_flags(p: argparse.ArgumentParser, names=None, required=(), cls=Config) -> None:
+    """--flags for the fields `names` (default: all) of the dataclass `cls` (Config, distributed.Processes), each
+    with its metadata's help and choices; defaults are None (the preset's value), so that only the flags given
+    override it."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in names or fields:
         f, meta = fields[name], fields[name].metadata
         flag = "--" + name.replace("_", "-")
@@ -69,6 +70,7 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     names = [f.name for f in dataclasses.fields(Config) if not (dataset and f.name == "dataset")]
     add_config_flags(p, names, required)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    add_process_flags(p)
     return p
 
 
@@ -80,30 +82,64 @@ def config_from_flags(args: argparse.Namespace) -> Config:
     return cfg if args.workdir is not None else cfg.replace(workdir=default_workdir(cfg))
 
 
-def _guard(fn):
+def add_process_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of distributed.Processes (a multi-process run), in their own group."""
+    from sm_jax.distributed import Processes
+
+    add_config_flags(p.add_argument_group("several processes (hosts): see docs/operations.md"), cls=Processes)
+
+
+def processes_from_flags(args: argparse.Namespace):
+    from sm_jax.distributed import Processes
+
+    names = {f.name for f in dataclasses.fields(Processes)}
+    return Processes(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+def _guard(fn, processes=None):
     """Runs fn() with the exit codes of `sm_jax.lifecycle`: user errors and divergence become one `error:` line
-    (2, 3); a stop on SIGINT / SIGTERM exits 130 / 143 after the run saved its checkpoint."""
-    from sm_jax import backend, lifecycle
+    (2, 3); a stop on SIGINT / SIGTERM exits 130 / 143 after the run saved its checkpoint. With `processes`
+    (distributed.Processes), joins a multi-process run first, and a Watchdog ends this process (4) when another
+    is lost."""
+    from sm_jax import backend, distributed, lifecycle
     from sm_jax.data import default_cache_dir
     from sm_jax.errors import UserError
 
     # a batch job's log is a file: print each line when it is written, not when a buffer fills
     sys.stdout.reconfigure(line_buffering=True)
-    backend.enable_compilation_cache(default_cache_dir() / "xla")
+    watchdog = None
+
+    def leave(code: int, message: str | None = None, file=sys.stderr) -> None:
+        if message is not None:
+            print(message, file=file, flush=True)
+        if watchdog is not None and code not in (0, 130, 143):
+            # alone in failing: skip JAX's shutdown barrier, where the others would wait for it; their Watchdog
+            # names this process once it is gone
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        if watchdog is not None:
+            watchdog.close(finished=True)
+        sys.exit(code)
+
     try:
-        return fn()
+        if processes is not None and distributed.initialize(processes):
+            watchdog = distributed.Watchdog(processes.peer_timeout)
+        backend.enable_compilation_cache(default_cache_dir() / "xla")
+        out = fn()
+        if watchdog is not None:
+            watchdog.close(finished=True)
+        return out
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(lifecycle.EXIT_USER_ERROR)
+        leave(lifecycle.EXIT_USER_ERROR, f"error: {e}")
     except lifecycle.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(lifecycle.EXIT_DIVERGED)
+        leave(lifecycle.EXIT_DIVERGED, f"error: {e}")
     except lifecycle.Stopped as e:
-        print(e, flush=True)
         if e.abandoned:  # an iteration still runs on the device: end now, the checkpoint is written and closed
+            print(e, flush=True)
             sys.stderr.flush()
             os._exit(e.code)
-        sys.exit(e.code)
+        leave(e.code, str(e) if distributed.is_writer() else None, sys.stdout)
     except KeyboardInterrupt:  # a second Ctrl-C: abort now, not after the device finishes its iteration
         sys.stdout.flush()
         sys.stderr.flush()
@@ -121,12 +157,14 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
         if args.subset_k is None and cfg.subset_k == 1:
             print(f"note: --subset-k defaults to 1 (the base method) here: K = 2 does not divide the "
                   f"{cfg.syn_per_class} synthetic images per class", file=sys.stderr)
-        results = Run(cfg, progress=not args.no_progress).execute()
+        run = Run(cfg, progress=not args.no_progress)
+        results = run.execute()
         summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations",
                                                "baseline", "difference") if k in results}
-        print(json.dumps({"workdir": cfg.workdir, **summary}))
+        if run.writer:
+            print(json.dumps({"workdir": cfg.workdir, **summary}))
 
-    _guard(go)
+    _guard(go, processes_from_flags(args))
 
 
 # the fields experiments.evaluate may change (the protocol and where the data is; never the set)
@@ -151,6 +189,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="results file (default: results.json beside the set; set_results.json where a "
                    "run's own results.json is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    add_process_flags(p)
     return p
 
 
@@ -177,9 +216,12 @@ def evaluate_main(argv=None) -> None:
             out = evaluate_set_path(args.set, overrides, dataset=args.dataset, method=args.method,
                                     factor=args.factor, index=args.set_index, out=args.out,
                                     progress=not args.no_progress)
-        print(json.dumps(out))
+        from sm_jax.distributed import is_writer
 
-    _guard(go)
+        if is_writer():
+            print(json.dumps(out))
+
+    _guard(go, processes_from_flags(args))
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -246,3 +288,35 @@ def study_main(argv=None) -> None:
             print(study.report(name, args.export, args.out))
 
     _guard(go)
+
+
+def launch_parser() -> argparse.ArgumentParser:
+    from sm_jax.launch import MODULES
+
+    p = _Parser(prog="python -m experiments.launch",
+                usage="python -m experiments.launch --processes N --devices-per-process D [--module M] -- FLAGS",
+                description="Run one sm_jax command as N processes of one multi-process run on this machine, each "
+                "with D CPU devices (jax.distributed on a free local port, gloo collectives), like torchrun "
+                "--standalone; FLAGS are the command's own. Output lines are prefixed by the process's rank; the "
+                "exit status is the first non-zero one.")
+    p.add_argument("--processes", type=int, required=True, help="number of processes")
+    p.add_argument("--devices-per-process", type=int, default=1, help="CPU devices of each process (default 1)")
+    p.add_argument("--module", default=MODULES[0], choices=MODULES,
+                   help=f"the command (default {MODULES[0]}, the main one; {MODULES[1]} for another --dataset)")
+    p.add_argument("--grace", type=float, default=90.0,
+                   help="seconds the others get to end after one process fails, before SIGKILL (default 90: more "
+                   "than the default --peer-timeout)")
+    return p
+
+
+def launch_main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = launch_parser().parse_args(argv[:cut])
+
+    def go():
+        from sm_jax.launch import launch
+
+        return launch(args.processes, args.devices_per_process, argv[cut + 1:], args.module, args.grace)
+
+    sys.exit(_guard(go))

@@ -28,7 +28,7 @@ def train_network(net, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: ja
 
 
 def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1,
-                   net=None):
+                   net=None, mesh=None):
     """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
 
     Args:
@@ -36,12 +36,13 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
       proto: the training protocol.
       test_x: (N, H, W, C) uint8 test images; test_y: (N,) labels.
       parallel: networks per call (the vmapped width).
+      mesh: the run's mesh (the test set is replicated over it).
     Returns:
       fn(x (M, H, W, C) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
     """
     net = net or method.net
-    tx_ = method.normalize(jnp.asarray(test_x, jnp.float32) / 255.0)
-    ty_ = jnp.asarray(test_y, jnp.int32)
+    tx_, ty_ = sharding.put((method.normalize(np.asarray(test_x, np.float32) / 255.0), np.asarray(test_y, np.int32)),
+                            mesh, shard_leading=False)
 
     @jax.jit
     def run(x, y, keys, tx, ty):  # the test set is an argument: as a closed-over constant XLA folds it (slowly)
@@ -72,14 +73,16 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     x = images.reshape(-1, *images.shape[2:])
     y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
     parallel = max(1, min(parallel, models))
-    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch))
+    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch), mesh)
+    if mesh is not None:  # replicated: every device trains its networks on the whole set
+        x, y = sharding.put((sharding.host(x), np.asarray(y)), mesh, shard_leading=False)
     accs = []
     for start in range(0, models, parallel):
         ids = np.arange(start, start + parallel)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
-        if mesh is not None and parallel % mesh.size == 0:
-            keys = jax.device_put(keys, sharding.leading(mesh, 1))
-        accs.extend(np.asarray(fn(x, y, keys)).tolist())
+        if mesh is not None:  # the networks split over the devices where they divide evenly
+            keys = sharding.put(keys, mesh, shard_leading=parallel % mesh.size == 0)
+        accs.extend(sharding.host(fn(x, y, keys)).tolist())
         if progress is not None:
             progress(min(start + parallel, models))
     return np.asarray(accs[:models], np.float64)
@@ -148,7 +151,7 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
     for a, arch in enumerate(archs):
         res = []
         fn = make_evaluator(method, method.eval_protocol(epochs, arch), test_x, test_y, max(1, min(parallel, models)),
-                            method.eval_net(arch))  # one program for the set and the baseline
+                            method.eval_net(arch), mesh)  # one program for the set and the baseline
         for b, x in enumerate(sets):
             done = (lambda n, i=a * len(sets) + b: progress(i * models + n)) if progress is not None else None
             res.append(evaluate_set(method, x, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,

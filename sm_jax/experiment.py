@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax import artifacts, backend
+from sm_jax import artifacts, backend, distributed
 from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, load_dataset
@@ -26,7 +26,7 @@ from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
 from sm_jax.models import arch_names
 from sm_jax.progress import Progress
-from sm_jax.sharding import check_divides, make_mesh, put
+from sm_jax.sharding import divides, host, make_mesh, put
 from sm_jax.tensorboard import TensorBoard
 
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
@@ -49,16 +49,8 @@ def versions() -> dict[str, str]:
 def _state_tree(state: CondenseState, partitions, key: jax.Array) -> dict[str, Any]:
     # every random draw of iteration i is fold_in(key, i): the key data plus the iteration fix the rest of the run
     return {"images": state.images, "opt_state": state.opt_state, "iteration": state.iteration,
-            "real_part": partitions[0], "syn_part": partitions[1], "key": jax.random.key_data(key)}
-
-
-def _host(tree: Any) -> Any:
-    """A host (numpy) copy of a pytree of device arrays; on several hosts each gathers the whole arrays."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), tree)
-    return jax.device_get(tree)
+            "real_part": partitions[0], "syn_part": partitions[1],
+            "key": np.asarray(jax.random.key_data(key))}
 
 
 def _check_finite(it: int, metrics: dict, last_saved: int | None, workdir: Path) -> None:
@@ -72,14 +64,19 @@ def _check_finite(it: int, metrics: dict, last_saved: int | None, workdir: Path)
 
 
 class Run:
-    """One condensation run in a workdir. `Run(cfg).execute()` condenses (resuming if possible) and evaluates."""
+    """One condensation run in a workdir. `Run(cfg).execute()` condenses (resuming if possible) and evaluates.
+
+    With several processes (sm_jax.distributed) every process runs it alike; process 0 alone writes the run's files
+    and logs, and the decisions that branch the program (stop, resume, evaluate) are made collectively.
+    """
 
     def __init__(self, cfg: Config, data: Dataset | None = None, progress: bool = True, log=print):
         validate(cfg)
         self.cfg = cfg
         self.workdir = Path(cfg.workdir)
-        self.log = log
-        self.progress = progress
+        self.writer = distributed.is_writer()
+        self.log = log if self.writer else (lambda *a, **k: None)
+        self.progress = progress and self.writer
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.holdout:
             self.data = self.data.holdout(cfg.holdout)
@@ -88,7 +85,6 @@ class Run:
         if self.data.num_classes < 2:
             raise DataError("the dataset needs at least 2 classes")
         self.mesh = make_mesh(cfg.devices)
-        check_divides(self.mesh, self.data.num_classes, "the number of classes")
         self.method = make_method(cfg, self.data.spec, self.mesh)
         self.key = jax.random.key(cfg.seed)
 
@@ -107,7 +103,7 @@ class Run:
         state, partitions = self.fresh()
         step = ckpt.latest_step()
         if step is None:
-            ckpt.save(0, _state_tree(_host(state), partitions, self.key), self.meta(0))
+            ckpt.save(0, _state_tree(host(state), partitions, self.key), self.meta(0))
             ckpt.wait()
             return state, partitions
         _, meta = ckpt.read_meta(step)
@@ -120,7 +116,7 @@ class Run:
 
     def restore(self, ckpt: Checkpointer, step: int | None, state: CondenseState, partitions):
         """Checkpoint `step` (latest if None), restored into the structure of a fresh (state, partitions)."""
-        tree = ckpt.restore(step, _state_tree(state, partitions, self.key))
+        tree = ckpt.restore(step, _state_tree(host(state), partitions, self.key))  # host arrays, as saved
         if not np.array_equal(np.asarray(tree["key"]), np.asarray(jax.random.key_data(self.key))):
             raise RunError(f"{self.workdir}: the checkpoint's PRNG key differs from seed {self.cfg.seed}'s")
         # as uncommitted arrays, like a fresh state's: the same jit signature, so the persistent compilation cache
@@ -154,7 +150,7 @@ class Run:
 
         def progress(done: int) -> None:
             bar.update(done)
-            if stop is not None and stop.requested:
+            if stop is not None and _stop_agreed(stop):
                 raise EvalStopped
 
         key = jax.random.fold_in(jax.random.fold_in(self.key, 2), iteration)
@@ -197,7 +193,7 @@ class Run:
         if not (cfg.eval_every and 0 < it < cfg.iterations and it % cfg.eval_every == 0):
             return False
         records = artifacts.read_metrics(self.workdir / "metrics.jsonl")
-        return not any(r.get("iteration") == it and "eval" in r for r in records)
+        return distributed.broadcast(not any(r.get("iteration") == it and "eval" in r for r in records))
 
     def _resolve_class_chunk(self, state: CondenseState, ctx, limit: int | None = None) -> None:
         """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
@@ -221,7 +217,7 @@ class Run:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         ckpt = Checkpointer(self.workdir)
-        self.tensorboard = TensorBoard(self.workdir / "tensorboard") if self.cfg.tensorboard else None
+        self.tensorboard = TensorBoard(self.workdir / "tensorboard") if self.cfg.tensorboard and self.writer else None
         try:
             with StopSignals() as stop, backend.precision(self.cfg.precision):
                 return self._execute(ckpt, stop)
@@ -233,23 +229,30 @@ class Run:
     def _execute(self, ckpt: Checkpointer, stop: StopSignals) -> dict:
         cfg = self.cfg
         state, partitions = self.load_or_init(ckpt)
-        (self.workdir / "config.json").write_text(cfg.to_json())
+        if self.writer:
+            (self.workdir / "config.json").write_text(cfg.to_json())
         start = int(state.iteration)
         done_results = self.workdir / "results.json"
-        if start >= cfg.iterations and done_results.exists():
+        if start >= cfg.iterations and distributed.broadcast(done_results.exists()):
             done = json.loads(done_results.read_text())
             if not run_differences(done["config"], cfg, results=True):
                 self.log(f"{self.workdir}: already finished ({start} iterations)")
                 return done
-        metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard)
+        metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard,
+                                           enabled=self.writer)
         ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
-        state = CondenseState(put(state.images, self.mesh, True), put(state.opt_state, self.mesh, True),
-                              state.iteration)
+        # the state is split over the devices by class where the classes divide evenly, else replicated (the step's
+        # per-class work is split over the devices either way: XLA pads an uneven split inside the program)
+        even = divides(self.mesh, self.data.num_classes)
+        state = CondenseState(put(state.images, self.mesh, even), put(state.opt_state, self.mesh, even),
+                              put(state.iteration, self.mesh, False))
         self._resolve_class_chunk(state, ctx)
-        step_fn = jax.jit(self.method.iteration, donate_argnums=0)
+        # with a mesh, the state keeps its placement across iterations: one compiled program for the whole run
+        placement = None if self.mesh is None else (jax.tree.map(lambda a: a.sharding, state), None)
+        step_fn = jax.jit(self.method.iteration, donate_argnums=0, out_shardings=placement)
         # `last` is the newest finished state, copied to the host before the next iteration donates its buffers:
         # checkpoints are written from it (asynchronously), and a stop saves it without waiting for the device
-        last, it, saved, t_saved = _host(state), start, ckpt.latest_step(), time.time()
+        last, it, saved, t_saved = host(state), start, ckpt.latest_step(), time.time()
 
         def save() -> None:
             nonlocal saved, t_saved
@@ -260,19 +263,21 @@ class Run:
         bar = Progress(cfg.iterations, start, f"{cfg.method} ipc{cfg.ipc} iteration", enabled=self.progress,
                        every=cfg.log_every)
         waiter, abandoned, warned, t_run = Waiter(), False, False, time.time()
+        # several processes leave no iteration behind (they could not agree on dropping it): they stop after it
+        grace = cfg.stop_grace if jax.process_count() == 1 else float("inf")
         try:
             if self._eval_pending(start):
                 self._evaluate_and_log(state, metrics_log, stop)
-            while it < cfg.iterations and not stop.requested:
+            while it < cfg.iterations and not _stop_agreed(stop):
                 t0 = time.time()
                 state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))  # dispatched asynchronously
-                if not waiter.wait(metrics, stop, cfg.stop_grace):
+                if not waiter.wait(metrics, stop, grace):
                     abandoned = True  # stopped, and the iteration in flight would not end within the grace period
                     break
                 metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
                 _check_finite(it + 1, metrics, saved, self.workdir)
                 it += 1
-                last = _host(state)
+                last = host(state)
                 peak = 0.0 if warned else float(np.abs(last.images).max())
                 if peak > EXPLODED:  # finite but far outside the data: the loss may not show it
                     warned = True
@@ -293,7 +298,7 @@ class Run:
         finally:
             bar.close()
             waiter.close()
-        if stop.requested:
+        if _stop_agreed(stop):
             save()
             ckpt.wait()
             dropped = " (the iteration in flight was dropped)" if abandoned else ""
@@ -302,7 +307,8 @@ class Run:
         condense_seconds = time.time() - t_run
         save()
         ckpt.wait()
-        artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names)
+        if self.writer:
+            artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names)
         try:
             ev = self.evaluate(state, stop=stop)
         except EvalStopped:
@@ -312,17 +318,28 @@ class Run:
             self._log_eval(metrics_log, it, ev, last.images)
         results = {**ev, "iterations": it, "condense_seconds_this_sitting": condense_seconds,
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
-                   "device": str(jax.devices()[0].device_kind), "budget": {
+                   "device": str(jax.devices()[0].device_kind), "processes": jax.process_count(),
+                   "devices": self.mesh.size if self.mesh is not None else 1, "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,
                        "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,
                        "eval_arch": cfg.eval_arch, "eval_test_per_class": cfg.eval_test_per_class}}
-        artifacts.write_json(done_results, results)
-        artifacts.plot_progress(self.workdir)
+        if self.writer:
+            artifacts.write_json(done_results, results)
+            artifacts.plot_progress(self.workdir)
         return results
 
 
 class EvalStopped(Exception):
     """A stop requested during an evaluation (raised between networks)."""
+
+
+def _stop_agreed(stop: StopSignals) -> bool:
+    """Whether a stop was requested in any process (a collective); a process that received no signal adopts the
+    others', so that every process stops at the same point with the same exit code."""
+    signum = distributed.agree_max(stop.signum or 0)
+    if signum and not stop.requested:
+        stop.adopt(signum)
+    return bool(signum)
 
 
 def evaluate_checkpoint(workdir: str | Path, step: int | None = None, overrides: dict | None = None,
@@ -351,8 +368,9 @@ def evaluate_checkpoint(workdir: str | Path, step: int | None = None, overrides:
         except EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     out = {**ev, "step": step, "workdir": str(workdir), "method": cfg.method, "ipc": cfg.ipc}
-    artifacts.write_json(workdir / f"eval_step{step}.json", out)
-    _merge_results(workdir / "results.json", out, run.method.net.name)
+    if run.writer:
+        artifacts.write_json(workdir / f"eval_step{step}.json", out)
+        _merge_results(workdir / "results.json", out, run.method.net.name)
     return out
 
 

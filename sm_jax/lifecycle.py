@@ -5,6 +5,7 @@ Exit codes of `python -m experiments.cifar10` / `experiments.evaluate`:
   0    finished
   2    bad input (one `error:` line)
   3    diverged: a non-finite loss or image gradient (one `error:` line; the last good checkpoint is kept)
+  4    another process of a multi-process run was lost (one `error:` line naming it; the last checkpoint is kept)
   130  stopped by Ctrl-C (SIGINT) after saving a checkpoint; also a second Ctrl-C, which aborts at once
   143  stopped by SIGTERM (preemption, a batch system's time limit) after saving a checkpoint
 """
@@ -19,6 +20,7 @@ import jax
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_PEER_LOST = 4
 
 
 def exit_code(signum: int) -> int:
@@ -69,6 +71,11 @@ class StopSignals:
     def deadline(self, grace: float) -> float:
         """When a stop requested now must have saved: the signal's time plus `grace` seconds (inf if none)."""
         return float("inf") if self.at is None else self.at + grace
+
+    def adopt(self, signum: int) -> None:
+        """Takes another process's stop request (sm_jax.distributed: every process stops alike)."""
+        if self.signum is None:
+            self.signum, self.at = signum, time.monotonic()
 
     def _handler(self, signum, frame):
         if self.signum is None:

@@ -2,8 +2,10 @@
 
 Every (class, subset) matching term is independent given the network, so the class axis splits across devices with
 no communication beyond the network's (replicated) parameters and the scalar losses; XLA's SPMD partitioner inserts
-the few collectives the inner-loop training needs. On several hosts, call `jax.distributed.initialize()` first:
-`jax.devices()` then lists every host's devices and the same code runs unchanged (see the README).
+the few collectives the inner-loop training needs. With several processes (sm_jax.distributed), `jax.devices()`
+lists every process's devices and the mesh spans them all: every process holds the whole host data, builds the
+global arrays from it with `put` (each process supplies the shards of its own devices) and reads results back with
+`host` (gathered from every process).
 """
 from __future__ import annotations
 
@@ -21,8 +23,14 @@ class ShardingError(UserError, ValueError):
 
 
 def make_mesh(devices: int) -> Mesh | None:
-    """A 1-D mesh over the first `devices` devices (0 = all); None for a single device."""
+    """A 1-D mesh over the first `devices` devices (0 = all); None for a single device. With several processes
+    the mesh spans every process's devices (`devices` 0, or the default 1, or their total)."""
     available = jax.devices()
+    if jax.process_count() > 1:
+        if devices not in (0, 1, len(available)):
+            raise ShardingError(f"--devices {devices}: a run of {jax.process_count()} processes spans all their "
+                                f"{len(available)} devices (--devices 0)")
+        return Mesh(np.asarray(available), (AXIS,))
     n = len(available) if devices == 0 else devices
     if n > len(available):
         raise ShardingError(f"--devices {devices}: only {len(available)} {jax.default_backend()} device(s) visible")
@@ -31,9 +39,10 @@ def make_mesh(devices: int) -> Mesh | None:
     return Mesh(np.asarray(available[:n]), (AXIS,))
 
 
-def check_divides(mesh: Mesh | None, size: int, what: str) -> None:
-    if mesh is not None and size % mesh.size:
-        raise ShardingError(f"{what} ({size}) is not divisible by the {mesh.size} devices of --devices")
+def divides(mesh: Mesh | None, size: int) -> bool:
+    """Whether an axis of `size` splits evenly over the mesh (a program's arguments and results must; its
+    intermediates need not: `constrain` asks XLA to split them unevenly, padding the last devices' share)."""
+    return mesh is not None and size % mesh.size == 0
 
 
 def leading(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -53,8 +62,36 @@ def constrain(x: jax.Array, mesh: Mesh | None) -> jax.Array:
 
 
 def put(tree, mesh: Mesh | None, shard_leading: bool):
-    """Places a pytree on the mesh: axis 0 of every leaf sharded, or every leaf replicated."""
+    """Places a pytree of host-identical values on the mesh: axis 0 of every leaf sharded, or every leaf
+    replicated. Each process supplies only the shards of its own devices (`jax.make_array_from_callback`)."""
     if mesh is None:
         return tree
-    return jax.tree.map(lambda a: jax.device_put(a, leading(mesh, np.ndim(a)) if shard_leading and np.ndim(a)
-                                                 else replicated(mesh)), tree)
+
+    def sharding_of(a):
+        return leading(mesh, np.ndim(a)) if shard_leading and np.ndim(a) else replicated(mesh)
+
+    def place(a):
+        sharding = sharding_of(a)
+        if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):  # typed keys: as their data
+            data = np.asarray(jax.random.key_data(a))
+            data = jax.make_array_from_callback(data.shape, sharding_of(data), lambda index: data[index])
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(place, tree)
+
+
+def host(tree):
+    """A host (numpy) copy of a pytree of arrays; with several processes each gathers the whole arrays (a
+    collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def gather(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:  # this process's own (or host) value
+            return np.asarray(a)
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree.map(gather, tree)

@@ -176,7 +176,7 @@ def _write_cache(cached: Path, arrays: dict, meta: dict) -> None:
     try:
         cached.mkdir(parents=True, exist_ok=True)
         for n, a in arrays.items():
-            tmp = cached / f"{n}.tmp.npy"
+            tmp = cached / f"{n}.{os.getpid()}.tmp.npy"  # processes of one run may decode at once
             np.save(tmp, a)
             os.replace(tmp, cached / f"{n}.npy")
         (cached / "meta.json").write_text(json.dumps(meta))

@@ -67,6 +67,7 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
         target = where / "set_results.json"  # never overwrite a run's own results.json
     res = {**ev, "set": str(path), "method": cfg.method, "dataset": cfg.dataset, "images_per_class": s.per_class,
            "config": json.loads(cfg.to_json()), "results_file": str(target)}
-    artifacts.write_json(target, res)
+    if run.writer:
+        artifacts.write_json(target, res)
     return res
 

@@ -139,7 +139,13 @@ def _guard(fn, processes=None):
             print(e, flush=True)
             sys.stderr.flush()
             os._exit(e.code)
+        if watchdog is not None:  # SLURM signals every process, some after the stop they agreed on and saved
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         leave(e.code, str(e) if distributed.is_writer() else None, sys.stdout)
+    except Exception:
+        if watchdog is not None:  # a collective may fail because a peer is gone: let the watchdog name it first
+            watchdog.settle()
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C: abort now, not after the device finishes its iteration
         sys.stdout.flush()
         sys.stderr.flush()

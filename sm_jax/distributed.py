@@ -194,6 +194,10 @@ class Watchdog:
         sys.stdout.flush()
         os._exit(EXIT_PEER_LOST)
 
+    def settle(self) -> None:
+        """Waits long enough for a lost peer to be detected (this process then ends in the watchdog's thread)."""
+        self._thread.join(1.5 * self.timeout)
+
     def close(self, finished: bool) -> None:
         """Stops watching; `finished`: this process ended normally (the others then stop watching it, while it
         waits for them at JAX's shutdown barrier)."""

@@ -75,6 +75,11 @@ def finished(tiny_archive, tmp_path_factory):
     (["--method", "dc", "--ipc", 10, "--class-chunk", "some"], "expected auto or an integer"),
     (["--method", "dc", "--ipc", 10, "--preset", "huge"], "unknown preset 'huge'"),
     (["--ipc", 10], "the following arguments are required: --method"),
+    (["--method", "dc", "--ipc", 10, "--coordinator", "127.0.0.1:1"], "--num-processes, --process-id missing"),
+    (["--method", "dc", "--ipc", 10, "--coordinator", "h:1", "--num-processes", 2, "--process-id", 2],
+     "--process-id 2 is not in 0..1"),
+    (["--method", "dc", "--ipc", 10, "--coordinator", "h:1", "--num-processes", 2, "--process-id", 0,
+      "--peer-timeout", 0], "--peer-timeout must be positive"),
 ])
 def test_bad_flags_are_one_error_line(argv, pattern, capsys, tmp_path):
     assert_one_line_error(condense([*argv, "--workdir", tmp_path / "w"], capsys), pattern)
@@ -315,3 +320,23 @@ def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["train_images"] == 6 and out["test_images"] == 12 and len(out["accuracies"]) == 2
     assert all(0 <= a <= 1 for a in out["accuracies"])
+
+
+def test_launcher_flags_and_process_environment(capsys, monkeypatch):
+    from sm_jax import distributed
+    from sm_jax.cli import launch_main
+    from sm_jax.launch import process_env
+
+    assert_one_line_error(run(launch_main, ["--processes", 2, "--", "--method", "dc", "--process-id", 1], capsys),
+                          "--process-id is the launcher's to set")
+    assert_one_line_error(run(launch_main, ["--processes", 0, "--", "--method", "dc"], capsys), "must be positive")
+    env = process_env(3, {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_other=1", "A": "b"})
+    assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=3", "--xla_other=1"]
+    assert (env["A"], env["JAX_PLATFORMS"]) == ("b", "cpu")
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.detected() is None and not distributed.initialize(distributed.Processes())
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # a one-task step is one process
+    assert distributed.detected() is None
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert distributed.detected() == "Open MPI"

@@ -5,6 +5,8 @@ python -m benchmarks.processes [--classes 10 100] [--processes 1 2 4] [--method 
                                [--out benchmarks/results/processes_cpu.jsonl]
 python -m benchmarks.processes --bytes-only --method idc --ipc 50 --classes 100 --devices 4 16 64
        (compiles the program for N devices in one process, runs nothing: the collectives of a paper-sized problem)
+python -m benchmarks.processes --estimate benchmarks/results/processes_cpu.jsonl
+       (the estimate for 1, 4 and 16 hosts from those records and benchmarks/results/cpu.jsonl; see `estimate`)
 
 Each configuration prints one JSON line: `iteration_seconds_median`, `compile_seconds`, `collective_bytes` (per
 device per iteration, by kind), `collectives` (count per iteration). Random uint8 images stand in for the data (the
@@ -135,6 +137,29 @@ def measure(args) -> dict:
             "collective_bytes_total": int(sum(v[1] for v in coll.values()))}
 
 
+def estimate(bytes_records: list[dict], step_record: dict, hosts=(1, 4, 16), devices_per_host: int = 4,
+             bandwidth: float = 25e9, latency: float = 30e-6) -> list[dict]:
+    """A paper-style estimate of one matching step on `hosts` hosts of `devices_per_host` devices.
+
+    compute = (seconds per class of `step_record`, a benchmarks.step measurement on one device) x the classes each
+    device holds (ceil(classes / devices): the class axis is what is split); communication = the collective bytes
+    of the compiled program for that many devices / `bandwidth` + its number of collectives x `latency`, every
+    collective taken as crossing hosts (the slowest link), none overlapped with compute.
+    """
+    per_class = step_record["step_seconds_median"] / step_record["config"]["classes"]
+    out = []
+    for h in hosts:
+        d = h * devices_per_host
+        rec = next(r for r in bytes_records if r["devices"] == d)
+        compute = per_class * -(-rec["classes"] // d)
+        comm = rec["collective_bytes_total"] / bandwidth + sum(rec["collectives"].values()) * latency
+        out.append({"hosts": h, "devices": d, "classes_per_device": -(-rec["classes"] // d),
+                    "compute_seconds": compute, "communication_seconds": comm, "step_seconds": compute + comm,
+                    "collective_bytes": rec["collective_bytes_total"], "collectives": sum(rec["collectives"].values()),
+                    "one_device_seconds": per_class * rec["classes"]})
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", default="idc")
@@ -151,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes-only", action="store_true", help="compile for --devices in one process; run nothing")
     p.add_argument("--devices", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--out", help="append each JSON line to this file")
+    p.add_argument("--estimate", metavar="JSONL", help="print the multi-host estimate from the --bytes-only records "
+                   "of this file (IDC ipc 50, 100 classes) and the IDC ipc 50 K 2 step of benchmarks/results/cpu.jsonl")
     p.add_argument("--worker", nargs=3, type=int, metavar=("PORT", "PROCESSES", "ID"), help=argparse.SUPPRESS)
     return p
 
@@ -170,6 +197,15 @@ def main(argv=None) -> None:
     args = parser().parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.estimate:
+        recs = [json.loads(ln) for ln in open(args.estimate) if ln.strip()]
+        recs = [r for r in recs if r["iteration_seconds_median"] is None and r["classes"] == 100 and r["ipc"] == 50]
+        step = next(json.loads(ln) for ln in open("benchmarks/results/cpu.jsonl")
+                    if '"idc"' in ln and json.loads(ln)["config"]["ipc"] == 50
+                    and json.loads(ln)["config"]["subset_k"] == 2)
+        for row in estimate(recs, step):
+            print(json.dumps(row))
+        return None
     from sm_jax.launch import free_port, process_env
 
     base = [a for a in (argv if argv is not None else sys.argv[1:])]

@@ -4,6 +4,7 @@ and the synthetic grid at each evaluation. Written with tensorboardX's SummaryWr
 process); `tensorboard --logdir runs/` shows every run."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,16 @@ class TensorBoard:
     """A metrics.jsonl sink (`artifacts.MetricsLog(sink=...)`) and image writer."""
 
     def __init__(self, logdir: str | Path):
-        from tensorboardX import SummaryWriter
+        # tensorboardX imports PyTorch where it is installed, only to accept torch tensors: 1.5 s and ~300 MB in every
+        # run process, which writes numpy. Its import of torch is optional (try/except ImportError).
+        hidden = "torch" not in sys.modules
+        if hidden:
+            sys.modules["torch"] = None  # an ImportError for this import only
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            if hidden:
+                del sys.modules["torch"]
 
         # opened (and its module imported) here, before the run's loop: never between two iterations, where a
         # stop must find the next iteration already in flight

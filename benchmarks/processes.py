@@ -58,7 +58,7 @@ def collectives(hlo: str) -> dict:
             return memo[comp]
         out = {k: [0, 0] for k in KINDS}
         for line in comps.get(comp, []):
-            m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z\-]+)(?:-start)?\(", line)
+            m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z\-]+?)(?:-start)?\(", line)
             if m and m.group(2) in KINDS:
                 out[m.group(2)][0] += 1
                 out[m.group(2)][1] += _shape_bytes(m.group(1))
@@ -103,7 +103,7 @@ def measure(args) -> dict:
     from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
     from sm_jax.sharding import divides, make_mesh, put
 
-    cfg, data = problem(args.method, args.ipc, args.classes, args.per_class, args.subset_k, args.width, args.preset)
+    cfg, data = problem(args.method, args.ipc, args.classes[0], args.per_class, args.subset_k, args.width, args.preset)
     cfg = cfg.replace(batch_real=args.batch_real or cfg.batch_real, outer_loop=args.outer_loop or cfg.outer_loop)
     mesh = make_mesh(0)
     method = make_method(cfg, data.spec, mesh)

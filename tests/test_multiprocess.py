@@ -15,9 +15,8 @@ import pytest
 from conftest import CPU_FLAGS, write_image_folder_archive
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
-# one xdist worker per fixture's tests (each fixture is its module's, per worker): the two spread over both workers
-DSA_GROUP, IDC_GROUP = pytest.mark.xdist_group("multiprocess_dsa"), pytest.mark.xdist_group("multiprocess_idc")
+# one xdist worker runs the module: its 2-process runs never overlap (on 2 cores that costs both workers time)
+pytestmark = [pytest.mark.xdist_group("multiprocess"), pytest.mark.slow]
 PEER_TIMEOUT = 5  # seconds; the default (60) suits clusters
 TINY = ["--ipc", "2", "--subset-k", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
         "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1",
@@ -153,7 +152,6 @@ def idc(env, archives, tmp_path_factory):
     return wd, ref, seen
 
 
-@DSA_GROUP
 def test_dsa_over_two_processes_gives_the_set_and_accuracies_of_one_process(dsa):
     wd, ref = dsa
     # the same SPMD program over 4 devices; only the order of the cross-process sums differs (1 ulp)
@@ -164,7 +162,6 @@ def test_dsa_over_two_processes_gives_the_set_and_accuracies_of_one_process(dsa)
     assert (res["processes"], res["devices"]) == (2, 4)
 
 
-@DSA_GROUP
 def test_only_process_0_writes_the_run_files(dsa):
     wd, ref = dsa
     assert sorted(p.name for p in wd.iterdir()) == sorted(p.name for p in ref.iterdir())
@@ -172,7 +169,6 @@ def test_only_process_0_writes_the_run_files(dsa):
     assert [json.loads(ln)["iteration"] for ln in lines if "loss_all" in ln] == list(range(1, 7))  # one writer
 
 
-@DSA_GROUP
 def test_evaluate_across_processes_equals_one_process(env, dsa):
     wd, ref = dsa
     res = launch(env, ["--workdir", str(wd), "--no-progress", "--eval-models", "4", "--peer-timeout",
@@ -184,7 +180,6 @@ def test_evaluate_across_processes_equals_one_process(env, dsa):
     assert json.loads((wd / "results.json").read_text())["archs"]["convnet"]["step"] == 6  # merged by process 0
 
 
-@IDC_GROUP
 def test_sigterm_stops_both_processes_at_one_iteration(idc):
     _, _, seen = idc
     (out0, err0), code0 = seen["term"][0]
@@ -196,7 +191,6 @@ def test_sigterm_stops_both_processes_at_one_iteration(idc):
     assert seen["term_steps"][-1] == saved
 
 
-@IDC_GROUP
 def test_sigkill_to_one_process_ends_the_other_with_an_error_naming_it(idc):
     _, _, seen = idc
     (_, err), code = seen["kill"]
@@ -208,7 +202,6 @@ def test_sigkill_to_one_process_ends_the_other_with_an_error_naming_it(idc):
     assert not seen["kill_results"]
 
 
-@IDC_GROUP
 def test_idc_resumed_over_two_processes_gives_the_one_device_set(idc):
     wd, ref, seen = idc
     res = seen["launch"]

@@ -125,7 +125,7 @@ def measure(args) -> dict:
         t0 = time.perf_counter()
         state, metrics = compiled(state, ctx, jax.random.fold_in(key, i))
         jax.block_until_ready(metrics)
-        distributed.agree_any(False)  # every process finished the iteration
+        distributed.agree_max(0)  # every process finished the iteration
         times.append(time.perf_counter() - t0)
     return {"method": cfg.method, "ipc": cfg.ipc, "classes": data.num_classes, "subset_k": cfg.subset_k,
             "batch_real": cfg.batch_real, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,

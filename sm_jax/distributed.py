@@ -6,7 +6,7 @@ flags, from the environment of a multi-task SLURM step or an Open MPI job (JAX's
 run's mesh spans them all (sharding.make_mesh).
 
 Every process runs the same program on the same data, so the decisions that branch it must be the same everywhere:
-`agree_any` (a stop requested in one process stops all at the same iteration) and `broadcast` (what process 0 read
+`agree_max` (a stop requested in one process stops all at the same iteration) and `broadcast` (what process 0 read
 from the workdir) make them collectively. Process 0 alone writes the run's files (`is_writer`); every process takes
 part in orbax's checkpoints and in every collective.
 
@@ -39,8 +39,7 @@ class DistributedError(UserError):
 
 
 def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "kind": "other", "choices": None, "low": None,
-                                                         "label": None})
+    return dataclasses.field(default=default, metadata={"help": help, "choices": None})  # what cli's flags read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +111,6 @@ def initialize(p: Processes) -> bool:
 def is_writer() -> bool:
     """Whether this process writes the run's files (process 0)."""
     return jax.process_index() == 0
-
-
-def agree_any(flag: bool) -> bool:
-    """Whether `flag` holds in any process (a collective: every process must call it at the same point)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
 
 
 def agree_max(value: int) -> int:

@@ -1,6 +1,8 @@
 """Helpers of the benchmarks that are not timings: the collective bytes read from a compiled HLO module."""
 from benchmarks.processes import collectives
 
+WHILE = ('  %while.5 = (s32[], f32[2,4]{1,0}) while((s32[], f32[2,4]{1,0}) %init), condition=%cond.2, '
+         'body=%body.2, backend_config={"known_trip_count":{"n":"3"}}')
 HLO = """HloModule jit_step, entry_computation_layout={(f32[4]{0})->f32[]}
 
 %add (x: f32[], y: f32[]) -> f32[] {
@@ -23,10 +25,10 @@ HLO = """HloModule jit_step, entry_computation_layout={(f32[4]{0})->f32[]}
 ENTRY %main.9 (Arg_0.1: f32[4]) -> f32[] {
   %Arg_0.1 = f32[4]{0} parameter(0)
   %all-reduce.1 = f32[] all-reduce(f32[] %s), channel_id=1, replica_groups={{0,1}}, to_apply=%add
-  %while.5 = (s32[], f32[2,4]{1,0}) while((s32[], f32[2,4]{1,0}) %init), condition=%cond.2, body=%body.2, backend_config={"known_trip_count":{"n":"3"}}
+{while_line}
   ROOT %r = f32[] copy(f32[] %all-reduce.1)
 }
-"""
+""".replace("{while_line}", WHILE)
 
 
 def test_collectives_counts_loop_bodies_by_their_trip_count():

@@ -100,8 +100,8 @@ def measure(args) -> dict:
     import jax
 
     from sm_jax import distributed
-    from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
-    from sm_jax.sharding import divides, make_mesh, put
+    from sm_jax.methods import make_context, make_method, make_partitions
+    from sm_jax.sharding import make_mesh, place_state, put
 
     cfg, data = problem(args.method, args.ipc, args.classes[0], args.per_class, args.subset_k, args.width, args.preset)
     cfg = cfg.replace(batch_real=args.batch_real or cfg.batch_real, outer_loop=args.outer_loop or cfg.outer_loop)
@@ -110,11 +110,8 @@ def measure(args) -> dict:
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, jax.random.fold_in(key, 1)))
     partitions = make_partitions(cfg, data.class_indices())
-    even = divides(mesh, data.num_classes)
-    state = CondenseState(put(state.images, mesh, even), put(state.opt_state, mesh, even),
-                          put(state.iteration, mesh, False))
+    state, placement = place_state(state, mesh, data.num_classes)
     ctx = put(make_context(cfg, data, partitions), mesh, False)
-    placement = None if mesh is None else (jax.tree.map(lambda a: a.sharding, state), None)
     step = jax.jit(method.iteration, donate_argnums=0, out_shardings=placement)
     t0 = time.perf_counter()
     compiled = step.lower(state, ctx, key).compile()

@@ -26,7 +26,7 @@ from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
 from sm_jax.models import arch_names
 from sm_jax.progress import Progress
-from sm_jax.sharding import divides, host, make_mesh, put
+from sm_jax.sharding import host, make_mesh, place_state, put
 from sm_jax.tensorboard import TensorBoard
 
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
@@ -241,14 +241,8 @@ class Run:
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard,
                                            enabled=self.writer)
         ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
-        # the state is split over the devices by class where the classes divide evenly, else replicated (the step's
-        # per-class work is split over the devices either way: XLA pads an uneven split inside the program)
-        even = divides(self.mesh, self.data.num_classes)
-        state = CondenseState(put(state.images, self.mesh, even), put(state.opt_state, self.mesh, even),
-                              put(state.iteration, self.mesh, False))
+        state, placement = place_state(state, self.mesh, self.data.num_classes)
         self._resolve_class_chunk(state, ctx)
-        # with a mesh, the state keeps its placement across iterations: one compiled program for the whole run
-        placement = None if self.mesh is None else (jax.tree.map(lambda a: a.sharding, state), None)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0, out_shardings=placement)
         # `last` is the newest finished state, copied to the host before the next iteration donates its buffers:
         # checkpoints are written from it (asynchronously), and a stop saves it without waiting for the device

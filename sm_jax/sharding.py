@@ -82,6 +82,23 @@ def put(tree, mesh: Mesh | None, shard_leading: bool):
     return jax.tree.map(place, tree)
 
 
+def place_state(state, mesh: Mesh | None, classes: int):
+    """A methods.CondenseState on the mesh: the images and their optimiser state split by class where the classes
+    divide evenly over the devices, else replicated (the step's per-class work is split over the devices either way:
+    XLA pads an uneven split inside the program); the iteration replicated.
+
+    Returns:
+      (the placed state, the `out_shardings` of a step that keeps this placement: one compiled program for the run;
+      None without a mesh).
+    """
+    if mesh is None:
+        return state, None
+    even = divides(mesh, classes)
+    state = state._replace(images=put(state.images, mesh, even), opt_state=put(state.opt_state, mesh, even),
+                           iteration=put(state.iteration, mesh, False))
+    return state, (jax.tree.map(lambda a: a.sharding, state), None)
+
+
 def host(tree):
     """A host (numpy) copy of a pytree of arrays; with several processes each gathers the whole arrays (a
     collective: every process must call it)."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sm_jax.sets.core import npz_schema
+
 
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (a reader never sees a half-written file)."""
@@ -59,19 +61,14 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def save_synthetic(workdir: Path, method, images, class_names) -> None:
-    """synthetic.npz (the schema of sm_jax.sets' npz format: pixels in [0, 1], labels, class names, exactly what
-    networks train on, normalised, and the normalisation; IDC also its decoded set in [0, 1]) and a grid PNG."""
+    """synthetic.npz (sets.core.npz_schema: the stored pixels in [0, 1], labels, class names, exactly what networks
+    train on, normalised, and the normalisation; IDC also its decoded set in [0, 1]) and a grid PNG."""
     pixels = np.asarray(method.to_pixels(images), np.float32)  # (classes, ipc, H, W, C)
-    c, ipc = pixels.shape[:2]
     decoded = np.asarray(method.decode(images), np.float32)  # (classes, n, H, W, C) normalised
-    arrays = {"images": pixels.reshape(-1, *pixels.shape[2:]), "labels": np.repeat(np.arange(c), ipc),
-              "class_names": np.asarray(class_names), "train_normalized": decoded.reshape(-1, *decoded.shape[2:]),
-              "train_labels": np.repeat(np.arange(c), decoded.shape[1]),
-              "mean": np.asarray(method.spec.mean, np.float32), "std": np.asarray(method.spec.std, np.float32)}
-    if decoded.shape[1] != ipc:
+    dec = None
+    if decoded.shape[1] != pixels.shape[1]:
         dec = np.clip(np.asarray(method.denormalize(decoded)), 0, 1).astype(np.float32)
-        arrays["decoded_images"] = dec.reshape(-1, *dec.shape[2:])
-        arrays["decoded_labels"] = np.repeat(np.arange(c), dec.shape[1])
+    arrays = npz_schema(pixels, decoded, class_names, method.spec.mean, method.spec.std, dec)
     tmp = Path(workdir) / "synthetic.tmp.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, Path(workdir) / "synthetic.npz")

@@ -48,6 +48,31 @@ class ImageSet:
         return np.clip(x * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32), 0, 1)
 
 
+def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean, std,
+               decoded_pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the npz schema (formats' module docstring), shared by a run's synthetic.npz and `--format npz`.
+
+    Args:
+      stored_pixels: (classes, ipc, H, W, C) stored images in [0, 1].
+      trained: (classes, n, H, W, C) what networks train on, normalised with mean/std.
+      class_names, mean, std: as ImageSet's.
+      decoded_pixels: IDC's decoded images (classes, n, H, W, C) in [0, 1], or None where stored = trained.
+    Returns:
+      name -> array, flattened over classes with integer labels in class order.
+    """
+    c, ipc = stored_pixels.shape[:2]
+    n = trained.shape[1]
+    out = {"images": np.asarray(stored_pixels, np.float32).reshape(-1, *stored_pixels.shape[2:]),
+           "labels": np.repeat(np.arange(c), ipc), "class_names": np.asarray(class_names),
+           "train_normalized": np.asarray(trained, np.float32).reshape(-1, *trained.shape[2:]),
+           "train_labels": np.repeat(np.arange(c), n), "mean": np.asarray(mean, np.float32),
+           "std": np.asarray(std, np.float32)}
+    if decoded_pixels is not None:
+        out["decoded_images"] = np.asarray(decoded_pixels, np.float32).reshape(-1, *decoded_pixels.shape[2:])
+        out["decoded_labels"] = out["train_labels"]
+    return out
+
+
 def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
     return ((pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 

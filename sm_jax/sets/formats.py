@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sm_jax.sets.core import ImageSet, SetError, by_class, metadata_of, normalise
+from sm_jax.sets.core import ImageSet, SetError, by_class, metadata_of, normalise, npz_schema
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -60,17 +60,9 @@ def write_folder(s: ImageSet, out: Path, meta: dict) -> list[Path]:
 
 def npz_arrays(s: ImageSet) -> dict[str, np.ndarray]:
     """The npz schema (module docstring) of a set."""
-    c, n = s.images.shape[:2]
     stored = s.stored if s.stored is not None else s.images
-    out = {"images": s.pixels(stored).reshape(-1, *stored.shape[2:]),
-           "labels": np.repeat(np.arange(c), stored.shape[1]),
-           "class_names": np.asarray(s.class_names), "train_normalized": s.images.reshape(-1, *s.images.shape[2:]),
-           "train_labels": np.repeat(np.arange(c), n), "mean": np.asarray(s.mean, np.float32),
-           "std": np.asarray(s.std, np.float32)}
-    if s.stored is not None:
-        out["decoded_images"] = s.pixels().reshape(-1, *s.images.shape[2:])
-        out["decoded_labels"] = out["train_labels"]
-    return out
+    return npz_schema(s.pixels(stored), s.images, s.class_names, s.mean, s.std,
+                      s.pixels() if s.stored is not None else None)
 
 
 def write_npz(s: ImageSet, out: Path, meta: dict) -> list[Path]:

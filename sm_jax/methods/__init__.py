@@ -7,21 +7,13 @@ Adding a method is one module and one line here.
 from __future__ import annotations
 
 from sm_jax.data import DataSpec
-from sm_jax.methods.base import (
-    INITS,
-    PRESETS,
-    CondenseState,
-    Context,
-    Method,
-    idc_init,
-    make_context,
-    make_partitions,
-    real_batch,
-)
+from sm_jax.methods.base import PRESETS, Method
+from sm_jax.methods.context import CondenseState, Context, make_context, make_partitions, real_batch
 from sm_jax.methods.dc import DC
 from sm_jax.methods.dm import DM
 from sm_jax.methods.dsa import DSA
 from sm_jax.methods.idc import IDC, idc_decode
+from sm_jax.methods.inits import INITS, idc_init
 
 METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC, "dm": DM}
 

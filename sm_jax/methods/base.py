@@ -1,17 +1,16 @@
-"""What every method shares: the run's device constants, the condensation state, the subset partitions and `Method`,
-the gradient-matching machinery (one jitted iteration: a fresh network, matching steps vmapped over classes and
-subsets, network training between them) that DC, DSA and IDC specialise.
+"""What every method shares: `Method`, the gradient-matching machinery (one jitted iteration: a fresh network,
+matching steps vmapped over classes and subsets, network training between them) that DC, DSA and IDC specialise.
+The run's device constants and state are in context.py, the initialisations in inits.py.
 
 A method's own module (dc.py, dsa.py, idc.py) holds what is its own: its presets (paper and cpu budgets, by ipc and
 dataset), its distance, its augmentation policies and its evaluation protocol.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from sm_jax import sharding
@@ -19,7 +18,9 @@ from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
 from sm_jax.backend import resolve_class_chunk
 from sm_jax.data import Dataset, DataSpec
 from sm_jax.errors import ConfigError
-from sm_jax.matching import DISTANCES, class_match, lambda_schedule, make_partition, sample_rows
+from sm_jax.matching import DISTANCES, class_match, lambda_schedule, sample_rows
+from sm_jax.methods.context import CondenseState, Context, real_batch
+from sm_jax.methods.inits import INITS
 from sm_jax.models import denormalize, make_net, normalize
 from sm_jax.training import TrainProtocol, train_on_set
 
@@ -31,56 +32,6 @@ PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, d
 
 BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
 BN_KEY = 0xB0  # folded into an outer step's key for that draw
-
-
-class Context(NamedTuple):
-    """Device-resident constants of a run (the dataset and the fixed subset partitions)."""
-
-    train_x: jax.Array  # (N, H, W, C) uint8
-    train_y: jax.Array  # (N,) int32
-    class_idx: jax.Array  # (C, M) int32 indices into train_x, -1 padded
-    real_part: jax.Array  # (C, K, M/K) int32 indices into train_x, -1 padded
-    syn_part: jax.Array  # (C, K, n/K) int32 indices into a class's decoded synthetic images
-
-
-class CondenseState(NamedTuple):
-    images: jax.Array  # (classes, ipc, H, W, C): normalised (DC/DSA) or [0, 1] pixels (IDC)
-    opt_state: Any  # image optimiser state
-    iteration: jax.Array  # int32 scalar: iterations completed
-
-
-def make_partitions(cfg: Config, class_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The run's fixed subset partitions, drawn once from the run seed.
-
-    Args:
-      cfg: run config (subset_k, seed, syn_per_class).
-      class_idx: (C, M) training indices per class, -1 padded.
-    Returns:
-      real_part (C, K, ceil(M/K)) and syn_part (C, K, n/K) int32.
-    """
-    rng = np.random.default_rng([cfg.seed, 0x5B5E7])
-    real = np.stack([make_partition(rng, row[row >= 0], cfg.subset_k) for row in class_idx])
-    syn = np.stack([make_partition(rng, np.arange(cfg.syn_per_class), cfg.subset_k) for _ in class_idx])
-    return real, syn
-
-
-def make_context(cfg: Config, data: Dataset, partitions=None) -> Context:
-    """Puts the dataset and the partitions (fresh, or restored from a checkpoint) on the device."""
-    class_idx = data.class_indices()
-    counts = (class_idx >= 0).sum(1)
-    if counts.min() < cfg.batch_real:
-        raise ConfigError(f"--batch-real {cfg.batch_real} exceeds the smallest class ({counts.min()} images)")
-    real_part, syn_part = partitions if partitions is not None else make_partitions(cfg, class_idx)
-    if cfg.use_subsets and (real_part >= 0).sum(-1).min() < cfg.subset_real:
-        raise ConfigError(f"real subsets hold {(real_part >= 0).sum(-1).min()} images, fewer than the "
-                         f"{cfg.subset_real} drawn per subset term")
-    return Context(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.asarray(class_idx),
-                   jnp.asarray(real_part), jnp.asarray(syn_part))
-
-
-def real_batch(ctx: Context, idx: jax.Array, spec: DataSpec = DataSpec()) -> jax.Array:
-    """Normalised float images for integer indices of any shape: (...,) -> (..., H, W, C)."""
-    return normalize(ctx.train_x[idx].astype(jnp.float32) / 255.0, spec.mean, spec.std)
 
 
 class Method:
@@ -362,41 +313,3 @@ class Method:
         return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
                              weight_decay=5e-4, policy=policy, milestones=((e // 2 + 1, 0.1),),
                              reset_momentum_at_milestones=True)
-
-
-def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int = 2) -> jax.Array:
-    """IDC's init: the first factor^2 * ipc images of each class, subsampled by `factor` and tiled.
-
-    Block k (row-major) of stored image j holds real image k * ipc + j of the class.
-    Returns:
-      (classes, ipc, H, W, C) float32 in [0, 1].
-    """
-    n = factor * factor * ipc
-    out = []
-    for row in class_idx:
-        row = row[row >= 0]
-        if len(row) < n:
-            raise ConfigError(f"IDC init needs {n} images per class, a class has {len(row)}")
-        small = train_x[row[:n]][:, ::factor, ::factor].astype(np.float32) / 255.0  # (f*f*ipc, h, w, C)
-        h, w, ch = small.shape[1:]
-        blocks = small.reshape(factor, factor, ipc, h, w, ch)  # (block row, block col, image, ...)
-        out.append(blocks.transpose(2, 0, 3, 1, 4, 5).reshape(ipc, factor * h, factor * w, ch))
-    return jnp.asarray(np.stack(out))
-
-
-def _init_noise(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    return jax.random.normal(key, (data.num_classes, method.cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
-
-
-def _init_real(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    picks = [jax.random.choice(k, row[row >= 0], (method.cfg.ipc,), replace=False)
-             for k, row in zip(jax.random.split(key, data.num_classes), data.class_indices())]
-    return method.normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
-
-
-def _init_idc(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    return idc_init(data.train_x, data.class_indices(), method.cfg.ipc, method.cfg.factor)
-
-
-# Config.init: random normal (DC), real images of the class (DSA), IDC's tiled subsampled real images (any method)
-INITS = {"noise": _init_noise, "real": _init_real, "idc": _init_idc}

@@ -19,7 +19,8 @@ from sm_jax import sharding
 from sm_jax.augmentation import siamese
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
-from sm_jax.methods.base import CondenseState, Context, Method
+from sm_jax.methods.base import Method
+from sm_jax.methods.context import CondenseState, Context
 from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
 

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from sm_jax.augmentation import Policy
-from sm_jax.methods.base import Method, real_batch
+from sm_jax.methods.base import Method
+from sm_jax.methods.context import real_batch
 from sm_jax.training import TrainProtocol, sgd, train_step
 
 # IDC's per-dataset settings (its code's misc/reproduce.py and argument.py): matching distance, lr_img at ipc 10

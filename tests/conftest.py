@@ -32,7 +32,7 @@ def pytest_unconfigure(config):
 
 
 # xdist hands out work units (a group, or an ungrouped test) in collection order. The groups are the suite's longest
-# units (multiprocess about 2.5 minutes): given out first, one to each worker, so that no worker is handed a long
+# units (multiprocess 2.5-3 minutes): given out first, one to each worker, so that no worker is handed a long
 # group near the end while the other runs out of work (alphabetical order gave multiprocess out late).
 LONGEST_FIRST = ("multiprocess", "cli", "cli_in_process")
 

@@ -67,6 +67,6 @@ def report(specs, results, metrics, out: Path) -> str:
             ax.plot(its, mean, label=f"{group.split('/')[-1]} ({len(cs)} seed{'s' * (len(cs) > 1)})")
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
-        finish(fig, ax, f"DM's whole-class loss L_all (mean over seeds, {SMOOTH}-iteration windows)",
+        finish(fig, ax, f"DM's L_all, mean over seeds ({SMOOTH}-iteration windows)",
                out / "dm_loss.png", legend=True, ylabel="L_all (sum over classes)")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Evaluation throughput: N networks trained on a synthetic set one after another vs vmapped in one program.
 
-python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32] [--width 128]
+python -m benchmarks.evaluate --method dc --ipc 10 [--models 10] [--epochs 20] [--precision float32]
+    [--width 128] [--depth 3]   (smaller for smoke runs)
     [--arch resnet18bn]   (any name of the model zoo, or a comma-separated list / pool letter: one line each)
     [--conv-impl auto,patches]   (the convolution forms, models.CONVS: one line each, side by side)
 
@@ -30,6 +31,7 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--precision", default="float32", help="float32 or tensorfloat32 (GPU)")
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers'; smaller for smoke runs)")
+    p.add_argument("--depth", type=int, default=3, help="ConvNet depth (3 = the papers'; 1 for smoke runs)")
     p.add_argument("--arch", default="convnet", help="architecture(s) trained: names of models.ARCHS or pools "
                    "(M, B, W, D, A, P, N), comma-separated; one JSON line each")
     p.add_argument("--conv-impl", default="auto", help="the convolution form(s) (auto or names of models.CONVS), "
@@ -54,7 +56,7 @@ def main(argv=None) -> dict:
 
 def measure(args, arch: str, conv_impl: str = "auto") -> dict:
     cfg = make_config(args.method, args.ipc, "paper", subset_k=1, precision=args.precision, width=args.width,
-                      conv_impl=conv_impl)
+                      depth=args.depth, conv_impl=conv_impl)
     method = make_method(cfg)
     net = method.eval_net(arch)
     proto = method.eval_protocol(args.epochs, arch)

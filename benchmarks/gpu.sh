@@ -44,7 +44,7 @@ done
 
 if [ $smoke = 1 ]; then
   export JAX_PLATFORMS=cpu
-  tiny=(--classes 3 --per-class 20 --width 8 --batch-real 4 --repeats 1)
+  tiny=(--classes 3 --per-class 20 --width 8 --depth 1 --batch-real 4 --repeats 1)
   torch_device=cpu
 else
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
@@ -118,7 +118,7 @@ report
 # --- 3. evaluation, vmapped vs sequential -----------------------------------------------------------------------------
 log "3. evaluation"
 if [ $smoke = 1 ]; then
-  within 30 "$py" -m benchmarks.evaluate --method dc --ipc 1 --models 2 --epochs 1 --width 8 >> "$out/evaluate.jsonl"
+  within 30 "$py" -m benchmarks.evaluate --method dc --ipc 1 --models 2 --epochs 1 --width 8 --depth 1 >> "$out/evaluate.jsonl"
 else
   within 60 "$py" -m benchmarks.evaluate --method dc --ipc 1 --models 20 --epochs 50 >> "$out/evaluate.jsonl"
   within 60 "$py" -m benchmarks.evaluate --method dc --ipc 10 --models 20 --epochs 20 >> "$out/evaluate.jsonl"

@@ -3,7 +3,7 @@
 python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5] [--data-dir PATH]
                           [--compare] [--conv-impl auto|fast|patches|winograd|xla] [--class-chunk auto|C]
                           [--precision float32|tensorfloat32] [--torch-device cpu|cuda]
-                          [--classes 10] [--per-class 5000] [--width 128]   (the last three: tiny smoke shapes)
+                          [--classes 10] [--per-class 5000] [--width 128] [--depth 3]   (the last four: smoke shapes)
 
 Prints one JSON line. --compare also runs the PyTorch baseline (benchmarks/torch_step.py, in a subprocess so the
 two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`.
@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=5000, help="random real images per class")
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers')")
+    p.add_argument("--depth", type=int, default=3, help="ConvNet depth (3 = the papers')")
     p.add_argument("--conv-impl", default="auto", help="ConvNet convolution: auto (default), fast, patches, "
                    "winograd or xla")
     return p
@@ -66,14 +67,14 @@ def parser() -> argparse.ArgumentParser:
 def measure(args) -> dict:
     cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, precision=args.precision,
-                      width=args.width)
+                      width=args.width, depth=args.depth)
     torch_out = None
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
                "--batch-real", str(cfg.batch_real), "--subset-k", str(cfg.subset_k),
                "--subset-batch-real", str(cfg.subset_real), "--repeats", str(args.repeats),
                "--device", args.torch_device, "--precision", cfg.precision, "--classes", str(args.classes),
-               "--per-class", str(args.per_class), "--width", str(cfg.width)]
+               "--per-class", str(args.per_class), "--width", str(cfg.width), "--depth", str(cfg.depth)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             sys.exit(f"error: the PyTorch baseline failed (pip install -e '.[torch]'?): "
@@ -117,7 +118,8 @@ def measure(args) -> dict:
            "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
-                      "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk, "width": cfg.width}}
+                      "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk, "width": cfg.width,
+                      "depth": cfg.depth}}
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
         out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20

@@ -136,7 +136,7 @@ class Step:
     """The state of a benchmark: data, network, synthetic set, optimiser and the fixed subsets."""
 
     def __init__(self, method, ipc, batch_real, subset_k=1, subset_batch_real=0, classes=10, per_class=5000,
-                 seed=0, width=128, device="cpu"):
+                 seed=0, width=128, depth=3, device="cpu"):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.method, self.ipc, self.k, self.classes = method, ipc, subset_k, classes
@@ -146,7 +146,7 @@ class Step:
         g = torch.Generator().manual_seed(seed)
         self.real = ((torch.randint(0, 256, (classes, per_class, 3, 32, 32), generator=g, dtype=torch.uint8)
                       .float() / 255 - MEAN) / STD).to(self.device)
-        self.width = width
+        self.width, self.depth = width, depth
         self.new_net()
         self.images = torch.randn(classes * ipc, 3, 32, 32, device=self.device, requires_grad=True)
         self.opt = torch.optim.SGD([self.images], lr=1.0 if method == "dm" else 0.1, momentum=0.5)
@@ -158,7 +158,7 @@ class Step:
         self.seed = seed
 
     def new_net(self):
-        self.net = ConvNet(self.classes, self.width).to(self.device)
+        self.net = ConvNet(self.classes, self.width, self.depth).to(self.device)
         self.params = list(self.net.parameters())
         if self.method == "dm":  # never trained
             for p in self.params:
@@ -220,6 +220,7 @@ def main(argv=None) -> dict:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=5000, help="random real images per class")
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -232,7 +233,7 @@ def main(argv=None) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     batch_real = args.batch_real or (64 if args.method == "idc" else 256)
     step = Step(args.method, args.ipc, batch_real, args.subset_k, args.subset_batch_real, args.classes,
-                args.per_class, width=args.width, device=args.device)
+                args.per_class, width=args.width, depth=args.depth, device=args.device)
     step()  # warm-up
     sync()
     times = []
@@ -249,7 +250,7 @@ def main(argv=None) -> dict:
            "precision": args.precision if cuda else "float32",
            "config": {"method": args.method, "ipc": args.ipc, "batch_real": batch_real, "subset_k": args.subset_k,
                       "subset_batch_real": args.subset_batch_real or batch_real, "classes": step.classes,
-                      "width": args.width}}
+                      "width": args.width, "depth": args.depth}}
     if cuda:
         out["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))

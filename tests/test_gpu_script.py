@@ -33,6 +33,7 @@ def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
     for s in steps:
         assert s["torch_seconds_over_jax_seconds"] > 0 and s["compile_seconds"] > 0
         assert s["config"]["classes"] == 3 and s["config"]["class_chunk"] == 0 and s["precision"] == "float32"
+        assert s["config"]["depth"] == s["torch"]["config"]["depth"] == 1  # the same network on both sides
         assert s["predicted_device_mb"] > 0
     ev = json.loads((out / "evaluate.jsonl").read_text())
     assert ev["vmapped_over_sequential"] > 0 and ev["config"]["models"] == 2

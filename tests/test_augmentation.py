@@ -84,6 +84,31 @@ def test_augmentation_is_differentiable():
         assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
 
 
+def test_a_stage_with_scale_and_rotate_resamples_once_with_the_chosen_ops_numbers():
+    """The DSA stage shares one resampling between its affine ops (under vmap every branch of a switch runs):
+    each op applied alone, per class with a batched choice, gives the same values and gradients (up to XLA's
+    rounding: two programs; eagerly they are bit-identical)."""
+    policy = DSA.match_policy
+    assert {"scale", "rotate"} <= set(policy[0])
+    x = images(4 * 2).reshape(4, 2, 32, 32, 3)  # (classes, batch, H, W, C)
+
+    def alone(p, x):  # the op `choice` of the stage, by itself
+        return jax.lax.switch(p[0]["choice"], [lambda x, op=op: aug.OPS[op][1](p[0][op], x) for op in policy[0]], x)
+
+    def both(apply):
+        f = jax.vmap(lambda p, x: apply(p, x))
+        return jax.jit(lambda p, x: (f(p, x), jax.grad(lambda x: jnp.sum(f(p, x) ** 3))(x)))
+
+    shared, each = both(lambda p, x: aug.apply_policy(policy, p, x)), both(alone)
+    seen = set()
+    for seed in range(8):
+        p = jax.vmap(lambda k: aug.sample_policy(k, policy, 1))(jax.random.split(jax.random.key(seed), 4))
+        seen |= set(np.asarray(p[0]["choice"]).tolist())
+        for a, b in zip(shared(p, x), each(p, x)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
+    assert seen == set(range(len(policy[0])))  # every op was drawn, scale and rotate included
+
+
 def test_cutmix_box_and_label_weight():
     x = jnp.arange(4.0)[:, None, None, None] * jnp.ones((4, 32, 32, 3))
     valid = jnp.array([True, True, True, False])

@@ -146,22 +146,29 @@ def affine_resample(img: jax.Array, theta: jax.Array, align_corners: bool = ALIG
         + (wy1 * (1 - wx1))[..., None] * tap(y0 + 1, x0) + (wy1 * wx1)[..., None] * tap(y0 + 1, x0 + 1)
 
 
-def _apply_theta(x, theta):
+def apply_theta(x: jax.Array, theta: jax.Array) -> jax.Array:
+    """`affine_resample` of every image of x (N, H, W, C) with theta (2, 3), (1, 2, 3) or (N, 2, 3)."""
     return jax.vmap(affine_resample)(x, jnp.broadcast_to(theta, (x.shape[0], 2, 3)).astype(x.dtype))
 
 
-def _apply_scale(p, x):
+def _theta_scale(p):
     sx, sy = p["sx"], p["sy"]
     z = jnp.zeros_like(sx)
-    theta = jnp.stack([jnp.stack([sx, z, z], -1), jnp.stack([z, sy, z], -1)], -2)
-    return _apply_theta(x, theta)
+    return jnp.stack([jnp.stack([sx, z, z], -1), jnp.stack([z, sy, z], -1)], -2)
+
+
+def _theta_rotate(p):
+    a = p["angle"]
+    z = jnp.zeros_like(a)
+    return jnp.stack([jnp.stack([jnp.cos(a), jnp.sin(-a), z], -1), jnp.stack([jnp.sin(a), jnp.cos(a), z], -1)], -2)
+
+
+def _apply_scale(p, x):
+    return apply_theta(x, _theta_scale(p))
 
 
 def _apply_rotate(p, x):
-    a = p["angle"]
-    z = jnp.zeros_like(a)
-    theta = jnp.stack([jnp.stack([jnp.cos(a), jnp.sin(-a), z], -1), jnp.stack([jnp.sin(a), jnp.cos(a), z], -1)], -2)
-    return _apply_theta(x, theta)
+    return apply_theta(x, _theta_rotate(p))
 
 
 DSA_OPS: dict[str, tuple[Callable, Callable]] = {
@@ -172,3 +179,6 @@ DSA_OPS: dict[str, tuple[Callable, Callable]] = {
     "scale": (_sample_scale, _apply_scale),
     "rotate": (_sample_rotate, _apply_rotate),
 }
+# The ops that are one affine resampling, by their matrix (params -> (n, 2, 3)): a stage choosing among several of
+# them resamples once with the chosen matrix (policy.apply_policy).
+AFFINE_THETAS: dict[str, Callable] = {"scale": _theta_scale, "rotate": _theta_rotate}

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from sm_jax.augmentation.dc_eval import DC_OPS
-from sm_jax.augmentation.dsa import DSA_OPS
+from sm_jax.augmentation.dsa import AFFINE_THETAS, DSA_OPS, apply_theta
 
 Policy = tuple[tuple[str, ...], ...]
 NO_POLICY: Policy = ()
@@ -59,9 +60,23 @@ def apply_policy(policy: Policy, params: Sequence[dict[str, Any]], x: jax.Array)
         if len(stage) == 1:
             x = OPS[stage[0]][1](p[stage[0]], x)
         else:
-            branches = [lambda x, op=op: OPS[op][1](p[op], x) for op in stage]
-            x = jax.lax.switch(p["choice"], branches, x)
+            x = _apply_one_of(stage, p, x)
     return x
+
+
+def _apply_one_of(stage: tuple[str, ...], p: dict[str, Any], x: jax.Array) -> jax.Array:
+    """The op `p['choice']` of `stage`. Under vmap (a draw per class) the choice is batched and every branch of the
+    switch runs, so the stage's affine ops (scale, rotate) share one branch: one resampling with the chosen op's
+    matrix, the same numbers as that op's own."""
+    affine = [op for op in stage if op in AFFINE_THETAS]
+    if len(affine) < 2:
+        return jax.lax.switch(p["choice"], [lambda x, op=op: OPS[op][1](p[op], x) for op in stage], x)
+    others = [op for op in stage if op not in AFFINE_THETAS]
+    branch = jnp.array([len(others) if op in AFFINE_THETAS else others.index(op) for op in stage])
+    row = jnp.array([affine.index(op) if op in AFFINE_THETAS else 0 for op in stage])
+    theta = jnp.stack([AFFINE_THETAS[op](p[op]) for op in affine])[row[p["choice"]]]  # (n, 2, 3) of the chosen op
+    branches = [lambda x, op=op: OPS[op][1](p[op], x) for op in others] + [lambda x: apply_theta(x, theta)]
+    return jax.lax.switch(branch[p["choice"]], branches, x)
 
 
 def siamese(policy: Policy, key: jax.Array, real: jax.Array, syn: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,5 +1,5 @@
 """Several processes as one run, for real: jax.distributed on this machine, 2 processes x 2 CPU devices joined by gloo
-collectives, against 1 process x 4 devices (DSA) and 1 device (IDC). The processes are what is tested: they run as
+collectives, against 1 process x 4 devices (DC) and 1 device (IDC). The processes are what is tested: they run as
 subprocesses, through experiments.launch or started one by one as a batch system starts them. Each process start
 costs seconds of compilation on 2 cores, so one IDC run goes through every interruption."""
 import json
@@ -21,7 +21,10 @@ PEER_TIMEOUT = 5  # seconds; the default (60) suits clusters
 TINY = ["--ipc", "2", "--subset-k", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
         "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1",
         "--eval-models", "4", "--eval-parallel", "4", "--iterations", "6", "--checkpoint-every", "1", "--no-progress"]
-METHODS = {"dsa": ["--method", "dsa"], "idc": ["--method", "idc", "--ipc", "1"]}  # IDC: 4 decoded images per class
+# DC: 4 classes over 4 devices, the state sharded by class (sharding.py, shared by every method; DSA would only
+# double the compile time). IDC: 3 classes, the state replicated, 4 decoded images per class, the interruptions;
+# not evaluated (evaluation across processes is checked on DC's runs).
+METHODS = {"dc": ["--method", "dc"], "idc": ["--method", "idc", "--ipc", "1", "--eval-models", "0"]}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def archives(tiny_data, tiny_archive, tmp_path_factory):
-    """method -> its data: DSA's 4 classes split evenly over 4 devices (the state sharded by class), IDC's 3
+    """method -> its data: DC's 4 classes split evenly over 4 devices (the state sharded by class), IDC's 3
     unevenly (the state replicated, the per-class work split with padding, as CIFAR-10's 10 classes over 4)."""
     from sm_jax.data import Dataset
 
@@ -42,7 +45,7 @@ def archives(tiny_data, tiny_archive, tmp_path_factory):
                    np.concatenate([d.train_y, np.full(16, 3, np.int32)]),
                    np.concatenate([d.test_x, rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)]),
                    np.concatenate([d.test_y, np.full(4, 3, np.int32)]), (*d.class_names, "d"), "tiny4")
-    return {"dsa": write_image_folder_archive(tmp_path_factory.mktemp("four") / "four.tar.gz", four),
+    return {"dc": write_image_folder_archive(tmp_path_factory.mktemp("four") / "four.tar.gz", four),
             "idc": tiny_archive}
 
 
@@ -106,13 +109,13 @@ def accuracies(wd):
 
 
 @pytest.fixture(scope="module")
-def dsa(env, archives, tmp_path_factory):
-    """DSA over 2 processes x 2 devices (experiments.launch) and over 1 process x 4 devices: the two workdirs."""
-    root = tmp_path_factory.mktemp("dsa")
-    res = launch(env, args_of("dsa", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT))
+def dc(env, archives, tmp_path_factory):
+    """DC over 2 processes x 2 devices (experiments.launch) and over 1 process x 4 devices: the two workdirs."""
+    root = tmp_path_factory.mktemp("dc")
+    res = launch(env, args_of("dc", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[0] {" in res.stdout and "[1] {" not in res.stdout  # the summary line comes from process 0 only
-    res = one_process(env, args_of("dsa", archives, root / "1x4"), 4)
+    res = one_process(env, args_of("dc", archives, root / "1x4"), 4)
     assert res.returncode == 0, res.stderr[-3000:]
     return root / "2x2", root / "1x4"
 
@@ -152,8 +155,8 @@ def idc(env, archives, tmp_path_factory):
     return wd, ref, seen
 
 
-def test_dsa_over_two_processes_gives_the_set_and_accuracies_of_one_process(dsa):
-    wd, ref = dsa
+def test_dc_over_two_processes_gives_the_set_and_accuracies_of_one_process(dc):
+    wd, ref = dc
     # the same SPMD program over 4 devices; only the order of the cross-process sums differs (1 ulp)
     np.testing.assert_allclose(synthetic(wd), synthetic(ref), rtol=1e-5, atol=1e-5)
     # evaluation networks split over the 4 devices of 2 processes, against 4 devices of one process
@@ -162,15 +165,15 @@ def test_dsa_over_two_processes_gives_the_set_and_accuracies_of_one_process(dsa)
     assert (res["processes"], res["devices"]) == (2, 4)
 
 
-def test_only_process_0_writes_the_run_files(dsa):
-    wd, ref = dsa
+def test_only_process_0_writes_the_run_files(dc):
+    wd, ref = dc
     assert sorted(p.name for p in wd.iterdir()) == sorted(p.name for p in ref.iterdir())
     lines = (wd / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["iteration"] for ln in lines if "loss_all" in ln] == list(range(1, 7))  # one writer
 
 
-def test_evaluate_across_processes_equals_one_process(env, dsa):
-    wd, ref = dsa
+def test_evaluate_across_processes_equals_one_process(env, dc):
+    wd, ref = dc
     res = launch(env, ["--workdir", str(wd), "--no-progress", "--eval-models", "4", "--peer-timeout",
                        str(PEER_TIMEOUT)], module="experiments.evaluate")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -210,7 +213,6 @@ def test_idc_resumed_over_two_processes_gives_the_one_device_set(idc):
     # 4 devices against 1: float sums in another order. A resume that lost or repeated a random draw or an
     # optimiser step would differ by far more.
     np.testing.assert_allclose(synthetic(wd), synthetic(ref), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(accuracies(wd), accuracies(ref), atol=1e-6)
 
 
 def test_a_process_that_is_not_the_writer_writes_nothing_but_checkpoints(tiny_archive, tmp_path, monkeypatch):

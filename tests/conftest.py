@@ -32,8 +32,8 @@ def pytest_unconfigure(config):
 
 
 # xdist hands out work units (a group, or an ungrouped test) in collection order. The groups are the suite's longest
-# units (multiprocess 2.5-3 minutes): given out first, one to each worker, so that no worker is handed a long
-# group near the end while the other runs out of work (alphabetical order gave multiprocess out late).
+# units (multiprocess and cli about 1.5 minutes each): given out first, one to each worker, so that no worker is
+# handed a long group near the end while the other runs out of work (alphabetical order gave multiprocess out late).
 LONGEST_FIRST = ("multiprocess", "cli", "cli_in_process")
 
 

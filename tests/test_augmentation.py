@@ -96,7 +96,7 @@ def test_a_stage_with_scale_and_rotate_resamples_once_with_the_chosen_ops_number
         return jax.lax.switch(p[0]["choice"], [lambda x, op=op: aug.OPS[op][1](p[0][op], x) for op in policy[0]], x)
 
     def both(apply):
-        f = jax.vmap(lambda p, x: apply(p, x))
+        f = jax.vmap(apply)
         return jax.jit(lambda p, x: (f(p, x), jax.grad(lambda x: jnp.sum(f(p, x) ** 3))(x)))
 
     shared, each = both(lambda p, x: aug.apply_policy(policy, p, x)), both(alone)

@@ -69,14 +69,15 @@ def _apply_one_of(stage: tuple[str, ...], p: dict[str, Any], x: jax.Array) -> ja
     switch runs, so the stage's affine ops (scale, rotate) share one branch: one resampling with the chosen op's
     matrix, the same numbers as that op's own."""
     affine = [op for op in stage if op in AFFINE_THETAS]
-    if len(affine) < 2:
-        return jax.lax.switch(p["choice"], [lambda x, op=op: OPS[op][1](p[op], x) for op in stage], x)
-    others = [op for op in stage if op not in AFFINE_THETAS]
-    branch = jnp.array([len(others) if op in AFFINE_THETAS else others.index(op) for op in stage])
-    row = jnp.array([affine.index(op) if op in AFFINE_THETAS else 0 for op in stage])
+    affine = affine if len(affine) > 1 else []
+    others = [op for op in stage if op not in affine]
+    branches = [lambda x, op=op: OPS[op][1](p[op], x) for op in others]
+    if not affine:
+        return jax.lax.switch(p["choice"], branches, x)
+    branch = jnp.array([len(others) if op in affine else others.index(op) for op in stage])
+    row = jnp.array([affine.index(op) if op in affine else 0 for op in stage])
     theta = jnp.stack([AFFINE_THETAS[op](p[op]) for op in affine])[row[p["choice"]]]  # (n, 2, 3) of the chosen op
-    branches = [lambda x, op=op: OPS[op][1](p[op], x) for op in others] + [lambda x: apply_theta(x, theta)]
-    return jax.lax.switch(branch[p["choice"]], branches, x)
+    return jax.lax.switch(branch[p["choice"]], [*branches, lambda x: apply_theta(x, theta)], x)
 
 
 def siamese(policy: Policy, key: jax.Array, real: jax.Array, syn: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -16,70 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "f16": 2, "bf16": 2, "f64": 8, "s64": 8, "u64": 8, "pred": 1, "s8": 1,
-                "u8": 1}
-
-
-def _shape_bytes(text: str) -> int:
-    """Bytes of an HLO result type: `f32[10,3]{1,0}` or a tuple `(f32[2], s32[])`."""
-    total = 0
-    for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", text):
-        if dtype in _DTYPE_BYTES:
-            total += _DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
-    return total
-
-
-def collectives(hlo: str) -> dict:
-    """Per execution of the entry computation: {kind: [count, bytes]} of the collectives of an optimised HLO module,
-    while-loop bodies counted `known_trip_count` times (XLA's annotation; 1 where it has none)."""
-    comps, name, body = {}, None, []
-    for line in hlo.splitlines():
-        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-        if m and not line.startswith(" "):
-            name, body = m.group(1), []
-            comps[name] = body
-            if line.startswith("ENTRY"):
-                comps["__entry__"] = body
-        elif name is not None:
-            body.append(line)
-
-    memo: dict[str, dict] = {}
-
-    def total(comp: str, depth: int = 0) -> dict:
-        if comp in memo:
-            return memo[comp]
-        out = {k: [0, 0] for k in KINDS}
-        for line in comps.get(comp, []):
-            m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (.+?) ([a-z\-]+?)(?:-start)?\(", line)
-            if m and m.group(2) in KINDS:
-                out[m.group(2)][0] += 1
-                out[m.group(2)][1] += _shape_bytes(m.group(1))
-            calls = re.findall(r"(?:body|to_apply|calls|branch_computations)=\{?%?([\w.\-]+)", line)
-            if depth > 50 or not calls:
-                continue
-            trips = 1
-            if " while(" in line:
-                t = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                trips = int(t.group(1)) if t else 1
-                calls = re.findall(r"body=%?([\w.\-]+)", line)
-            for c in calls:
-                if c in comps and c != comp:
-                    sub = total(c, depth + 1)
-                    for k in KINDS:
-                        out[k][0] += trips * sub[k][0]
-                        out[k][1] += trips * sub[k][1]
-        memo[comp] = out
-        return out
-
-    return {k: v for k, v in total("__entry__").items() if v[0]}
+from sm_jax.aot.hlo import collectives
 
 
 def problem(method: str, ipc: int, classes: int, per_class: int, subset_k: int, width: int, preset: str):

@@ -76,12 +76,12 @@ def chunk_candidates(classes: int) -> list[int]:
 
 
 def resolve_class_chunk(requested: int, classes: int, mesh=None,
-                        compile_with: Callable[[int], Any] | None = None, limit: int | None = None,
+                        bytes_of: Callable[[int], int | None] | None = None, limit: int | None = None,
                         log: Callable[[str], None] = print) -> int:
     """The classes per vmapped program (0 = all at once) for `--class-chunk requested`.
 
     All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
-    measured form (one class per program); on an accelerator, given `compile_with`, the largest chunk whose program
+    measured form (one class per program); on an accelerator, given `bytes_of`, the largest chunk whose program
     is predicted (XLA's memory analysis) to fit MEMORY_HEADROOM of the device's memory (the fewest sequential
     programs; the compiled programs land in the persistent compilation cache, so the run's own jit of the chosen
     chunk does not compile again), and all classes without it.
@@ -90,7 +90,8 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
       requested: Config.class_chunk.
       classes: the number of classes.
       mesh: the run's device mesh (None: one device).
-      compile_with: chunk -> the compiled iteration program with that chunk.
+      bytes_of: chunk -> the device bytes of the iteration program with that chunk (`program_bytes` of it
+        compiled; None: unknown).
       limit: device bytes (default: the device's own limit; given, the fit runs on CPU too).
     Returns:
       the chunk (0 <= chunk <= classes; 0 = all).
@@ -101,13 +102,13 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
         return requested
     if jax.default_backend() == "cpu" and limit is None:
         return CPU_CLASS_CHUNK
-    if compile_with is None:
+    if bytes_of is None:
         return 0
     limit = limit if limit is not None else device_memory_bytes()
     if limit is None:
         return 0
     for chunk in chunk_candidates(classes):
-        need = program_bytes(compile_with(chunk))
+        need = bytes_of(chunk)
         if need is None or need <= MEMORY_HEADROOM * limit:
             log(f"class chunk: {chunk} of {classes} classes per program"
                 + (f" (predicted {need / 2**30:.1f} GiB of {limit / 2**30:.1f} GiB)" if need is not None else ""))

@@ -70,6 +70,12 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     names = [f.name for f in dataclasses.fields(Config) if not (dataset and f.name == "dataset")]
     add_config_flags(p, names, required)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    from sm_jax.aot.targets import TARGETS
+
+    p.add_argument("--plan-for", metavar="TARGET", choices=list(TARGETS),
+                   help="compile the run's programs for this accelerator (without it: `pip install -e \".[aot]\"`), "
+                   "print their memory, the class chunk and the estimated time of an iteration and of the run, and "
+                   f"exit; nothing is read but shapes (one of {', '.join(TARGETS)})")
     add_process_flags(p)
     return p
 
@@ -160,6 +166,11 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
         from sm_jax.experiment import Run
 
         cfg = config_from_flags(args)
+        if args.plan_for:
+            from sm_jax.aot import plan
+
+            print(json.dumps(plan(cfg, args.plan_for, cfg.data_dir if cfg.dataset == "folder" else None)))
+            return
         if args.subset_k is None and cfg.subset_k == 1:
             print(f"note: --subset-k defaults to 1 (the base method) here: K = 2 does not divide the "
                   f"{cfg.syn_per_class} synthetic images per class", file=sys.stderr)

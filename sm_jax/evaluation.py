@@ -43,12 +43,21 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     net = net or method.net
     tx_, ty_ = sharding.put((method.normalize(np.asarray(test_x, np.float32) / 255.0), np.asarray(test_y, np.int32)),
                             mesh, shard_leading=False)
+    run = jax.jit(evaluation_program(net, proto))
+    return lambda x, y, keys: run(x, y, keys, tx_, ty_)
 
-    @jax.jit
-    def run(x, y, keys, tx, ty):  # the test set is an argument: as a closed-over constant XLA folds it (slowly)
+
+def evaluation_program(net, proto: TrainProtocol) -> Callable:
+    """The evaluation's one program (pure; jit at the call site): fresh networks trained on a set, then tested.
+
+    Returns:
+      fn(x (M, H, W, C) normalised images, y (M,), keys (P,), test_x (N, H, W, C) normalised, test_y (N,)) ->
+      (P,) accuracies. The test set is an argument: as a closed-over constant XLA folds it (slowly).
+    """
+    def run(x, y, keys, tx, ty):
         return jax.vmap(lambda k: accuracy(net, *train_network(net, proto, x, y, k), tx, ty))(keys)
 
-    return lambda x, y, keys: run(x, y, keys, tx_, ty_)
+    return run
 
 
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,

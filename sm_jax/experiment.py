@@ -198,11 +198,12 @@ class Run:
     def _resolve_class_chunk(self, state: CondenseState, ctx, limit: int | None = None) -> None:
         """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
         accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory)."""
-        def compile_with(chunk: int):
+        def bytes_of(chunk: int) -> int | None:
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
-            return jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
+            return backend.program_bytes(jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key)
+                                         .compile())
 
-        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, compile_with,
+        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, bytes_of,
                                             limit, self.log)
         if chunk != self.method.class_chunk:
             self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)

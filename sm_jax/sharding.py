@@ -22,6 +22,11 @@ class ShardingError(UserError, ValueError):
     """A device count that cannot shard the run (one line, user-facing)."""
 
 
+def mesh_of(devices) -> Mesh:
+    """The 1-D mesh of the class and network axes over `devices` (the run's, or a compile-only topology's)."""
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
 def make_mesh(devices: int) -> Mesh | None:
     """A 1-D mesh over the first `devices` devices (0 = all); None for a single device. With several processes
     the mesh spans every process's devices (`devices` 0, or the default 1, or their total)."""
@@ -30,13 +35,13 @@ def make_mesh(devices: int) -> Mesh | None:
         if devices not in (0, 1, len(available)):
             raise ShardingError(f"--devices {devices}: a run of {jax.process_count()} processes spans all their "
                                 f"{len(available)} devices (--devices 0)")
-        return Mesh(np.asarray(available), (AXIS,))
+        return mesh_of(available)
     n = len(available) if devices == 0 else devices
     if n > len(available):
         raise ShardingError(f"--devices {devices}: only {len(available)} {jax.default_backend()} device(s) visible")
     if n <= 1:
         return None
-    return Mesh(np.asarray(available[:n]), (AXIS,))
+    return mesh_of(available[:n])
 
 
 def divides(mesh: Mesh | None, size: int) -> bool:
@@ -61,20 +66,23 @@ def constrain(x: jax.Array, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, leading(mesh, x.ndim))
 
 
+def sharding_of(a, mesh: Mesh, shard_leading: bool) -> NamedSharding:
+    """Where `put` places the array `a`: axis 0 split over the mesh, or replicated (a scalar always is)."""
+    return leading(mesh, np.ndim(a)) if shard_leading and np.ndim(a) else replicated(mesh)
+
+
 def put(tree, mesh: Mesh | None, shard_leading: bool):
     """Places a pytree of host-identical values on the mesh: axis 0 of every leaf sharded, or every leaf
     replicated. Each process supplies only the shards of its own devices (`jax.make_array_from_callback`)."""
     if mesh is None:
         return tree
 
-    def sharding_of(a):
-        return leading(mesh, np.ndim(a)) if shard_leading and np.ndim(a) else replicated(mesh)
-
     def place(a):
-        sharding = sharding_of(a)
+        sharding = sharding_of(a, mesh, shard_leading)
         if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):  # typed keys: as their data
             data = np.asarray(jax.random.key_data(a))
-            data = jax.make_array_from_callback(data.shape, sharding_of(data), lambda index: data[index])
+            data = jax.make_array_from_callback(data.shape, sharding_of(data, mesh, shard_leading),
+                                                lambda index: data[index])
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
         a = np.asarray(a)
         return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
@@ -93,10 +101,16 @@ def place_state(state, mesh: Mesh | None, classes: int):
     """
     if mesh is None:
         return state, None
-    even = divides(mesh, classes)
-    state = state._replace(images=put(state.images, mesh, even), opt_state=put(state.opt_state, mesh, even),
-                           iteration=put(state.iteration, mesh, False))
+    state = jax.tree.map(lambda a, split: put(a, mesh, split), state, state_split(state, mesh, classes))
     return state, (jax.tree.map(lambda a: a.sharding, state), None)
+
+
+def state_split(state, mesh: Mesh, classes: int):
+    """Per leaf of a CondenseState, whether `place_state` splits it by class (the images and their optimiser state
+    where the classes divide evenly over the mesh; never the iteration)."""
+    even = divides(mesh, classes)
+    split = jax.tree.map(lambda _: even, state)
+    return split._replace(iteration=False)
 
 
 def host(tree):

@@ -38,16 +38,16 @@ def test_auto_class_chunk_takes_the_largest_chunk_that_fits():
     # memory grows with the chunk: 1 GiB fixed + 1 GiB per class in the program
     tried = []
 
-    def compile_with(chunk):
+    def bytes_of(chunk):
         tried.append(chunk)
-        return FakeCompiled(2**30, 0, chunk * 2**30)
+        return backend.program_bytes(FakeCompiled(2**30, 0, chunk * 2**30))
 
     logs = []
     auto = backend.AUTO_CHUNK
-    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 8 * 2**30, logs.append) == 5  # 6 <= 6.8 GiB
+    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 8 * 2**30, logs.append) == 5  # 6 <= 6.8 GiB
     assert tried == [10, 5] and "5 of 10 classes" in logs[0] and "6.0 GiB of 8.0 GiB" in logs[0]
-    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 80 * 2**30, logs.append) == 10
-    assert backend.resolve_class_chunk(auto, 10, None, compile_with, 2**30, logs.append) == 1  # nothing fits
+    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 80 * 2**30, logs.append) == 10
+    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 2**30, logs.append) == 1  # nothing fits
     assert "exceed" in logs[-1]
 
 

@@ -1,5 +1,5 @@
 """Helpers of the benchmarks that are not timings: the collective bytes read from a compiled HLO module."""
-from benchmarks.processes import collectives
+from sm_jax.aot.hlo import collectives
 
 WHILE = ('  %while.5 = (s32[], f32[2,4]{1,0}) while((s32[], f32[2,4]{1,0}) %init), condition=%cond.2, '
          'body=%body.2, backend_config={"known_trip_count":{"n":"3"}}')

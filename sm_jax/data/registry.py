@@ -28,6 +28,8 @@ class DatasetInfo:
       tfds_name: the TFDS dataset loaded when no --data-dir is given (None: a --data-dir is required).
       archives: the official offline forms `--data-dir` accepts, besides an image folder (readers.KINDS keys).
       class_names: default names where the archive holds none.
+      train_counts: images per class of the standard training split, and test_size the test split's (for planning
+        a run's programs from shapes alone: `experiments.cifar10 --plan-for`); () / 0 where the data decides.
     """
 
     name: str
@@ -39,22 +41,27 @@ class DatasetInfo:
     archives: tuple[str, ...]
     class_names: tuple[str, ...] = ()
     download: str = ""  # where a user with internet gets the official archive
+    train_counts: tuple[int, ...] = ()
+    test_size: int = 0
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), "mnist", ("idx",), DIGITS,
-                         "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)"),
+                         "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)",
+                         (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949), 10000),
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, (0.2861,), (0.3530,), "fashion_mnist", ("idx",),
-                                 FASHION_CLASSES, "https://github.com/zalandoresearch/fashion-mnist (data/fashion)"),
+                                 FASHION_CLASSES, "https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+                                 (6000,) * 10, 10000),
     "svhn": DatasetInfo("svhn", (32, 32, 3), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
                         "svhn_cropped", ("svhn-mat",), DIGITS,
-                        "http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)"),
+                        "http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)",
+                        (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659), 26032),
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, CIFAR_MEAN, CIFAR_STD, "cifar10",
                            ("cifar10-python", "cifar10-binary"), CIFAR10_CLASSES,
-                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+                           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", (5000,) * 10, 10000),
     "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100, CIFAR_MEAN, CIFAR_STD, "cifar100",
                             ("cifar100-binary", "cifar100-python"), (),
-                            "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
+                            "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", (500,) * 100, 10000),
     "folder": DatasetInfo("folder", None, 0, None, None, None, ()),
 }
 ALIASES = {"fashion": "fashion_mnist", "fashionmnist": "fashion_mnist", "svhn_cropped": "svhn"}

@@ -276,10 +276,15 @@ CONVS: dict[str, ConvForm] = {
 }
 
 
-def resolve_conv(name: str = "auto") -> str:
-    """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name."""
+def resolve_conv(name: str = "auto", platform: str | None = None) -> str:
+    """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name.
+
+    Args:
+      platform: the platform the program is compiled for (default: JAX's default backend; a program compiled here
+        for an accelerator that is not here, sm_jax.aot, names its own).
+    """
     if name == "auto":
-        return "fast" if jax.default_backend() == "cpu" else "xla"
+        return "fast" if (platform or jax.default_backend()) == "cpu" else "xla"
     if name not in CONVS:
         raise ValueError(f"unknown conv implementation {name!r}; choose auto or one of {', '.join(CONVS)}")
     return name

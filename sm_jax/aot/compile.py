@@ -1,0 +1,179 @@
+"""A run's programs compiled for a target that is not here: the condensation iteration and the evaluation, built by
+the code a run uses (`make_method`, `sharding.state_split`, the class chunk of `backend.resolve_class_chunk`) from
+shapes alone, with what the target's compiler says of them (device bytes, its cost analysis) and what their HLO
+costs (`aot.hlo`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import SingleDeviceSharding
+
+from sm_jax import backend, sharding
+from sm_jax.aot import hlo
+from sm_jax.aot.targets import Target
+from sm_jax.config import Config
+from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
+from sm_jax.evaluation import evaluation_program
+from sm_jax.methods import make_context, make_method
+from sm_jax.models import resolve_conv
+
+LAUNCH_GAP = {"cuda": 4e-6, "tpu": 0.0}  # seconds between kernels (a GPU launch; a TPU program is one launch)
+COLLECTIVE_LATENCY = 10e-6  # seconds per collective on the mesh, beside its bytes over the interconnect
+
+
+def shape_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """A dataset of the registry's sizes whose images take no memory (zeros broadcast over the split): what a
+    program's shapes need. A dataset whose sizes the data decides (`folder`) is read from `data_dir`.
+
+    Raises:
+      DataError: for `folder` without a --data-dir.
+    """
+    info = dataset_info(name)
+    if not info.train_counts:
+        if data_dir is None:
+            raise DataError(f"--dataset {info.name}: its sizes come from the data; pass --data-dir")
+        return load_dataset(name, data_dir)
+    y = np.repeat(np.arange(len(info.train_counts)), info.train_counts).astype(np.int32)
+    ty = np.arange(info.test_size, dtype=np.int32) % info.num_classes
+    zeros = np.zeros((1, *info.shape), np.uint8)
+    return Dataset(np.broadcast_to(zeros, (len(y), *info.shape)), y, np.broadcast_to(zeros, (len(ty), *info.shape)),
+                   ty, info.class_names or tuple(str(c) for c in range(info.num_classes)), f"shapes:{info.name}",
+                   info.mean, info.std, info.name)
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled program and what it costs per execution on its target (per device on a mesh)."""
+
+    name: str
+    compile_seconds: float
+    memory: dict[str, int] | None  # argument, temp, output, alias (donated) and total (= backend.program_bytes)
+    hlo_cost: hlo.Cost
+    compiler_cost: dict[str, float]  # the target compiler's cost analysis (TPU: flops, bytes accessed, seconds)
+    target: Target
+    text: str = dataclasses.field(repr=False, default="")
+
+    @property
+    def bytes(self) -> int | None:
+        return self.memory and self.memory["total"]
+
+    def seconds(self) -> dict[str, float | None]:
+        """The time estimate per execution: `roofline` (aot.hlo's), `launch` (kernels x the platform's gap),
+        `collectives` (bytes over the interconnect + a latency each), `estimate` (their sum) and, on a TPU, the
+        compiler's own `tpu_compiler` (None where it gives none, or a negative one)."""
+        c, t = self.hlo_cost, self.target
+        coll = sum(b for _, b in c.collectives.values()) / t.interconnect if c.collectives else 0.0
+        coll += COLLECTIVE_LATENCY * sum(n for n, _ in c.collectives.values())
+        launch = c.kernels * LAUNCH_GAP[t.platform]
+        own = self.compiler_cost.get("optimal_seconds")
+        return {"roofline": c.seconds, "launch": launch, "collectives": coll, "estimate": c.seconds + launch + coll,
+                "tpu_compiler": own if own is not None and own > 0 else None}
+
+    def record(self) -> dict[str, Any]:
+        c = self.hlo_cost
+        return {"compile_seconds": round(self.compile_seconds, 2), "memory": self.memory,
+                "flops": c.flops, "bytes": c.bytes, "kernels": c.kernels,
+                "collectives": {k: {"count": n, "bytes": b} for k, (n, b) in c.collectives.items()},
+                "compiler_cost": {k: v for k, v in self.compiler_cost.items()
+                                  if k in ("flops", "bytes accessed", "optimal_seconds", "transcendentals")},
+                "seconds": self.seconds()}
+
+
+def _memory(compiled) -> dict[str, int] | None:
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return {"argument": int(m.argument_size_in_bytes), "temp": int(m.temp_size_in_bytes),
+            "output": int(m.output_size_in_bytes), "alias": int(m.alias_size_in_bytes),
+            "total": backend.program_bytes(compiled)}
+
+
+def _compiler_cost(compiled) -> dict[str, float]:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    return {k: float(v) for k, v in (cost or {}).items() if isinstance(v, (int, float))}
+
+
+def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
+    """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
+    shardings) under the run's matmul precision."""
+    t0 = time.perf_counter()
+    with backend.precision(precision):
+        compiled = jax.jit(fn, **jit).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    text = compiled.as_text()
+    cost = hlo.Module(text, target.fp32_flops, target.bandwidth).cost()
+    return Program(name, seconds, _memory(compiled), cost, _compiler_cost(compiled), target, text)
+
+
+class Compiler:
+    """The programs of one run config (`cfg`, on dataset shapes `data`) compiled for `target`, the class axis
+    sharded over the target's chips when it has several, as a multi-device run shards it."""
+
+    def __init__(self, cfg: Config, target: Target, data: Dataset):
+        self.target, self.data = target, data
+        self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))
+        self.devices = target.devices()
+        self.mesh = sharding.mesh_of(self.devices) if len(self.devices) > 1 else None
+        self._iterations: dict[int, Program] = {}
+
+    def abstract(self, tree, split=False):
+        """jax.ShapeDtypeStruct of every leaf of `tree` (arrays or their shapes) with the target's sharding:
+        `split` (a bool, or a tree of bools like `tree`) splits axis 0 over the mesh."""
+        splits = split if not isinstance(split, bool) else jax.tree.map(lambda _: split, tree)
+
+        def one(a, s):
+            where = (SingleDeviceSharding(self.devices[0]) if self.mesh is None
+                     else sharding.sharding_of(a, self.mesh, s))
+            return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=where)
+
+        return jax.tree.map(one, tree, splits)
+
+    def method(self, chunk: int):
+        return make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
+
+    def iteration(self, chunk: int) -> Program:
+        """The condensation iteration with `chunk` classes per vmapped program (0 = all), compiled once."""
+        if chunk not in self._iterations:
+            m, cfg, data = self.method(chunk), self.cfg, self.data
+            key = jax.random.key(0)
+            state = jax.eval_shape(lambda k: m.init_state(m.init_images(data, k)), key)
+            ctx = jax.eval_shape(lambda: make_context(cfg, data))
+            split = sharding.state_split(state, self.mesh, data.num_classes) if self.mesh is not None else False
+            args = (self.abstract(state, split), self.abstract(ctx), self.abstract(jax.eval_shape(lambda: key)))
+            self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target, cfg.precision,
+                                                      donate_argnums=0)
+        return self._iterations[chunk]
+
+    def class_chunk(self, log=print) -> int:
+        """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target."""
+        return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh,
+                                           lambda c: self.iteration(c).bytes, self.target.bytes_limit, log)
+
+    def evaluation(self, parallel: int | None = None, arch: str | None = None) -> Program:
+        """The evaluation program: `parallel` networks (default the config's eval_parallel) trained together on the
+        set's (classes x syn_per_class) images and tested on the test split, split over the mesh where they
+        divide, as `evaluation.evaluate_set` runs them."""
+        cfg, data = self.cfg, self.data
+        parallel = max(1, min(parallel or cfg.eval_parallel, max(cfg.eval_models, 1)))
+        m = self.method(0)
+        n = data.num_classes * cfg.syn_per_class
+        shape = data.train_x.shape[1:]
+        x = jax.ShapeDtypeStruct((n, *shape), jnp.float32)
+        y = jax.ShapeDtypeStruct((n,), jnp.int32)
+        tx = jax.ShapeDtypeStruct((len(data.test_y), *shape), jnp.float32)
+        ty = jax.ShapeDtypeStruct((len(data.test_y),), jnp.int32)
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), parallel))
+        split_keys = self.mesh is not None and parallel % self.mesh.size == 0
+        args = (*self.abstract((x, y)), self.abstract(keys, split_keys), *self.abstract((tx, ty)))
+        fn = evaluation_program(m.eval_net(arch), m.eval_protocol(None, arch))
+        return compile_program("evaluation", fn, args, self.target, cfg.precision)

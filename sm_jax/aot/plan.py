@@ -1,0 +1,83 @@
+"""Planning a run for a target the user names, without the target: its programs compiled for it, their memory, the
+class chunk `--class-chunk auto` would pick there, and the time of an iteration and of the whole run.
+`python -m experiments.cifar10 --method idc --ipc 50 --plan-for h100`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sm_jax import backend
+from sm_jax.aot.compile import Compiler, Program, shape_dataset
+from sm_jax.aot.targets import GIB, target
+from sm_jax.config import Config
+from sm_jax.errors import UserError
+
+
+class PlanError(UserError):
+    """A run that cannot fit the target (one line, user-facing)."""
+
+
+def evaluations(cfg: Config) -> int:
+    """Evaluations of a whole run: every eval_every iterations before the end, and the final one."""
+    periodic = (cfg.iterations - 1) // cfg.eval_every if cfg.eval_every and cfg.iterations else 0
+    return periodic + (1 if cfg.eval_models else 0)
+
+
+def run_seconds(cfg: Config, iteration: Program, evaluation: Program | None, parallel: int) -> dict[str, float]:
+    """The estimate of a whole run: iterations x the iteration's time, and every evaluation's networks in calls of
+    `parallel` (each call one execution of the evaluation program)."""
+    condense = cfg.iterations * iteration.seconds()["estimate"]
+    calls = math.ceil(cfg.eval_models / parallel) if cfg.eval_models else 0
+    evaluate = evaluations(cfg) * calls * evaluation.seconds()["estimate"] if evaluation is not None else 0.0
+    return {"condense": condense, "evaluate": evaluate, "total": condense + evaluate}
+
+
+def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: bool = True,
+         log=print) -> dict[str, Any]:
+    """Compiles `cfg`'s programs for the target and says what they need there.
+
+    Returns:
+      {target, class_chunk, iteration: Program.record(), evaluation: ..., run_seconds: {condense, evaluate, total}}.
+    Raises:
+      PlanError: when even one class per program exceeds the target's memory.
+      TargetError: for an unknown target or a compiler that is not installed.
+    """
+    tgt = target(target_name)
+    log(f"plan for {tgt.name} ({tgt.description}, {tgt.chips} chip{'s' * (tgt.chips > 1)}, "
+        f"{tgt.bytes_limit / GIB:.1f} GiB usable per chip): {cfg.method} ipc {cfg.ipc} K {cfg.subset_k}, "
+        f"{cfg.preset} preset, {cfg.dataset}")
+    comp = Compiler(cfg, tgt, shape_dataset(cfg.dataset, data_dir))
+    chunk = comp.class_chunk(log)
+    it = comp.iteration(chunk)
+    if it.bytes is not None and it.bytes > backend.MEMORY_HEADROOM * tgt.bytes_limit:
+        what = "even one class per program" if chunk == 1 or comp.mesh is None else "all classes over its chips"
+        raise PlanError(f"{cfg.method} ipc {cfg.ipc} K {cfg.subset_k} does not fit {tgt.name}: {what} needs "
+                        f"{it.bytes / GIB:.1f} GiB of the {tgt.bytes_limit / GIB:.1f} GiB per chip (a larger "
+                        f"target, more chips, or a smaller --batch-real)")
+    log(_line("iteration", it))
+    parallel = max(1, min(cfg.eval_parallel, max(cfg.eval_models, 1)))
+    ev = comp.evaluation(parallel) if evaluate and cfg.eval_models else None
+    if ev is not None:
+        log(_line(f"evaluation ({parallel} network{'s' * (parallel > 1)} per call)", ev))
+    secs = run_seconds(cfg, it, ev, parallel)
+    log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "
+        f"{cfg.eval_models} networks {_duration(secs['evaluate'])} = {secs['total'] / 3600:.2f} device-hours "
+        f"({tgt.chips} chip{'s' * (tgt.chips > 1)})")
+    return {"target": tgt.name, "chips": tgt.chips, "class_chunk": chunk, "iteration": it.record(),
+            "evaluation": ev.record() if ev is not None else None, "eval_parallel": parallel, "run_seconds": secs}
+
+
+def _line(what: str, p: Program) -> str:
+    m, s = p.memory, p.seconds()
+    mem = (f"{m['total'] / GIB:.2f} GiB per chip (arguments {m['argument'] / GIB:.2f}, temporaries "
+           f"{m['temp'] / GIB:.2f}, outputs {m['output'] / GIB:.2f}, donated {m['alias'] / GIB:.2f})"
+           if m else "no memory analysis")
+    tpu = f"; the TPU compiler's own estimate {s['tpu_compiler']:.3g} s" if s["tpu_compiler"] else ""
+    return (f"{what}: compiled in {p.compile_seconds:.0f} s; {mem}; estimated {s['estimate']:.3g} s each (roofline "
+            f"{s['roofline']:.3g} s over {p.hlo_cost.flops / 1e12:.3g} TFLOP and {p.hlo_cost.bytes / 1e9:.3g} GB, "
+            f"launches {s['launch']:.3g} s, collectives {s['collectives']:.3g} s){tpu}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"

@@ -1,0 +1,231 @@
+"""Compiling for targets that are not here (sm_jax.aot): the cost arithmetic on a hand-written program, every method's
+iteration and evaluation compiled for a CUDA target and a 2-chip TPU topology with the class axis sharded, and
+`--plan-for` through the command line."""
+import dataclasses
+import importlib.util
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from sm_jax.aot import hlo
+from sm_jax.aot.targets import TARGETS, Target, TargetError, target
+
+# A program whose flops and bytes are known by hand: a cuDNN convolution, a cuBLAS gemm, a fusion that slices a big
+# operand, an in-place update, a loop with XLA:GPU's trip count and one with XLA:TPU's (none: `i < 5` from 0), a
+# conditional and an all-reduce.
+HLO = """HloModule hand, entry_computation_layout={()->f32[]}
+
+%fused_slice (param_0: f32[1000,64], param_1: s32[]) -> f32[10,64] {
+  %param_0 = f32[1000,64]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %ds = f32[10,64]{1,0} dynamic-slice(%param_0, %param_1, %zero), dynamic_slice_sizes={10,64}
+}
+
+%fused_update (param_0.1: f32[1000,64], param_1.1: f32[10,64], param_2: s32[]) -> f32[1000,64] {
+  %param_0.1 = f32[1000,64]{1,0} parameter(0)
+  %param_1.1 = f32[10,64]{1,0} parameter(1)
+  %param_2 = s32[] parameter(2)
+  %zero.1 = s32[] constant(0)
+  %neg = f32[10,64]{1,0} negate(%param_1.1)
+  ROOT %dus = f32[1000,64]{1,0} dynamic-update-slice(%param_0.1, %neg, %param_2, %zero.1)
+}
+
+%body.gpu (p.1: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %p.1 = (s32[], f32[8,16]{1,0}) parameter(0)
+  %a.1 = f32[8,16]{1,0} get-tuple-element(%p.1), index=1
+  %b.1 = f32[16,16]{1,0} constant({...})
+  %gemm = (f32[8,16]{1,0}, s8[4]{0}) custom-call(%a.1, %b.1), {gemm}
+  %i.1 = s32[] get-tuple-element(%p.1), index=0
+  ROOT %t.1 = (s32[], f32[8,16]{1,0}) tuple(%i.1, %a.1)
+}
+
+%cond.gpu (p.2: (s32[], f32[8,16])) -> pred[] {
+  %p.2 = (s32[], f32[8,16]{1,0}) parameter(0)
+  ROOT %never = pred[] constant(false)
+}
+
+%body.tpu (p.3: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p.3 = (s32[], f32[4]{0}) parameter(0)
+  %v = f32[4]{0} get-tuple-element(%p.3), index=1
+  %all-reduce.1 = f32[4]{0} all-reduce(%v), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  %i.3 = s32[] get-tuple-element(%p.3), index=0
+  ROOT %t.3 = (s32[], f32[4]{0}) tuple(%i.3, %all-reduce.1)
+}
+
+%cond.tpu (p.4: (s32[], f32[4])) -> pred[] {
+  %p.4 = (s32[], f32[4]{0}) parameter(0)
+  %five = s32[] constant(5)
+  %i.4 = s32[] get-tuple-element(%p.4), index=0
+  ROOT %lt = pred[] compare(%i.4, %five), direction=LT
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+
+%small (q: f32[100]) -> f32[100] {
+  %q = f32[100]{0} parameter(0)
+  ROOT %c = f32[100]{0} copy(%q)
+}
+
+%big (r: f32[100]) -> f32[100] {
+  %r = f32[100]{0} parameter(0)
+  %e = f32[100]{0} exponential(%r)
+  ROOT %c.2 = f32[100]{0} copy(%e)
+}
+
+ENTRY %main (x.1: f32[2,8,8,3], w.1: f32[3,3,3,4], big.1: f32[1000,64], i: s32[], flag: pred[]) -> f32[] {
+  %x.1 = f32[2,8,8,3]{3,2,1,0} parameter(0)
+  %w.1 = f32[3,3,3,4]{3,2,1,0} parameter(1)
+  %big.1 = f32[1000,64]{1,0} parameter(2)
+  %i = s32[] parameter(3)
+  %flag = pred[] parameter(4)
+  %conv = (f32[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%x.1, %w.1), {conv}
+  %rows = f32[10,64]{1,0} fusion(%big.1, %i), kind=kLoop, calls=%fused_slice
+  %upd = f32[1000,64]{1,0} fusion(%big.1, %rows, %i), kind=kLoop, calls=%fused_update
+  %zero.2 = s32[] constant(0)
+  %m = f32[8,16]{1,0} constant({...})
+  %init.gpu = (s32[], f32[8,16]{1,0}) tuple(%zero.2, %m)
+  %loop.gpu = (s32[], f32[8,16]{1,0}) while(%init.gpu), condition=%cond.gpu, body=%body.gpu, {trip}
+  %one = s32[] constant(1)
+  %vec = f32[4]{0} constant({1, 2, 3, 4})
+  %init.tpu = (s32[], f32[4]{0}) tuple(%one, %vec)
+  %loop.tpu = (s32[], f32[4]{0}) while(%init.tpu), condition=%cond.tpu, body=%body.tpu
+  %h = f32[100]{0} constant({...})
+  %branch = f32[100]{0} conditional(%flag, %h, %h), true_computation=%small, false_computation=%big
+  ROOT %out = f32[] constant(0)
+}
+"""
+PARTS = {"{gemm}": 'custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":'
+                   '{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}',
+         "{conv}": 'window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, '
+                   'custom_call_target="__cudnn$convForward"',
+         "{trip}": 'backend_config={"known_trip_count":{"n":"3"}}'}
+for part, text in PARTS.items():
+    HLO = HLO.replace(part, text)
+
+
+def test_hlo_cost_of_a_hand_written_program():
+    m = hlo.Module(HLO, peak_flops=1e9, bandwidth=1e6)
+    # the convolution: 2 x (2*8*8 outputs x 4 features) x (3*3*3) multiply-adds; reads x and w, writes its output
+    conv_flops, conv_bytes = 2 * (2 * 8 * 8 * 4) * 27, 4 * (2 * 8 * 8 * 3 + 3 * 3 * 3 * 4 + 2 * 8 * 8 * 4)
+    # the gemm (8x16 @ 16x16), 3 times: 2*8*16*16 flops; reads 8x16 + 16x16, writes 8x16 (+ 4 bytes of workspace)
+    gemm_flops, gemm_bytes = 2 * 8 * 16 * 16, 4 * (8 * 16 + 16 * 16 + 8 * 16) + 4
+    # the slice reads its 10 rows (not the 1000) and the index, writes 10 rows; the update reads and writes 10 rows
+    slice_bytes = 4 * (10 * 64) + 4 + 4 * (10 * 64)
+    update_bytes = 4 * (10 * 64) + 4 + 4 * (10 * 64)
+    # the conditional: its dearer branch (the fusion-free `big`: exponential and copy, each 400 B in + 400 B out)
+    branch_bytes = 2 * (400 + 400)
+    c = m.cost()
+    assert c.flops == conv_flops + 3 * gemm_flops
+    assert c.bytes == conv_bytes + 3 * gemm_bytes + slice_bytes + update_bytes + branch_bytes
+    assert c.kernels == 1 + 3 + 2 + 2
+    assert c.collectives == {"all-reduce": [4, 4 * 16]}  # the TPU-style loop runs i = 1..4: 4 times
+    expected = (max(conv_flops / 1e9, conv_bytes / 1e6) + 3 * max(gemm_flops / 1e9, gemm_bytes / 1e6)
+                + (slice_bytes + update_bytes + branch_bytes) / 1e6)
+    assert math.isclose(c.seconds, expected)
+    loops = {i.name: m.trip_count(i) for comp in m.comps.values() for i in comp if i.op == "while"}
+    assert loops == {"loop.gpu": 3, "loop.tpu": 4}
+
+
+def test_convolution_flops_by_hand():
+    # a 3x3 convolution of 16 -> 32 features on 4 images of 8x8: 2 * (4*8*8*32) * (3*3*16)
+    assert hlo.conv_flops((4, 8, 8, 32), (3, 3, 16, 32), "b01f_01io->b01f") == 2 * 4 * 8 * 8 * 32 * 144
+    # kernel stored output-major (o01i): the same count
+    assert hlo.conv_flops((4, 8, 8, 32), (32, 3, 3, 16), "b01f_o01i->b01f") == 2 * 4 * 8 * 8 * 32 * 144
+    # XLA:TPU's class-batched form: a window of 10 over an input dilated by 10 meets one value per output
+    assert hlo.dilated_taps("window={size=3x3x10 stride=1x1x9 pad=1_1x1_1x0_0 lhs_dilate=1x1x10}") == 0.1
+    assert hlo.dilated_taps("window={size=3x3 pad=1_1x1_1}") == 1.0
+
+
+def test_targets_resolve_by_name_and_chips():
+    assert target("h100", 8).name == "h100x8" and target("v5e", 4).name == "v5e-2x2"
+    assert target("v5e-4x4").chips == 16
+    with pytest.raises(TargetError, match="unknown target 'h900'"):
+        target("h900")
+    with pytest.raises(TargetError, match="no target of 3 chips"):
+        target("h100", 3)
+    assert "core_count: 132" in TARGETS["h100"].gpu_target_config()
+
+
+HAVE_CUDA = importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
+HAVE_TPU = importlib.util.find_spec("libtpu") is not None
+needs_compilers = pytest.mark.skipif(not (HAVE_CUDA and HAVE_TPU), reason='needs pip install -e ".[aot]"')
+TPU2 = dataclasses.replace(TARGETS["v5e-2x2"], name="v5e-2x1", chips=2, tpu=("v5e:2x1", (2, 1, 1)))
+TINY = dict(width=8, depth=1, batch_real=4, batch_train=8, outer_loop=2, inner_loop=1, eval_epochs=2,
+            eval_models=2, eval_parallel=2, max_syn_per_class=0)
+
+
+def tiny_shapes(classes: int = 4, per_class: int = 16):
+    from sm_jax.data import Dataset
+
+    y = np.repeat(np.arange(classes), per_class).astype(np.int32)
+    x = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (len(y), 32, 32, 3))
+    return Dataset(x, y, x[:8], y[:8], tuple("abcd"[:classes]), "shapes")
+
+
+CASES = [("dc", 2, 1, {}), ("dc", 2, 2, {"model": "convnetbn"}), ("dsa", 2, 1, {}), ("dsa", 2, 2, {}),
+         ("idc", 1, 1, {"factor": 2}), ("idc", 1, 2, {"factor": 2}), ("dm", 2, 1, {}), ("dm", 2, 2, {})]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("aot")
+@needs_compilers
+@pytest.mark.parametrize("tgt", [TARGETS["h100"], TPU2], ids=["h100", "v5e-2x1"])
+def test_every_method_compiles_for_a_gpu_and_a_sharded_tpu(tgt: Target):
+    from sm_jax.aot import Compiler
+    from sm_jax.config import make_config
+
+    data = tiny_shapes()
+    for method, ipc, k, extra in CASES:
+        cfg = make_config(method, ipc, "cpu", subset_k=k, **{**TINY, **extra})
+        comp = Compiler(cfg, tgt, data)
+        assert comp.cfg.conv_impl == "xla"  # `auto` resolves for the target, not for this CPU host
+        it = comp.iteration(comp.class_chunk(log=lambda _: None))
+        ev = comp.evaluation()
+        for p in (it, ev):
+            assert p.memory is not None and p.memory["total"] > 0 and p.hlo_cost.flops > 0, (method, k, p.name)
+            assert "f64[" not in p.text and "custom_call_target=\"xla_python" not in p.text  # no float64, no callbacks
+        if tgt.platform == "cuda":
+            for p in (it, ev):  # every convolution is cuDNN's (no XLA convolution, no Winograd einsums left)
+                assert "__cudnn$conv" in p.text and not re.search(r" convolution\(", p.text), (method, k, p.name)
+        else:
+            # the class axis is split over the 2 chips: each holds 2 of the 4 classes' stored images
+            entry = p_entry(it.text)
+            assert f"f32[2,{cfg.ipc},32,32,3]" in entry, (method, k)
+
+
+def p_entry(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("ENTRY"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("aot")
+@needs_compilers
+def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeypatch):
+    from sm_jax.cli import condense_main
+
+    flags = ["--method", "dc", "--ipc", "1", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
+             "--outer-loop", "1", "--inner-loop", "1", "--eval-epochs", "1", "--eval-models", "1"]
+    condense_main(flags + ["--plan-for", "h100"], dataset="cifar10")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("plan for h100 (NVIDIA H100 80GB HBM3, 1 chip")
+    assert out[1].startswith("class chunk: 10 of 10 classes per program (predicted")
+    assert out[2].startswith("iteration: compiled in") and "estimated" in out[2]
+    record = json.loads(out[-1])
+    assert record["class_chunk"] == 10 and record["iteration"]["memory"]["total"] > 0
+    assert record["run_seconds"]["total"] > 0
+    tiny = dataclasses.replace(TARGETS["h100"], name="tiny-gpu", memory_bytes=2**20)
+    monkeypatch.setitem(TARGETS, "tiny-gpu", tiny)
+    with pytest.raises(SystemExit) as e:
+        condense_main(flags + ["--plan-for", "tiny-gpu"], dataset="cifar10")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: dc ipc 1 K 1 does not fit tiny-gpu: even one class per "
+                                               "program needs"), err

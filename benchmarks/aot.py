@@ -1,8 +1,8 @@
 """The paper's configurations compiled for GPU and TPU targets that are not here: device bytes, the class chunk
 `--class-chunk auto` picks there, flops, bytes, the estimated time of an iteration, of an evaluation and of a run.
 
-python -m benchmarks.aot --target NAME [--chips N] [--methods dc,dsa,idc,dm] [--ipcs 1,10,50] [--ks 1,2]
-                         [--no-eval] [--out FILE]
+python -m benchmarks.aot --target NAME [--chips N] [--methods dc,dsa,idc,dm] [--ipcs 10,50] [--ks 1,2]
+                         [--no-eval] [--preset paper|cpu] [--out FILE]
 python -m benchmarks.aot --report FILE [FILE ...]     (the docs/gpu.md tables from such lines)
 
 Each configuration prints one JSON line (and appends it to --out): the `paper`-preset condensation iteration and
@@ -28,21 +28,30 @@ EVAL_PARALLEL = 20
 
 
 def configurations(methods, ipcs, ks) -> list[tuple[str, int, int]]:
-    return [(m, ipc, k) for m in methods for ipc in TABLE1.get(m, ()) if ipc in ipcs for k in ks]
+    """(method, ipc, K) of Table 1 and DM for `methods` (ipcs None), or every given ipc of each method."""
+    return [(m, ipc, k) for m in methods for ipc in (ipcs or TABLE1[m]) for k in ks]
 
 
-def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, evaluate: bool = True) -> dict:
-    """One configuration's record (compiled, or the error)."""
+def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, evaluate: bool = True,
+            evaluation: dict | None = None, preset: str = "paper") -> dict:
+    """One configuration's record (compiled, or the error); `evaluation`: the record of its evaluation program
+    compiled before (it does not depend on K), reused rather than compiled again."""
     from sm_jax.aot import plan, target
+    from sm_jax.aot.plan import run_seconds
     from sm_jax.config import make_config
 
     tgt = target(target_name, chips)
     rec = {"target": tgt.name, "chips": tgt.chips, "platform": tgt.platform, "method": method, "ipc": ipc,
-           "subset_k": k, "preset": "paper"}
+           "subset_k": k, "preset": preset}
     t0 = time.perf_counter()
     try:
-        cfg = make_config(method, ipc, "paper", subset_k=k, eval_parallel=EVAL_PARALLEL)
-        rec.update(plan(cfg, tgt.name, evaluate=evaluate, log=lambda line: print(line, file=sys.stderr)))
+        cfg = make_config(method, ipc, preset, subset_k=k, eval_parallel=EVAL_PARALLEL)
+        rec.update(plan(cfg, tgt.name, evaluate=evaluate and evaluation is None,
+                        log=lambda line: print(line, file=sys.stderr)))
+        if evaluate and evaluation is not None:
+            rec["evaluation"] = evaluation
+            rec["run_seconds"] = run_seconds(cfg, rec["iteration"]["seconds"]["estimate"],
+                                             evaluation["seconds"]["estimate"], rec["eval_parallel"])
         rec.update(compiled=True, iterations=cfg.iterations, eval_models=cfg.eval_models)
     except Exception as e:  # noqa: BLE001 - a failure to compile is a row of the table
         rec.update(compiled=False, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}")
@@ -56,23 +65,35 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--target", help="a name of sm_jax.aot.TARGETS")
     p.add_argument("--chips", type=int, help="the target's form with this many chips (h100 8 = h100x8)")
     p.add_argument("--methods", default="dc,dsa,idc,dm")
-    p.add_argument("--ipcs", default="1,10,50")
+    p.add_argument("--ipcs", help="images per class (default: Table 1's of each method: DC, DSA and DM 10 and 50, "
+                   "IDC 1, 10 and 50)")
     p.add_argument("--ks", default="1,2")
     p.add_argument("--no-eval", action="store_true", help="the iteration only")
+    p.add_argument("--preset", default="paper", help="the configurations' preset (cpu: tiny programs, for a smoke run)")
     p.add_argument("--out", help="also append the JSON lines to this file")
     p.add_argument("--report", nargs="+", help="print the tables of these JSON-lines files instead")
+    p.add_argument("--cpu-proxy", default="benchmarks/results/memory.jsonl",
+                   help="--report: benchmarks.memory's lines (XLA:CPU compiling the GPU form), shown beside")
     args = p.parse_args(argv)
     if args.report:
-        print(report([json.loads(ln) for f in args.report for ln in Path(f).read_text().splitlines() if ln.strip()]))
+        proxy = Path(args.cpu_proxy)
+        proxy = {(r["method"], r["ipc"], r["subset_k"]): r["predicted_bytes"] for r in
+                 (json.loads(ln) for ln in (proxy.read_text().splitlines() if proxy.is_file() else []))
+                 if r["class_chunk"] == 0}
+        print(report([json.loads(ln) for f in args.report for ln in Path(f).read_text().splitlines() if ln.strip()],
+                     proxy))
         return []
     if not args.target:
         p.error("--target is required (or --report)")
-    rows = []
-    for method, ipc, k in configurations(args.methods.split(","), [int(i) for i in args.ipcs.split(",")],
-                                         [int(i) for i in args.ks.split(",")]):
+    rows, evaluations = [], {}
+    ipcs = [int(i) for i in args.ipcs.split(",")] if args.ipcs else None
+    for method, ipc, k in configurations(args.methods.split(","), ipcs, [int(i) for i in args.ks.split(",")]):
         if (ipc * (4 if method == "idc" else 1)) % k:
             continue
-        rec = measure(args.target, args.chips, method, ipc, k, not args.no_eval)
+        rec = measure(args.target, args.chips, method, ipc, k, not args.no_eval, evaluations.get((method, ipc)),
+                      args.preset)
+        if rec.get("evaluation"):
+            evaluations[(method, ipc)] = rec["evaluation"]
         rows.append(rec)
         print(json.dumps(rec), flush=True)
         if args.out:
@@ -91,23 +112,28 @@ def latest(rows: list[dict]) -> dict[tuple, dict]:
 
 
 def report(rows: list[dict], cpu_proxy: dict | None = None) -> str:
-    """Markdown: memory and time per configuration and target, then Table 1's cost in device-hours per target."""
-    rows = list(latest(rows).values())
+    """Markdown: memory and time per configuration and target (`cpu_proxy`: {(method, ipc, K): bytes} of XLA:CPU
+    compiling the GPU form, all classes in one program, shown beside), then Table 1's cost in device-hours per
+    target."""
+    rows = sorted(latest(rows).values(), key=lambda r: (r["target"], list(TABLE1).index(r["method"]), r["ipc"],
+                                                        r["subset_k"]))
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    out = ["| target | method | ipc | K | compiled | class chunk | iteration GiB (temp) | s / iteration | "
-           "TPU compiler s | evaluation GiB | s / 20 networks | run h |", "|" + "---|" * 12]
+    cpu_proxy = cpu_proxy or {}
+    out = ["| target | method | ipc | K | class chunk | iteration GiB (temporaries) | XLA:CPU proxy GiB | compile s | "
+           "TFLOP / iteration | s / iteration | evaluation GiB | s / 20 networks | run h |", "|" + "---|" * 13]
     for r in rows:
+        key = (r["method"], r["ipc"], r["subset_k"])
         if not r.get("compiled"):
-            out.append(f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | no: {r.get('error', '')}"
-                       " | | | | | | | |")
+            out.append(f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | not compiled: "
+                       f"{r.get('error', '')} |" + " |" * 8)
             continue
         it, ev = r["iteration"], r.get("evaluation")
-        tpu = it["seconds"].get("tpu_compiler")
         out.append(
-            f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | yes | "
-            f"{r['class_chunk'] or 'all'} | {_gib(it['memory'] and it['memory']['total'])} "
-            f"({_gib(it['memory'] and it['memory']['temp'])}) | {it['seconds']['estimate']:.3g} | "
-            f"{'-' if tpu is None else f'{tpu:.3g}'} | {_gib(ev and ev['memory'] and ev['memory']['total'])} | "
+            f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | "
+            f"{'all' if r['class_chunk'] in (0, 10) else r['class_chunk']} | "
+            f"{_gib(it['memory'] and it['memory']['total'])} ({_gib(it['memory'] and it['memory']['temp'])}) | "
+            f"{_gib(cpu_proxy.get(key))} | {it['compile_seconds']:.0f} | {it['flops'] / 1e12:.3g} | "
+            f"{it['seconds']['estimate']:.3g} | {_gib(ev and ev['memory'] and ev['memory']['total'])} | "
             f"{'-' if not ev else format(ev['seconds']['estimate'], '.3g')} | "
             f"{r['run_seconds']['total'] / 3600:.2f} |")
     out += ["", "Table 1 (14 cells x 3 seeds) and DM (ipc 10, 50; K 1, 2 x 3 seeds), device-hours:", "",

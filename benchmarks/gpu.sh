@@ -2,7 +2,8 @@
 # The GPU check: run as is on a lent GPU machine, in one call of at most 9 minutes. Every result is written under
 # $OUT as soon as it exists, so a timeout still returns what was done. Sections, in priority order:
 #   1. environment (devices, versions) and correctness on the GPU: the equivalence tests (vmapped vs looped
-#      matching, chunked vs joint gradients, every convolution form against XLA's, the fused RGB layer)
+#      matching, chunked vs joint gradients, every convolution form against XLA's, the fused RGB layer); then
+#      sm_jax.aot's prediction of section 4's iterations, compiled for the h200 target without the device
 #   2. step time, JAX against PyTorch on the same GPU: paper batches, all classes in one vmapped program,
 #      DC ipc 10 K 1 / K 2, IDC ipc 10 K 2, IDC ipc 50 K 2, DM ipc 10 K 2 (compile time reported apart)
 #   3. evaluation: 20 networks vmapped against one after another (model-epochs/s), DC ipc 1 and 10; then DC ipc 10
@@ -96,6 +97,19 @@ else
   within 150 "$py" -m pytest -q -p no:cacheprovider -p no:xdist "${tests[@]}" > "$out/tests.txt" 2>&1
 fi
 tail -3 "$out/tests.txt"
+report
+
+# --- 1b. the prediction made without the device ------------------------------------------------------------------------
+# sm_jax.aot compiles the section-4 runs' iterations for the h200 target (the card's facts, no device): report.md puts
+# its memory and time beside the device's own analysis and the measured seconds per iteration
+log "1b. sm_jax.aot's predictions (compiled for a target, not on the device)"
+if [ $smoke = 1 ]; then
+  within 40 "$py" -m benchmarks.aot --target h100 --methods dc --ipcs 1 --ks 1 --no-eval --preset cpu \
+    --out "$out/aot.jsonl" > /dev/null 2>> "$out/aot.err"
+else
+  within 200 "$py" -m benchmarks.aot --target h200 --methods dsa,idc --ipcs 1 --ks 1,2 --no-eval \
+    --out "$out/aot.jsonl" > /dev/null 2>> "$out/aot.err"
+fi
 report
 
 # --- 2. step time, JAX vs PyTorch ------------------------------------------------------------------------------------

@@ -69,6 +69,10 @@ def estimates(steps: list[dict], runs: dict[str, dict]) -> list[dict]:
     return out
 
 
+def r_target(predicted: dict) -> str:
+    return next((r["target"] for r in predicted.values()), "?")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
@@ -78,8 +82,9 @@ def main(argv=None) -> dict:
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
     tests = (out / "tests.txt").read_text().strip().splitlines()[-1:] if (out / "tests.txt").exists() else []
     steps, evals, runs = _lines(out / "step.jsonl"), _lines(out / "evaluate.jsonl"), read_runs(out)
+    predicted = {(r["method"], r["ipc"], r["subset_k"]): r for r in _lines(out / "aot.jsonl") if r.get("compiled")}
     report = {"env": env, "tests": tests[0] if tests else None, "steps": steps, "evaluate": evals, "runs": runs,
-              "estimates": estimates(steps, runs)}
+              "estimates": estimates(steps, runs), "predicted": list(predicted.values())}
     Path(args.json or out / "gpu.json").write_text(json.dumps(report, indent=1))
     md = [f"Device: {env.get('device_kind', '?')}; jax {env.get('jax', '?')}, torch {env.get('torch', '?')}. "
           f"Equivalence tests on it: {report['tests'] or 'not run'}."]
@@ -87,14 +92,19 @@ def main(argv=None) -> dict:
     if steps or evals:
         md += ["", summarize(str(out / "all.jsonl"))]
     if runs:
-        md += ["", "| run | iterations done | first iteration s | median s/iteration | accuracy |", "|---" * 5 + "|"]
+        md += ["", "| run | iterations done | first iteration s | median s/iteration | predicted s/iteration "
+               "(sm_jax.aot) | predicted GiB | accuracy |", "|---" * 7 + "|"]
         for name, r in runs.items():
             acc = (f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}"
                    if r["accuracy_mean"] is not None else "-")
             med = r["median_seconds_per_iteration"]
             first = r["first_iteration_seconds"]
+            pred = predicted.get((r["method"], r["ipc"], r["subset_k"]), {}).get("iteration")
+            p_s = f"{pred['seconds']['estimate']:.3f} ({r_target(predicted)})" if pred else "-"
+            p_mem = f"{pred['memory']['total'] / 2**30:.2f}" if pred and pred.get("memory") else "-"
             md.append(f"| {name} | {r['iterations_done']}/{r['iterations_total']} | "
-                      f"{'-' if first is None else f'{first:.1f}'} | {'-' if med is None else f'{med:.3f}'} | {acc} |")
+                      f"{'-' if first is None else f'{first:.1f}'} | {'-' if med is None else f'{med:.3f}'} | "
+                      f"{p_s} | {p_mem} | {acc} |")
     if report["estimates"]:
         md += ["", "| cell | from | condensation GPU-hours |", "|---|---|---|"]
         for e in report["estimates"]:

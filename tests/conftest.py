@@ -34,7 +34,7 @@ def pytest_unconfigure(config):
 # xdist hands out work units (a group, or an ungrouped test) in collection order. The groups are the suite's longest
 # units (multiprocess and cli about 1.5 minutes each): given out first, one to each worker, so that no worker is
 # handed a long group near the end while the other runs out of work (alphabetical order gave multiprocess out late).
-LONGEST_FIRST = ("multiprocess", "cli", "cli_in_process")
+LONGEST_FIRST = ("multiprocess", "cli", "aot_tpu", "aot_gpu", "cli_in_process")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,6 @@
 """benchmarks/gpu.sh --smoke: the GPU check's every section on CPU at tiny shapes, so it cannot rot between the
 sessions that are lent a GPU."""
+import importlib.util
 import json
 import os
 import re
@@ -40,6 +41,11 @@ def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
     report = json.loads((out / "gpu.json").read_text())  # what a GPU session commits
     assert report["steps"] == steps and report["evaluate"] == [ev] and report["env"]["backend"] == "cpu"
     assert report["runs"]["dsa_ipc1_k1"]["iterations_done"] == 2
+    if importlib.util.find_spec("libtpu") and importlib.util.find_spec("jax_plugins.xla_cuda13"):  # .[aot]
+        # section 1b: the prediction compiled for a target (h100 in the smoke run), with its memory and time
+        [pred] = report["predicted"]
+        assert (pred["target"], pred["method"], pred["preset"]) == ("h100", "dc", "cpu")
+        assert pred["iteration"]["memory"]["total"] > 0 and pred["iteration"]["seconds"]["estimate"] > 0
     est = [e for e in report["estimates"] if e["source"] == "run dsa_ipc1_k1"]
     # 2 iterations of the smoke run, the first (compiling) left out: hours = total iterations x that one's seconds
     second = [json.loads(ln)["seconds"] for ln in (out / "runs" / "dsa_ipc1_k1" / "metrics.jsonl").read_text()

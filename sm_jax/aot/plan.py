@@ -24,12 +24,12 @@ def evaluations(cfg: Config) -> int:
     return periodic + (1 if cfg.eval_models else 0)
 
 
-def run_seconds(cfg: Config, iteration: Program, evaluation: Program | None, parallel: int) -> dict[str, float]:
-    """The estimate of a whole run: iterations x the iteration's time, and every evaluation's networks in calls of
-    `parallel` (each call one execution of the evaluation program)."""
-    condense = cfg.iterations * iteration.seconds()["estimate"]
+def run_seconds(cfg: Config, iteration: float, evaluation: float | None, parallel: int) -> dict[str, float]:
+    """The estimate of a whole run from the estimated seconds of one iteration and of one evaluation call:
+    iterations x the iteration, and every evaluation's networks in calls of `parallel` (None: not estimated)."""
+    condense = cfg.iterations * iteration
     calls = math.ceil(cfg.eval_models / parallel) if cfg.eval_models else 0
-    evaluate = evaluations(cfg) * calls * evaluation.seconds()["estimate"] if evaluation is not None else 0.0
+    evaluate = evaluations(cfg) * calls * evaluation if evaluation is not None else 0.0
     return {"condense": condense, "evaluate": evaluate, "total": condense + evaluate}
 
 
@@ -60,7 +60,8 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
     ev = comp.evaluation(parallel) if evaluate and cfg.eval_models else None
     if ev is not None:
         log(_line(f"evaluation ({parallel} network{'s' * (parallel > 1)} per call)", ev))
-    secs = run_seconds(cfg, it, ev, parallel)
+    secs = run_seconds(cfg, it.seconds()["estimate"], ev.seconds()["estimate"] if ev is not None else None,
+                       parallel)
     log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "
         f"{cfg.eval_models} networks {_duration(secs['evaluate'])} = {secs['total'] / 3600:.2f} device-hours "
         f"({tgt.chips} chip{'s' * (tgt.chips > 1)})")

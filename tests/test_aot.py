@@ -113,8 +113,9 @@ for part, text in PARTS.items():
 
 def test_hlo_cost_of_a_hand_written_program():
     m = hlo.Module(HLO, peak_flops=1e9, bandwidth=1e6)
-    # the convolution: 2 x (2*8*8 outputs x 4 features) x (3*3*3) multiply-adds; reads x and w, writes its output
-    conv_flops, conv_bytes = 2 * (2 * 8 * 8 * 4) * 27, 4 * (2 * 8 * 8 * 3 + 3 * 3 * 3 * 4 + 2 * 8 * 8 * 4)
+    # the convolution (3x3 SAME on 8x8): per image, output feature and input channel, 22 x 22 (output, tap) pairs meet
+    # the input (per row 8 x 3, less the 2 taps on the padding), 2 flops each; reads x and w, writes its output
+    conv_flops, conv_bytes = 2 * (2 * 4 * 3) * 22 * 22, 4 * (2 * 8 * 8 * 3 + 3 * 3 * 3 * 4 + 2 * 8 * 8 * 4)
     # the gemm (8x16 @ 16x16), 3 times: 2*8*16*16 flops; reads 8x16 + 16x16, writes 8x16 (+ 4 bytes of workspace)
     gemm_flops, gemm_bytes = 2 * 8 * 16 * 16, 4 * (8 * 16 + 16 * 16 + 8 * 16) + 4
     # the slice reads its 10 rows (not the 1000) and the index, writes 10 rows; the update reads and writes 10 rows
@@ -139,9 +140,19 @@ def test_convolution_flops_by_hand():
     assert hlo.conv_flops((4, 8, 8, 32), (3, 3, 16, 32), "b01f_01io->b01f") == 2 * 4 * 8 * 8 * 32 * 144
     # kernel stored output-major (o01i): the same count
     assert hlo.conv_flops((4, 8, 8, 32), (32, 3, 3, 16), "b01f_o01i->b01f") == 2 * 4 * 8 * 8 * 32 * 144
+    # a 3x3 SAME convolution of an 8x8 input: per row, 8 outputs x 3 taps, of which the first and last output's
+    # outer taps fall on the padding: 22 of 24 pairs meet values
+    same = hlo.window_share("window={size=3x3 pad=1_1x1_1}", (4, 8, 8, 16), (4, 8, 8, 32), "b01f_01io->b01f")
+    assert same == (22 / 24) ** 2
+    # a gradient's convolution: a 16x16 window over a 3x3 input padded by 14 (16 outputs a row); input value x is
+    # met by the outputs o = x + 14 - t, t < 16, in [0, 16): 15, 16 and 15 of them
+    grad = hlo.window_share("window={size=16x16 pad=14_14x14_14}", (128, 3, 3, 20), (128, 16, 16, 20),
+                            "b01f_o01i->b01f")
+    assert grad == ((15 + 16 + 15) / 256) ** 2
     # XLA:TPU's class-batched form: a window of 10 over an input dilated by 10 meets one value per output
-    assert hlo.dilated_taps("window={size=3x3x10 stride=1x1x9 pad=1_1x1_1x0_0 lhs_dilate=1x1x10}") == 0.1
-    assert hlo.dilated_taps("window={size=3x3 pad=1_1x1_1}") == 1.0
+    tpu = hlo.window_share("window={size=1x1x10 stride=1x1x9 lhs_dilate=1x1x10}", (4, 8, 8, 10, 3),
+                           (4, 8, 8, 10, 5), "b012f_012io->b012f")
+    assert tpu == 0.1
 
 
 def test_targets_resolve_by_name_and_chips():

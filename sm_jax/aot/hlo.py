@@ -4,7 +4,8 @@ collectives of a mesh, and a roofline time, read off the program XLA will run.
 The model, per kernel (an instruction of a computation the device executes: the entry, loop bodies, conditional
 branches; not the instructions fused inside a kernel):
 - flops: those of its matrix products and convolutions (dots and convolutions, inside a fusion too; cuDNN's
-  convolutions and cuBLAS's gemms), 2 per multiply-add; elementwise arithmetic is not counted (it is memory-bound:
+  convolutions and cuBLAS's gemms), 2 per multiply-add, a convolution's window taps that fall on padding or on an
+  input dilation's holes not counted (`window_share`); elementwise arithmetic is not counted (it is memory-bound:
   at these shapes its bytes, not its flops, set its time);
 - bytes: what it reads and writes in device memory: its operands and its result, except that an operand a fusion
   only slices (a gather of real images from the training set, a dynamic-slice of a scanned array) counts the
@@ -147,20 +148,41 @@ def conv_flops(out_dims: tuple[int, ...], kernel_dims: tuple[int, ...], dim_labe
     return 2.0 * math.prod(out_dims) * math.prod(kernel_dims) / out_features
 
 
-def dilated_taps(attrs: str) -> float:
-    """The share of a convolution's window that meets input values, not the zeros of an input dilation (XLA:TPU
-    writes a convolution batched over classes as one over an extra dimension dilated by the class count): of a
-    window of s taps over an input dilated by d, ceil(s / d) meet values."""
+def window_share(attrs: str, lhs_dims: tuple[int, ...], out_dims: tuple[int, ...], dim_labels: str) -> float:
+    """The share of a convolution's (output position, window tap) pairs, over its spatial dimensions, that meet input
+    values rather than padding or the holes of an input dilation. A gradient's convolution pads its input by nearly
+    the window (a 16x16 window over a 3x3 input padded by 14 meets values at 9 of its 256 taps per output), and
+    XLA:TPU writes a convolution batched over classes as one over an extra dimension dilated by the class count (a
+    window of 10 over an input dilated by 10 meets one value per output): only those pairs multiply.
+
+    Args:
+      attrs: the instruction's attributes (its `window={size=... stride=... pad=... lhs_dilate=... rhs_dilate=...}`);
+      lhs_dims, out_dims: the forward convolution's input and output; dim_labels: XLA's `lhs_rhs->out`.
+    """
     window = re.search(r"window=\{([^}]*)\}", attrs)
-    if not window:
+    if not window or not lhs_dims or not out_dims:
         return 1.0
-    size = re.search(r"\bsize=([\dx]+)", window.group(1))
-    dilate = re.search(r"\blhs_dilate=([\dx]+)", window.group(1))
-    if not size or not dilate:
-        return 1.0
-    sizes = [int(v) for v in size.group(1).split("x")]
-    dilates = [int(v) for v in dilate.group(1).split("x")]
-    return math.prod(math.ceil(s / d) / s for s, d in zip(sizes, dilates))
+
+    def field(name: str, n: int, default: int) -> list:
+        m = re.search(rf"\b{name}=([\d_x]+)", window.group(1))
+        return [tuple(int(v) for v in part.split("_")) for part in m.group(1).split("x")] if m else [(default,)] * n
+
+    sizes = [v[0] for v in field("size", 0, 1)]
+    n = len(sizes)
+    strides, lhs_d, rhs_d = ([v[0] for v in field(f, n, 1)] for f in ("stride", "lhs_dilate", "rhs_dilate"))
+    pads = [v if len(v) == 2 else (0, 0) for v in field("pad", n, 0)]
+    lhs_labels, rest = dim_labels.split("_")
+    out_labels = rest.split("->")[1]
+    share = 1.0
+    for i in range(n):
+        if str(i) not in lhs_labels or str(i) not in out_labels:
+            return 1.0
+        length, outs = lhs_dims[lhs_labels.index(str(i))], out_dims[out_labels.index(str(i))]
+        extent = (length - 1) * lhs_d[i]  # the last input value's position in the dilated input
+        hits = sum(1 for o in range(outs) for t in range(sizes[i])
+                   if 0 <= (q := o * strides[i] + t * rhs_d[i] - pads[i][0]) <= extent and q % lhs_d[i] == 0)
+        share *= hits / (outs * sizes[i])
+    return share
 
 
 def dot_flops(out_dims: tuple[int, ...], lhs_dims: tuple[int, ...], contracting: list[int]) -> float:
@@ -241,8 +263,7 @@ class Module:
         if ins.op == "fusion":
             return sum(self.flops(i) for c in _called(ins.attrs, "calls") for i in self.comps.get(c, []))
         if ins.op == "convolution":
-            return conv_flops(ins.shapes[0][1], self._operand_dims(ins, 1), _attr(ins.attrs, "dim_labels")) * \
-                dilated_taps(ins.attrs)
+            return self._conv(ins, self._operand_dims(ins, 0), self._operand_dims(ins, 1), ins.shapes[0][1])
         if ins.op == "dot":
             lhs = self._operand_dims(ins, 0)
             dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
@@ -250,18 +271,22 @@ class Module:
         if ins.op == "custom-call":
             target = _attr(ins.attrs, "custom_call_target") or ""
             target = target.strip('"')
-            if target.startswith(CONV_TARGETS):
-                labels = _attr(ins.attrs, "dim_labels")
+            if target.startswith(CONV_TARGETS):  # (input, kernel, output) of the forward convolution
                 if "BackwardFilter" in target:  # (input, output gradient) -> kernel
-                    return conv_flops(self._operand_dims(ins, 1), ins.shapes[0][1], labels)
+                    return self._conv(ins, self._operand_dims(ins, 0), ins.shapes[0][1], self._operand_dims(ins, 1))
                 if "BackwardInput" in target:  # (output gradient, kernel) -> input gradient
-                    return conv_flops(self._operand_dims(ins, 0), self._operand_dims(ins, 1), labels)
-                return conv_flops(ins.shapes[0][1], self._operand_dims(ins, 1), labels)
+                    return self._conv(ins, ins.shapes[0][1], self._operand_dims(ins, 1), self._operand_dims(ins, 0))
+                return self._conv(ins, self._operand_dims(ins, 0), self._operand_dims(ins, 1), ins.shapes[0][1])
             if target.startswith(GEMM_TARGETS):
                 dims = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', ins.attrs)
                 contracting = [int(d) for d in re.findall(r"\d+", dims.group(1))] if dims else []
                 return dot_flops(ins.shapes[0][1], self._operand_dims(ins, 0), contracting)
         return 0.0
+
+    @staticmethod
+    def _conv(ins: Instr, lhs: tuple, kernel: tuple, out: tuple) -> float:
+        labels = _attr(ins.attrs, "dim_labels")
+        return conv_flops(out, kernel, labels) * window_share(ins.attrs, lhs, out, labels)
 
     def moved(self, ins: Instr) -> float:
         """Bytes a kernel reads and writes (see the module's docstring for slices and in-place updates)."""

@@ -47,7 +47,8 @@ def read_runs(out: Path) -> dict[str, dict]:
                          "median_seconds_per_iteration": statistics.median(secs) if secs else None,
                          "accuracy_mean": res and res.get("accuracy_mean"),
                          "accuracy_std": res and res.get("accuracy_std"),
-                         "eval_seconds": res and res.get("eval_seconds")}
+                         "eval_seconds": res and res.get("eval_seconds"),
+                         "device_peak_bytes": res and res.get("device_peak_bytes")}
     return runs
 
 
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
         md += ["", summarize(str(out / "all.jsonl"))]
     if runs:
         md += ["", "| run | iterations done | first iteration s | median s/iteration | predicted s/iteration "
-               "(sm_jax.aot) | predicted GiB | accuracy |", "|---" * 7 + "|"]
+               "(sm_jax.aot) | predicted GiB | measured peak GiB (whole run) | accuracy |", "|---" * 8 + "|"]
         for name, r in runs.items():
             acc = (f"{100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_std']:.2f}"
                    if r["accuracy_mean"] is not None else "-")
@@ -102,9 +103,10 @@ def main(argv=None) -> dict:
             pred = predicted.get((r["method"], r["ipc"], r["subset_k"]), {}).get("iteration")
             p_s = f"{pred['seconds']['estimate']:.3f} ({r_target(predicted)})" if pred else "-"
             p_mem = f"{pred['memory']['total'] / 2**30:.2f}" if pred and pred.get("memory") else "-"
+            peak = f"{r['device_peak_bytes'] / 2**30:.2f}" if r.get("device_peak_bytes") else "-"
             md.append(f"| {name} | {r['iterations_done']}/{r['iterations_total']} | "
                       f"{'-' if first is None else f'{first:.1f}'} | {'-' if med is None else f'{med:.3f}'} | "
-                      f"{p_s} | {p_mem} | {acc} |")
+                      f"{p_s} | {p_mem} | {peak} | {acc} |")
     if report["estimates"]:
         md += ["", "| cell | from | condensation GPU-hours |", "|---|---|---|"]
         for e in report["estimates"]:

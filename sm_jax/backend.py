@@ -66,6 +66,17 @@ def device_memory_bytes(device=None) -> int | None:
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 
+def device_peak_bytes(device=None) -> int | None:
+    """The most memory XLA has held on `device` (default: the first) since the process started; None where
+    unknown (CPU)."""
+    device = device or jax.devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
 def chunk_candidates(classes: int) -> list[int]:
     """Class chunks to try, largest first: all classes, then halving down to 1."""
     out, c = [], classes

@@ -313,7 +313,8 @@ class Run:
             self._log_eval(metrics_log, it, ev, last.images)
         results = {**ev, "iterations": it, "condense_seconds_this_sitting": condense_seconds,
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
-                   "device": str(jax.devices()[0].device_kind), "processes": jax.process_count(),
+                   "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
+                   "processes": jax.process_count(),
                    "devices": self.mesh.size if self.mesh is not None else 1, "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,
                        "batch_real": cfg.batch_real, "eval_epochs": cfg.eval_epochs, "eval_models": cfg.eval_models,

@@ -120,20 +120,22 @@ def report(rows: list[dict], cpu_proxy: dict | None = None) -> str:
     targets = list(dict.fromkeys(r["target"] for r in rows))
     cpu_proxy = cpu_proxy or {}
     out = ["| target | method | ipc | K | class chunk | iteration GiB (temporaries) | XLA:CPU proxy GiB | compile s | "
-           "TFLOP / iteration | s / iteration | evaluation GiB | s / 20 networks | run h |", "|" + "---|" * 13]
+           "TFLOP / iteration | collectives GB / iteration | s / iteration | evaluation GiB | s / 20 networks | "
+           "run h |", "|" + "---|" * 14]
     for r in rows:
         key = (r["method"], r["ipc"], r["subset_k"])
         if not r.get("compiled"):
             out.append(f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | not compiled: "
-                       f"{r.get('error', '')} |" + " |" * 8)
+                       f"{r.get('error', '')} |" + " |" * 9)
             continue
         it, ev = r["iteration"], r.get("evaluation")
+        coll = sum(c["bytes"] for c in it["collectives"].values()) / 1e9
         out.append(
             f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | "
-            f"{'all' if r['class_chunk'] in (0, 10) else r['class_chunk']} | "
+            f"{'all' if r['class_chunk'] in (0, r.get('classes', 10)) else r['class_chunk']} | "
             f"{_gib(it['memory'] and it['memory']['total'])} ({_gib(it['memory'] and it['memory']['temp'])}) | "
             f"{_gib(cpu_proxy.get(key))} | {it['compile_seconds']:.0f} | {it['flops'] / 1e12:.3g} | "
-            f"{it['seconds']['estimate']:.3g} | {_gib(ev and ev['memory'] and ev['memory']['total'])} | "
+            f"{coll:.3g} | {it['seconds']['estimate']:.3g} | {_gib(ev and ev['memory'] and ev['memory']['total'])} | "
             f"{'-' if not ev else format(ev['seconds']['estimate'], '.3g')} | "
             f"{r['run_seconds']['total'] / 3600:.2f} |")
     out += ["", "Table 1 (14 cells x 3 seeds) and DM (ipc 10, 50; K 1, 2 x 3 seeds), device-hours:", "",

@@ -73,9 +73,9 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     from sm_jax.aot.targets import TARGETS
 
     p.add_argument("--plan-for", metavar="TARGET", choices=list(TARGETS),
-                   help="compile the run's programs for this accelerator (without it: `pip install -e \".[aot]\"`), "
-                   "print their memory, the class chunk and the estimated time of an iteration and of the run, and "
-                   f"exit; nothing is read but shapes (one of {', '.join(TARGETS)})")
+                   help="compile the run's programs for this accelerator, which need not be here (the compilers: "
+                   "pip install -e \".[aot]\"), print their memory, the class chunk and the estimated time of an "
+                   f"iteration and of the run, and exit; nothing is read but shapes (one of {', '.join(TARGETS)})")
     add_process_flags(p)
     return p
 

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -63,6 +64,20 @@ def test_idc_decode_quarters_upsampled_like_torch():
         for j in range(3):  # crop-major order: index = q * ipc + j
             ref = torch_bilinear_up2(xs[1, j, 16 * r:16 * r + 16, 16 * c:16 * c + 16])
             np.testing.assert_allclose(dec[1, q * 3 + j], ref, atol=1e-5)
+
+
+def test_idc_upsampling_equals_jax_image_resize_values_and_gradients():
+    from sm_jax.methods.idc import upsample
+
+    x = jax.random.uniform(jax.random.key(2), (2, 5, 7, 3))
+    for factor in (2, 3):
+        want = jax.image.resize(x, (2, 5 * factor, 7 * factor, 3), "bilinear", antialias=False)
+        got = upsample(upsample(x, factor, 1), factor, 2)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        probe = jax.random.normal(jax.random.key(3), want.shape)
+        g_want = jax.grad(lambda a: jnp.sum(jax.image.resize(a, want.shape, "bilinear", antialias=False) * probe))(x)
+        g_got = jax.grad(lambda a: jnp.sum(upsample(upsample(a, factor, 1), factor, 2) * probe))(x)
+        np.testing.assert_allclose(g_got, g_want, atol=1e-5)
 
 
 def test_idc_per_class_steps_replay_sequential_momentum():

@@ -65,7 +65,8 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
     log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "
         f"{cfg.eval_models} networks {_duration(secs['evaluate'])} = {secs['total'] / 3600:.2f} device-hours "
         f"({tgt.chips} chip{'s' * (tgt.chips > 1)})")
-    return {"target": tgt.name, "chips": tgt.chips, "class_chunk": chunk, "iteration": it.record(),
+    return {"target": tgt.name, "chips": tgt.chips, "classes": comp.data.num_classes, "class_chunk": chunk,
+            "iteration": it.record(),
             "evaluation": ev.record() if ev is not None else None, "eval_parallel": parallel, "run_seconds": secs}
 
 

@@ -56,25 +56,25 @@ def program_bytes(compiled: Any) -> int | None:
                - m.alias_size_in_bytes)
 
 
-def device_memory_bytes(device=None) -> int | None:
-    """The memory XLA may allocate on `device` (default: the first), or None where unknown (CPU)."""
+def _memory_stat(key: str, device=None) -> int | None:
+    """The device's (default: the first) memory statistic `key`, or None where the backend gives none (CPU)."""
     device = device or jax.devices()[0]
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001
         return None
-    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+    return int(stats[key]) if stats and key in stats else None
+
+
+def device_memory_bytes(device=None) -> int | None:
+    """The memory XLA may allocate on `device` (default: the first), or None where unknown (CPU)."""
+    return _memory_stat("bytes_limit", device)
 
 
 def device_peak_bytes(device=None) -> int | None:
     """The most memory XLA has held on `device` (default: the first) since the process started; None where
     unknown (CPU)."""
-    device = device or jax.devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001
-        return None
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+    return _memory_stat("peak_bytes_in_use", device)
 
 
 def chunk_candidates(classes: int) -> list[int]:

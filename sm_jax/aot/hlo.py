@@ -12,8 +12,9 @@ branches; not the instructions fused inside a kernel):
   slices' bytes, and a buffer updated in place (dynamic-update-slice) counts the update;
 - time: max(flops / peak, bytes / bandwidth), a roofline: kernels one after another, each at the peak of what bounds
   it, nothing from caches (small tensors that stay in L2 count as DRAM traffic);
-- a while loop counts its body `known_trip_count` times (XLA's annotation; once where it has none), a conditional its
-  most expensive branch, a collective its result's bytes (over the interconnect, apart from the roofline).
+- a while loop counts its body `trip_count` times (XLA:GPU's `known_trip_count`, or XLA:TPU's `i < N` condition;
+  once where neither is found), a conditional its most expensive branch, a collective its result's bytes (over the
+  interconnect, apart from the roofline).
 Left out: kernel launch gaps (`kernels` counts the launches, for the caller's gap per launch), autotuning (the
 kernels compiled without the card are XLA's heuristic picks), overlap of kernels.
 """
@@ -194,7 +195,6 @@ class Module:
 
     def __init__(self, hlo: str, peak_flops: float = 1.0, bandwidth: float = 1.0):
         self.comps, self.entry = parse(hlo)
-        self.shapes = {i.name: i.shapes for c in self.comps.values() for i in c}
         self.by_name = {i.name: i for c in self.comps.values() for i in c}
         self.peak, self.bandwidth = peak_flops, bandwidth
         self._memo: dict[str, Cost] = {}
@@ -203,26 +203,26 @@ class Module:
         """Per execution of the entry computation."""
         return self.computation(self.entry)
 
-    def computation(self, name: str, depth: int = 0) -> Cost:
+    def computation(self, name: str) -> Cost:
         if name in self._memo:
             return self._memo[name]
         total = Cost()
         for ins in self.comps.get(name, []):
-            total.add(*self.instruction(ins, depth))
+            total.add(*self.instruction(ins))
         self._memo[name] = total
         return total
 
-    def instruction(self, ins: Instr, depth: int) -> tuple[Cost, int]:
+    def instruction(self, ins: Instr) -> tuple[Cost, int]:
         """(the cost of one execution of `ins`, how many times it runs per execution of its computation)."""
         op = ins.op.removesuffix("-start")
         if op == "while":
-            return self.computation(_called(ins.attrs, "body")[0], depth + 1), self.trip_count(ins)
+            return self.computation(_called(ins.attrs, "body")[0]), self.trip_count(ins)
         if op == "conditional":
             branches = _called(ins.attrs, "branch_computations", "true_computation", "false_computation")
-            costs = [self.computation(b, depth + 1) for b in branches]
+            costs = [self.computation(b) for b in branches]
             return max(costs, key=lambda c: c.seconds, default=Cost()), 1
         if op == "call":
-            return self.computation(_called(ins.attrs, "to_apply")[0], depth + 1), 1
+            return self.computation(_called(ins.attrs, "to_apply")[0]), 1
         if op in COLLECTIVES:
             return Cost(collectives={op: [1, ins.bytes]}), 1
         if op in FREE or ins.op.endswith("-done"):
@@ -254,8 +254,13 @@ class Module:
                 start = int(float(first.args))
         return max(int(float(bound.args)) - start, 0)
 
+    def _shapes(self, name: str) -> list:
+        """The result shapes of the instruction `name` ([] for an unknown one)."""
+        ins = self.by_name.get(name)
+        return ins.shapes if ins is not None else []
+
     def _operand_dims(self, ins: Instr, i: int) -> tuple[int, ...]:
-        shapes = self.shapes.get(ins.operands[i], [])
+        shapes = self._shapes(ins.operands[i])
         return shapes[0][1] if shapes else ()
 
     def flops(self, ins: Instr) -> float:
@@ -292,21 +297,24 @@ class Module:
         """Bytes a kernel reads and writes (see the module's docstring for slices and in-place updates)."""
         if ins.op != "fusion":
             if ins.op == "dynamic-update-slice":  # in place: reads and writes the update
-                return 2.0 * nbytes(self.shapes.get(ins.operands[1], []))
+                return 2.0 * nbytes(self._shapes(ins.operands[1]))
             if ins.op in ("dynamic-slice", "slice", "gather"):
                 return 2.0 * ins.bytes
-            return float(ins.bytes + sum(nbytes(self.shapes.get(o, [])) for o in dict.fromkeys(ins.operands)))
+            return float(ins.bytes + sum(nbytes(self._shapes(o)) for o in dict.fromkeys(ins.operands)))
         fused = [i for c in _called(ins.attrs, "calls") for i in self.comps.get(c, [])]
         params = {i.index: i for i in fused if i.op == "parameter"}
         users: dict[str, list[Instr]] = {}
         for i in fused:
             for o in i.operands:
                 users.setdefault(o, []).append(i)
-        in_place = {i.operands[0] for i in fused if i.op == "dynamic-update-slice" and i.operands}
+        # the fused computation's in-place updates of one of its parameters
+        updates = [i for i in fused if i.op == "dynamic-update-slice" and i.operands and i.operands[0] in
+                   {p.name for p in params.values()}]
+        in_place = {i.operands[0] for i in updates}
         total = 0.0
         for n, operand in enumerate(ins.operands):
             p = params.get(n)
-            full = nbytes(self.shapes.get(operand, []))
+            full = nbytes(self._shapes(operand))
             if p is None:
                 total += full
                 continue
@@ -318,16 +326,13 @@ class Module:
             else:
                 total += full
         written = ins.bytes
-        updates = [i for i in fused if i.op == "dynamic-update-slice" and i.operands and i.operands[0] in
-                   {p.name for p in params.values()}]
         if updates:  # in-place results write their updates only
             written -= sum(i.bytes for i in updates)
-            written += sum(nbytes(self.by_name[i.operands[1]].shapes) if i.operands[1] in self.by_name else 0
-                           for i in updates)
+            written += sum(nbytes(self._shapes(i.operands[1])) for i in updates)
         return total + max(written, 0)
 
 
 def collectives(hlo: str) -> dict:
     """Per execution of the entry computation: {kind: [count, bytes]} of the collectives of an optimised HLO module,
-    while-loop bodies counted `known_trip_count` times (XLA's annotation; 1 where it has none)."""
+    while-loop bodies counted `Module.trip_count` times."""
     return {k: v for k, v in Module(hlo).cost().collectives.items() if v[0]}

@@ -13,11 +13,11 @@ prints the GPU's own analysis next to the measured peak for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
 
+from benchmarks.aot import emit, k_divides
 from benchmarks.step import synthetic_cifar
 from sm_jax.backend import program_bytes
 from sm_jax.config import make_config
@@ -56,15 +56,12 @@ def main(argv=None) -> list[dict]:
     for method in args.methods.split(","):
         for ipc in map(int, args.ipcs.split(",")):
             for k in map(int, args.ks.split(",")):
-                if (ipc * (4 if method == "idc" else 1)) % k:
+                if not k_divides(method, ipc, k):
                     continue
                 for chunk in map(int, args.chunks.split(",")):
                     row = predict(method, ipc, k, chunk, data, args.conv_impl)
                     rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                    emit(row, args.out)
     return rows
 
 

@@ -60,15 +60,16 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def save_synthetic(workdir: Path, method, images, class_names) -> None:
+def save_synthetic(workdir: Path, method, images, class_names, learned: dict | None = None) -> None:
     """synthetic.npz (sets.core.npz_schema: the stored pixels in [0, 1], labels, class names, exactly what networks
-    train on, normalised, and the normalisation; IDC also its decoded set in [0, 1]) and a grid PNG."""
+    train on, normalised, and the normalisation; IDC also its decoded set in [0, 1]; what the method learned beside
+    the images, `learned`) and a grid PNG."""
     pixels = np.asarray(method.to_pixels(images), np.float32)  # (classes, ipc, H, W, C)
     decoded = np.asarray(method.decode(images), np.float32)  # (classes, n, H, W, C) normalised
     dec = None
     if decoded.shape[1] != pixels.shape[1]:
         dec = np.clip(np.asarray(method.denormalize(decoded)), 0, 1).astype(np.float32)
-    arrays = npz_schema(pixels, decoded, class_names, method.spec.mean, method.spec.std, dec)
+    arrays = npz_schema(pixels, decoded, class_names, method.spec.mean, method.spec.std, dec, learned)
     tmp = Path(workdir) / "synthetic.tmp.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, Path(workdir) / "synthetic.npz")

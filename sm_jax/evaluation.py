@@ -63,7 +63,7 @@ def evaluation_program(net, proto: TrainProtocol) -> Callable:
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
                  models: int, epochs: int | None = None, parallel: int = 1,
                  progress: Callable[[int], None] | None = None, mesh=None, arch: str | None = None,
-                 evaluator=None) -> np.ndarray:
+                 evaluator=None, learned: dict | None = None) -> np.ndarray:
     """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
 
     Args:
@@ -75,10 +75,11 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
       mesh: when given and `parallel` is a multiple of its size, each chunk's networks are split over its devices.
       arch: the architecture trained (models.ARCHS; default the matching network), with its protocol.
       evaluator: a `make_evaluator` function for these shapes, protocol and `parallel` (reused: not recompiled).
+      learned: what the method learned that its protocol uses (Method.learned; MTT's lr).
     Returns:
       (models,) float accuracies in [0, 1].
     """
-    proto = method.eval_protocol(epochs, arch)
+    proto = method.eval_protocol(epochs, arch, learned)
     x = images.reshape(-1, *images.shape[2:])
     y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
     parallel = max(1, min(parallel, models))
@@ -124,7 +125,7 @@ def _summary(accs: np.ndarray) -> dict[str, Any]:
     return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std())}
 
 
-ARCH_RESULT = ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "baseline", "difference")
+ARCH_RESULT = ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "eval_lr", "baseline", "difference")
 
 
 def per_arch(ev: dict[str, Any], matching: str) -> dict[str, dict[str, Any]]:
@@ -136,7 +137,7 @@ def per_arch(ev: dict[str, Any], matching: str) -> dict[str, dict[str, Any]]:
 def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array, models: int,
                    archs: Sequence[str], epochs: int | None = None, parallel: int = 1, mesh=None,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print,
-                   baseline: jax.Array | None = None) -> dict[str, Any]:
+                   baseline: jax.Array | None = None, learned: dict | None = None) -> dict[str, Any]:
     """`evaluate_set` on each architecture of `archs`, with one log line each when there are several (or the one is
     not the matching network, or a baseline is evaluated).
 
@@ -145,6 +146,7 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
       progress: called with the networks finished so far over all architectures (it may raise to stop).
       baseline: (classes, n, H, W, C) normalised real images (`random_subset`) trained with the same protocol and
         the same network keys, so that the difference compares paired networks.
+      learned: what the method learned that its protocol uses (Method.learned; MTT's lr), for both sets.
     Returns:
       the first architecture's accuracies at the top level (accuracies, accuracy_mean, accuracy_std, eval_epochs,
       eval_models, eval_seconds; with a baseline also `baseline` = {accuracies, accuracy_mean, accuracy_std} and
@@ -159,14 +161,15 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
     sets = (images,) if baseline is None else (images, baseline)
     for a, arch in enumerate(archs):
         res = []
-        fn = make_evaluator(method, method.eval_protocol(epochs, arch), test_x, test_y, max(1, min(parallel, models)),
+        proto = method.eval_protocol(epochs, arch, learned)
+        fn = make_evaluator(method, proto, test_x, test_y, max(1, min(parallel, models)),
                             method.eval_net(arch), mesh)  # one program for the set and the baseline
         for b, x in enumerate(sets):
             done = (lambda n, i=a * len(sets) + b: progress(i * models + n)) if progress is not None else None
             res.append(evaluate_set(method, x, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,
                                     epochs=epochs, parallel=parallel, progress=done, mesh=mesh, arch=arch,
-                                    evaluator=fn))
-        per[arch] = {**_summary(res[0]), "eval_epochs": method.eval_protocol(epochs, arch).epochs}
+                                    evaluator=fn, learned=learned))
+        per[arch] = {**_summary(res[0]), "eval_epochs": proto.epochs, "eval_lr": proto.lr}
         line = f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
         if baseline is not None:
             per[arch]["baseline"] = {"kind": "random", **_summary(res[1])}

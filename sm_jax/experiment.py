@@ -23,7 +23,7 @@ from sm_jax.data import DataError, Dataset, load_dataset
 from sm_jax.errors import UserError
 from sm_jax.evaluation import evaluate_archs, per_arch, random_subset
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
-from sm_jax.methods import CondenseState, make_context, make_method, make_partitions
+from sm_jax.methods import make_method, make_partitions
 from sm_jax.models import arch_names
 from sm_jax.progress import Progress
 from sm_jax.sharding import host, make_mesh, place_state, put
@@ -46,16 +46,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _state_tree(state: CondenseState, partitions, key: jax.Array) -> dict[str, Any]:
+def _state_tree(state, partitions, key: jax.Array) -> dict[str, Any]:
+    """What a checkpoint holds: the method's state whole (its own pytree), the partitions and the run key."""
     # every random draw of iteration i is fold_in(key, i): the key data plus the iteration fix the rest of the run
-    return {"images": state.images, "opt_state": state.opt_state, "iteration": state.iteration,
-            "real_part": partitions[0], "syn_part": partitions[1],
+    return {"state": state, "real_part": partitions[0], "syn_part": partitions[1],
             "key": np.asarray(jax.random.key_data(key))}
 
 
-def _check_finite(it: int, metrics: dict, last_saved: int | None, workdir: Path) -> None:
-    """Raises Diverged naming iteration `it` when a loss or the image gradient is not finite."""
-    bad = {k: v for k, v in metrics.items() if k in ("loss_all", "loss_subset", "grad_norm") and not np.isfinite(v)}
+def _check_finite(it: int, metrics: dict, names, last_saved: int | None, workdir: Path) -> None:
+    """Raises Diverged naming iteration `it` when one of the metrics `names` (the method's finite_metrics) is not
+    finite."""
+    bad = {k: v for k, v in metrics.items() if k in names and not np.isfinite(v)}
     if bad:
         what = ", ".join(f"{k} = {v}" for k, v in bad.items())
         kept = f"the last good checkpoint is iteration {last_saved} in {workdir}" if last_saved is not None else \
@@ -114,7 +115,7 @@ class Run:
         self.log(f"resumed {self.workdir} at iteration {int(state.iteration)}")
         return state, partitions
 
-    def restore(self, ckpt: Checkpointer, step: int | None, state: CondenseState, partitions):
+    def restore(self, ckpt: Checkpointer, step: int | None, state, partitions):
         """Checkpoint `step` (latest if None), restored into the structure of a fresh (state, partitions)."""
         tree = ckpt.restore(step, _state_tree(host(state), partitions, self.key))  # host arrays, as saved
         if not np.array_equal(np.asarray(tree["key"]), np.asarray(jax.random.key_data(self.key))):
@@ -122,12 +123,10 @@ class Run:
         # as uncommitted arrays, like a fresh state's: the same jit signature, so the persistent compilation cache
         # serves a resumed run the program its first sitting compiled
         fresh = lambda a: jnp.asarray(np.asarray(a))  # noqa: E731
-        state = CondenseState(fresh(tree["images"]), jax.tree.map(fresh, tree["opt_state"]),
-                              fresh(tree["iteration"]).astype(jnp.int32))
-        return state, (np.asarray(tree["real_part"]), np.asarray(tree["syn_part"]))
+        return jax.tree.map(fresh, tree["state"]), (np.asarray(tree["real_part"]), np.asarray(tree["syn_part"]))
 
     # --- evaluation ----------------------------------------------------------------------------------------
-    def evaluate(self, state: CondenseState, models: int | None = None, epochs: int | None = None,
+    def evaluate(self, state, models: int | None = None, epochs: int | None = None,
                  stop: StopSignals | None = None) -> dict:
         """The method's evaluation of `state`'s synthetic set on each architecture of the config's `eval_arch` (or
         the matching network); raises EvalStopped between networks once `stop` is requested.
@@ -135,12 +134,15 @@ class Run:
         Returns:
           evaluation.evaluate_archs's results.
         """
-        return self.evaluate_images(self.method.decode(state.images), int(state.iteration), models, epochs, stop)
+        return self.evaluate_images(self.method.decode(state.images), int(state.iteration), models, epochs, stop,
+                                    self.method.learned(state))
 
     def evaluate_images(self, images: jax.Array, iteration: int, models: int | None = None,
-                        epochs: int | None = None, stop: StopSignals | None = None) -> dict:
+                        epochs: int | None = None, stop: StopSignals | None = None,
+                        learned: dict | None = None) -> dict:
         """`evaluate` of a set given as the images networks train on, (classes, n, H, W, C) normalised; the
-        networks' keys are those of this run's evaluation at `iteration`."""
+        networks' keys are those of this run's evaluation at `iteration`; `learned`: what the method learned beside
+        the images (Method.learned: MTT's lr), which the protocol uses."""
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
         archs = arch_names(cfg.eval_arch) or (self.method.net.name,)
@@ -158,7 +160,7 @@ class Run:
             with backend.precision(cfg.precision):
                 return evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
                                       epochs, cfg.eval_parallel, self.mesh, progress, self.log,
-                                      self.baseline_images(images.shape[1]))
+                                      self.baseline_images(images.shape[1]), learned)
         finally:
             bar.close()
 
@@ -173,7 +175,7 @@ class Run:
             raise RunError(str(e)) from None
         return self.method.normalize(jnp.asarray(self.data.train_x[idx], jnp.float32) / 255.0)
 
-    def _evaluate_and_log(self, state: CondenseState, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
+    def _evaluate_and_log(self, state, metrics_log: artifacts.MetricsLog, stop: StopSignals) -> None:
         it = int(state.iteration)
         ev = self.evaluate(state, stop=stop)
         self._log_eval(metrics_log, it, ev, state.images)
@@ -195,7 +197,7 @@ class Run:
         records = artifacts.read_metrics(self.workdir / "metrics.jsonl")
         return distributed.broadcast(not any(r.get("iteration") == it and "eval" in r for r in records))
 
-    def _resolve_class_chunk(self, state: CondenseState, ctx, limit: int | None = None) -> None:
+    def _resolve_class_chunk(self, state, ctx, limit: int | None = None) -> None:
         """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
         accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory)."""
         def bytes_of(chunk: int) -> int | None:
@@ -229,6 +231,7 @@ class Run:
 
     def _execute(self, ckpt: Checkpointer, stop: StopSignals) -> dict:
         cfg = self.cfg
+        self.method.preparation(self.data, self.log, stop, self.progress)
         state, partitions = self.load_or_init(ckpt)
         if self.writer:
             (self.workdir / "config.json").write_text(cfg.to_json())
@@ -241,7 +244,7 @@ class Run:
                 return done
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard,
                                            enabled=self.writer)
-        ctx = put(make_context(cfg, self.data, partitions), self.mesh, shard_leading=False)
+        ctx = put(self.method.context(self.data, partitions), self.mesh, shard_leading=False)
         state, placement = place_state(state, self.mesh, self.data.num_classes)
         self._resolve_class_chunk(state, ctx)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0, out_shardings=placement)
@@ -270,7 +273,7 @@ class Run:
                     abandoned = True  # stopped, and the iteration in flight would not end within the grace period
                     break
                 metrics = {k: float(v) for k, v in metrics.items()}  # host sync once per iteration, outside jit
-                _check_finite(it + 1, metrics, saved, self.workdir)
+                _check_finite(it + 1, metrics, self.method.finite_metrics, saved, self.workdir)
                 it += 1
                 last = host(state)
                 peak = 0.0 if warned else float(np.abs(last.images).max())
@@ -280,7 +283,7 @@ class Run:
                              f"within about 3 in these units): --lr-img {cfg.lr_img:g} may be too large")
                 metrics_log.write({"iteration": it, **metrics, "seconds": time.time() - t0,
                                    "wall_time": time.time() - t_run})
-                bar.update(it, **{k: metrics[k] for k in ("loss_all", "loss_subset", "lambda")})
+                bar.update(it, **{k: metrics[k] for k in self.method.shown_metrics if k in metrics})
                 evaluate_now = cfg.eval_every and it % cfg.eval_every == 0
                 if it < cfg.iterations and (evaluate_now or (cfg.checkpoint_every and it % cfg.checkpoint_every == 0)
                                             or (cfg.checkpoint_minutes
@@ -302,8 +305,9 @@ class Run:
         condense_seconds = time.time() - t_run
         save()
         ckpt.wait()
+        learned = self.method.learned(last)
         if self.writer:
-            artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names)
+            artifacts.save_synthetic(self.workdir, self.method, last.images, self.data.class_names, learned)
         try:
             ev = self.evaluate(state, stop=stop)
         except EvalStopped:
@@ -311,7 +315,7 @@ class Run:
                           f"saved (iteration {it}); rerun the same command to evaluate it") from None
         if ev["accuracy_mean"] is not None:
             self._log_eval(metrics_log, it, ev, last.images)
-        results = {**ev, "iterations": it, "condense_seconds_this_sitting": condense_seconds,
+        results = {**ev, "iterations": it, "learned": learned, "condense_seconds_this_sitting": condense_seconds,
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
                    "processes": jax.process_count(),

@@ -91,9 +91,9 @@ def put(tree, mesh: Mesh | None, shard_leading: bool):
 
 
 def place_state(state, mesh: Mesh | None, classes: int):
-    """A methods.CondenseState on the mesh: the images and their optimiser state split by class where the classes
-    divide evenly over the devices, else replicated (the step's per-class work is split over the devices either way:
-    XLA pads an uneven split inside the program); the iteration replicated.
+    """A method's state on the mesh: its class-axis leaves (the images, their optimiser state) split by class where
+    the classes divide evenly over the devices, else replicated (the step's per-class work is split over the devices
+    either way: XLA pads an uneven split inside the program); every other leaf replicated.
 
     Returns:
       (the placed state, the `out_shardings` of a step that keeps this placement: one compiled program for the run;
@@ -106,11 +106,11 @@ def place_state(state, mesh: Mesh | None, classes: int):
 
 
 def state_split(state, mesh: Mesh, classes: int):
-    """Per leaf of a CondenseState, whether `place_state` splits it by class (the images and their optimiser state
-    where the classes divide evenly over the mesh; never the iteration)."""
+    """Per leaf of a method's state, whether `place_state` splits it by class: a leaf whose axis 0 is the class
+    axis (the images and their optimiser state: axis 0 of length `classes`) where the classes divide evenly over the
+    mesh; never a scalar (the iteration, a learned learning rate)."""
     even = divides(mesh, classes)
-    split = jax.tree.map(lambda _: even, state)
-    return split._replace(iteration=False)
+    return jax.tree.map(lambda a: even and np.ndim(a) > 0 and np.shape(a)[0] == classes, state)
 
 
 def host(tree):

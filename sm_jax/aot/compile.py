@@ -20,7 +20,7 @@ from sm_jax.aot.targets import Target
 from sm_jax.config import Config
 from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
 from sm_jax.evaluation import evaluation_program
-from sm_jax.methods import make_context, make_method
+from sm_jax.methods import make_method
 from sm_jax.models import resolve_conv
 
 LAUNCH_GAP = {"cuda": 4e-6, "tpu": 0.0}  # seconds between kernels (a GPU launch; a TPU program is one launch)
@@ -147,7 +147,7 @@ class Compiler:
             m, cfg, data = self.method(chunk), self.cfg, self.data
             key = jax.random.key(0)
             state = jax.eval_shape(lambda k: m.init_state(m.init_images(data, k)), key)
-            ctx = jax.eval_shape(lambda: make_context(cfg, data))
+            ctx = m.context_shapes(data)
             split = sharding.state_split(state, self.mesh, data.num_classes) if self.mesh is not None else False
             args = (self.abstract(state, split), self.abstract(ctx), self.abstract(jax.eval_shape(lambda: key)))
             self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target, cfg.precision,

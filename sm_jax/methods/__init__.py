@@ -12,6 +12,7 @@ from sm_jax.methods.context import CondenseState, Context, make_context, make_pa
 from sm_jax.methods.dc import DC
 from sm_jax.methods.dm import DM
 from sm_jax.methods.dsa import DSA
+from sm_jax.methods.gradient import GradientMatching
 from sm_jax.methods.idc import IDC, idc_decode
 from sm_jax.methods.inits import INITS, idc_init
 
@@ -24,5 +25,5 @@ def make_method(cfg, spec=None, mesh=None) -> Method:
     return METHODS[cfg.method](cfg, spec or DataSpec(), mesh)
 
 
-__all__ = ["DC", "DM", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "Method", "idc_decode",
-           "idc_init", "make_context", "make_method", "make_partitions", "real_batch"]
+__all__ = ["DC", "DM", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "GradientMatching",
+           "Method", "idc_decode", "idc_init", "make_context", "make_method", "make_partitions", "real_batch"]

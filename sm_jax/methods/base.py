@@ -1,9 +1,10 @@
-"""What every method shares: `Method`, the gradient-matching machinery (one jitted iteration: a fresh network,
-matching steps vmapped over classes and subsets, network training between them) that DC, DSA and IDC specialise.
-The run's device constants and state are in context.py, the initialisations in inits.py.
+"""What every condensation family shares: `Method`, the interface a run drives.
 
-A method's own module (dc.py, dsa.py, idc.py) holds what is its own: its presets (paper and cpu budgets, by ipc and
-dataset), its distance, its augmentation policies and its evaluation protocol.
+A family (gradient matching in gradient.py, distribution matching in dm.py, trajectory matching in mtt.py) is a
+subclass that owns its presets, its state (a pytree the checkpointer saves and restores whole), its context (the
+device constants its iteration reads), one pure iteration, what its set is (stored -> trained-on images, pixels)
+and what its evaluation needs (the protocol, values the method learned). Subset matching plugs into every family
+through the same two fields (`subset_k`, `subset_lambda`) and the same decaying weight (`subset_weight`).
 """
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sm_jax import sharding
 from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
 from sm_jax.backend import resolve_class_chunk
 from sm_jax.data import Dataset, DataSpec
 from sm_jax.errors import ConfigError
-from sm_jax.matching import DISTANCES, class_match, lambda_schedule, sample_rows
-from sm_jax.methods.context import CondenseState, Context, real_batch
+from sm_jax.matching import lambda_schedule
+from sm_jax.methods.context import CondenseState, make_context
 from sm_jax.methods.inits import INITS
 from sm_jax.models import denormalize, make_net, normalize
-from sm_jax.training import TrainProtocol, train_on_set
+from sm_jax.training import TrainProtocol
 
 if TYPE_CHECKING:
     from sm_jax.config import Config
@@ -30,22 +30,21 @@ if TYPE_CHECKING:
 PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, dataset)
 
 
-BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
-BN_KEY = 0xB0  # folded into an outer step's key for that draw
-
-
 class Method:
-    """A condensation method by gradient matching; subclasses (one module each) set what is their own.
+    """A condensation family: `Method(config, spec, mesh)` builds one for a dataset's DataSpec (classes, image
+    shape, normalisation); `mesh` (a jax.sharding.Mesh or None) splits its class axis.
 
-    `Method(config, spec, mesh)` builds one for a dataset's DataSpec (classes, image shape, normalisation).
+    A run calls, in order: `preparation` (artifacts made before condensation, e.g. experts), `init_images`,
+    `init_state`, `context`, then the jitted `iteration` until the budget is spent, then the evaluation of
+    `decode(state.images)` with `eval_protocol(..., learned(state))`.
     """
 
     name: ClassVar[str]
-    distance: ClassVar[str]  # the method's own matching distance (matching.DISTANCES; Config.distance '' = this)
-    match_policy: Policy = NO_POLICY  # siamese augmentation in matching
-    net_policy: Policy = NO_POLICY  # augmentation of the inner-loop network training
+    distance: ClassVar[str] = ""  # a gradient distance (matching.DISTANCES) where the family has one
     eval_policy: Policy = NO_POLICY  # augmentation of the evaluation networks
-    bn_eval_policy: Policy = NO_POLICY  # the evaluation of a batch-norm ConvNet, where it differs (DC's)
+    # the metrics of `iteration` that the progress line shows, and those that must stay finite (else the run stops)
+    shown_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "lambda")
+    finite_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "grad_norm")
 
     @classmethod
     def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
@@ -70,44 +69,41 @@ class Method:
         self.cfg = cfg
         self.spec = spec
         self.num_classes = spec.num_classes
-        self.mesh = mesh  # a jax.sharding.Mesh: the class axis is split over its devices (None: one device)
+        self.mesh = mesh
         self.class_chunk = resolve_class_chunk(cfg.class_chunk, self.num_classes, mesh)
-        # the matching network (the official --model; ConvNet-3 by default)
+        # the method's network (the official --model; ConvNet-3 by default)
         self.net = make_net(cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm,
                             cfg.conv_impl)
         self.batch_norm = self.net.has_state
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
-        self.dist = DISTANCES.get(cfg.distance or self.distance)  # None for a method without a gradient distance
-        drop = cfg.aug_drop_ops
-        self.match_policy = drop_ops(type(self).match_policy, drop)
-        self.net_policy = drop_ops(type(self).net_policy, drop)
-        self.eval_policy = drop_ops(type(self).eval_policy, drop)
+        self.eval_policy = drop_ops(type(self).eval_policy, cfg.aug_drop_ops)
         if cfg.eval_aug:
             self.eval_policy = () if cfg.eval_aug == "none" else ((cfg.eval_aug,),)
         h, w = self.spec.image_shape[:2]
         if h % cfg.factor or w % cfg.factor:
             raise ConfigError(f"--factor {cfg.factor} must divide the image size {h}x{w}")
 
-    # --- the synthetic set ------------------------------------------------------------------------------
-    def apply_fn(self, params, x):
-        """Logits of the matching network without running statistics (a batch-norm network's matching builds its
-        own from the statistics `freeze_bn` sets)."""
-        return self.net.apply(params, {}, x)[0]
+    # --- before condensation ------------------------------------------------------------------------------
+    def preparation(self, data: Dataset, log=print, stop=None, progress: bool = True) -> None:
+        """Makes or finds what the iteration needs beyond the data (trajectory matching: its experts). Interruptible
+        (raises lifecycle.Stopped once `stop` is requested, with what was done kept); a no-op by default."""
 
+    def context(self, data: Dataset, partitions) -> Any:
+        """The device constants of `iteration` (a pytree of arrays): by default the dataset and the partitions."""
+        return make_context(self.cfg, data, partitions)
+
+    def context_shapes(self, data: Dataset) -> Any:
+        """The shapes of `context` (jax.ShapeDtypeStruct leaves) without building it: what a compile for a target
+        needs (sm_jax.aot)."""
+        return jax.eval_shape(lambda: self.context(data, None))
+
+    # --- the synthetic set ----------------------------------------------------------------------------------
     def eval_net(self, arch: str | None = None):
-        """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the matching one."""
+        """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the method's own."""
         if arch is None or arch == self.net.name:
             return self.net
         cfg = self.cfg
         return make_net(arch, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
-
-    def freeze_bn(self, params, state, ctx: Context, key: jax.Array):
-        """The official code's step before matching with a batch-norm network: one training-mode pass over 16 real
-        images per class updates the running statistics, which the matching then uses (evaluation mode)."""
-        per_class = min(BN_PER_CLASS, self.cfg.batch_real)
-        idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(key, self.num_classes), ctx.class_idx, per_class)
-        x = real_batch(ctx, idx.reshape(-1), self.spec)  # (classes * 16, H, W, C)
-        return self.net.apply(params, state, x, True)[1]
 
     def normalize(self, x01: jax.Array) -> jax.Array:
         """[0, 1] pixels -> the networks' input space, with the dataset's statistics."""
@@ -128,169 +124,26 @@ class Method:
         """Stored images -> [0, 1] pixels for saving and viewing."""
         return jnp.clip(self.denormalize(images), 0.0, 1.0)
 
-    def init_state(self, images: jax.Array) -> CondenseState:
+    def init_state(self, images: jax.Array) -> Any:
+        """The state a run starts from: a pytree with `images` and `iteration` (int32 scalar) among its fields,
+        saved and restored whole. Leaves whose axis 0 is the class axis are split over a mesh (sharding)."""
         return CondenseState(images, self.img_tx.init(images), jnp.zeros((), jnp.int32))
 
-    # --- matching -----------------------------------------------------------------------------------------
-    def class_loss(self, apply_fn, params, real: jax.Array, syn: jax.Array, label: jax.Array,
-                   key: jax.Array) -> jax.Array:
-        """The matching loss of one class (or one subset of it): gradient matching under one siamese draw.
+    def iteration(self, state, ctx, key: jax.Array):
+        """One condensation iteration. Pure; jit at the call site (donating `state`).
 
-        Args:
-          apply_fn: the network function `match` was given; real: (B, H, W, C); syn: (n, H, W, C) normalised;
-          label: int32 scalar class; key: this (class, subset)'s augmentation key.
-        """
-        return class_match(apply_fn, self.dist, self.match_policy, params, real, syn, label, key)
-
-    def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
-        """The synthetic images of one class's whole-class term (IDC caps their number).
-
-        Args:
-          syn: (n, H, W, C) one class's decoded images; key: that class's key.
-        """
-        return syn
-
-    def match_inputs(self, images: jax.Array, ctx: Context, key: jax.Array) -> dict[str, jax.Array]:
-        """The random draws of one matching step, per class: the stored images, labels, the real batches of the
-        whole-class term ('real', unless --subset-only) and of the subset terms ('real_sub', with subsets), the
-        synthetic partition and the augmentation keys of every term."""
-        cfg = self.cfg
-        c = images.shape[0]
-        k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
-        ka_all, ka_sub = jax.random.split(k_aug)
-        xs = {"images": images, "label": jnp.arange(c), "k_syn": jax.random.split(k_syn, c)}
-        if not cfg.subset_only:
-            idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            xs["real"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, B, H, W, C)
-            xs["k_all"] = jax.random.split(ka_all, c)
-        if cfg.use_subsets:
-            k = ctx.real_part.shape[1]
-            keys = jax.random.split(k_sub, c * k).reshape(c, k)
-            idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, K, Bs, H, W, C)
-            xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
-            xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
-        return xs
-
-    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
-        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
-
-        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
-        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
-        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
-        second-order activations; the result is the same for every chunk size.
-        `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
-        network's frozen one; DM's embedding).
         Returns:
-          (grads like images, (loss_all (C,), loss_sub (C, K))).
+          (new state, metrics: a dict of scalars holding at least `finite_metrics` and `shown_metrics`).
         """
-        cfg = self.cfg
-        apply_fn = apply_fn or self.apply_fn
-        c = images.shape[0]
-        xs = self.match_inputs(images, ctx, key)
-        sub_weight = self.subset_weight(lam)
+        raise NotImplementedError
 
-        def class_grad(x):
-            def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
-                syn = self.decode(images_c[None])[0]  # (n, H, W, C)
-                la = ls = jnp.zeros((), jnp.float32)
-                if "real" in x:
-                    la = self.class_loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"],
-                                         x["k_all"])
-                if "real_sub" in x:
-                    match = lambda r, part, kk: self.class_loss(apply_fn, params, r, syn[part],  # noqa: E731
-                                                               x["label"], kk)
-                    ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
-                return la + sub_weight * ls.sum(), (la, ls)
+    def learned(self, state) -> dict[str, float]:
+        """What the method learned beside the images that its evaluation uses (host floats; MTT: {'lr': ...})."""
+        return {}
 
-            return jax.grad(loss_fn, has_aux=True)(x["images"])
-
-        chunk = c if self.class_chunk <= 0 else min(self.class_chunk, c)
-        if chunk == c:
-            grads, (la, ls) = jax.vmap(class_grad)(xs)
-        else:
-            grads, (la, ls) = jax.lax.map(class_grad, xs, batch_size=chunk)
-        if not cfg.use_subsets:
-            ls = jnp.zeros((c, 1), jnp.float32)
-        return sharding.constrain(grads, self.mesh), (la, ls)
-
-    # --- one iteration ------------------------------------------------------------------------------------
+    # --- subset matching ----------------------------------------------------------------------------------
     def lam(self, iteration):
         return lambda_schedule(self.cfg.subset_lambda, iteration, self.cfg.iterations)
-
-    def update_images(self, images, opt_state, grads):
-        updates, opt_state = self.img_tx.update(grads, opt_state, images)
-        return optax.apply_updates(images, updates), opt_state
-
-    def net_protocol(self) -> TrainProtocol:
-        cfg = self.cfg
-        return TrainProtocol(epochs=cfg.inner_loop, batch=cfg.batch_train, lr=cfg.lr_net, momentum=cfg.momentum_net,
-                             weight_decay=cfg.weight_decay_net, policy=self.net_policy)
-
-    def prepare(self, images):
-        """Start-of-iteration transform of the stored images (IDC clamps them)."""
-        return images
-
-    def net_init(self, params):
-        """The inner loop's optimiser state (IDC's momentum; none for DC/DSA's fresh optimiser per loop)."""
-        return None
-
-    def train_net(self, params, net_state, images, ctx: Context, key):
-        """Inner-loop network training between matching steps: DC/DSA train on the (detached) synthetic set.
-
-        net_state: (running statistics, optimiser state of net_init).
-        """
-        bn, opt = net_state
-        syn = jax.lax.stop_gradient(self.decode(images))
-        x = syn.reshape(-1, *syn.shape[2:])
-        y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
-        params, bn = train_on_set(self.net, params, bn, x, y, key, self.net_protocol())
-        return params, (bn, opt)
-
-    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
-        """One outer step: the matching of all classes and subsets, then the image update.
-
-        Returns:
-          (images, opt_state, metrics dict of scalars).
-        """
-        grads, (la, ls) = self.match(images, params, ctx, key, lam, apply_fn)
-        images, opt_state = self.update_images(images, opt_state, grads)
-        return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
-
-    def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
-        """One condensation iteration: a fresh network, outer_loop matching steps with network training between.
-
-        Pure; jit at the call site (donating `state`).
-        Returns:
-          (new state, metrics dict of scalars).
-        """
-        cfg = self.cfg
-        k_net, k_loop = jax.random.split(key)
-        params, bn = self.net.init(k_net)
-        lam = self.lam(state.iteration)
-        images = self.prepare(state.images)
-
-        def outer(carry, step):
-            images, opt_state, params, net_state = carry
-            k_step = jax.random.fold_in(k_loop, step)
-            k_match, k_train = jax.random.split(k_step)
-            apply_fn = None
-            if self.batch_norm:  # statistics from real data, frozen for the matching (static: the net's kind)
-                bn = self.freeze_bn(params, net_state[0], ctx, jax.random.fold_in(k_step, BN_KEY))
-                net_state = (bn, net_state[1])
-                apply_fn = lambda p, x: self.net.apply(p, bn, x)[0]  # noqa: E731
-            images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam, apply_fn)
-            params, net_state = jax.lax.cond(
-                step < cfg.outer_loop - 1,
-                lambda p, s: self.train_net(p, s, images, ctx, k_train),
-                lambda p, s: (p, s), params, net_state)
-            return (images, opt_state, params, net_state), metrics
-
-        carry = (images, state.opt_state, params, (bn, self.net_init(params)))
-        (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
-        metrics = jax.tree.map(jnp.mean, metrics)
-        metrics["lambda"] = jnp.asarray(self.subset_weight(lam))
-        return CondenseState(images, opt_state, state.iteration + 1), metrics
 
     def subset_weight(self, lam):
         """The weight of the subset term (and the reported `lambda`): 0 without subsets, 1 with --subset-only (no
@@ -299,17 +152,16 @@ class Method:
         return 0.0 if not cfg.use_subsets else (1.0 if cfg.subset_only else lam)
 
     # --- evaluation ---------------------------------------------------------------------------------------
-    def eval_protocol(self, epochs: int | None = None, arch: str | None = None) -> TrainProtocol:
-        """The evaluation training of architecture `arch` (default: the matching network's protocol).
-
-        DC evaluates ConvNetBN with its crop / noise augmentation and, as augmented training "needs more epochs"
-        in the official code (1000 instead of 300), 10/3 times the configured epochs unless `epochs` is given.
-        """
+    def eval_protocol(self, epochs: int | None = None, arch: str | None = None,
+                      learned: dict[str, float] | None = None) -> TrainProtocol:
+        """The evaluation training of architecture `arch` (default: the method's network): SGD, momentum 0.9,
+        weight decay 5e-4, the lr divided by 10 after half the epochs. `learned` (from `learned(state)`, or a
+        set's metadata) replaces the configured values it names (its 'lr': the evaluation's learning rate)."""
         e = self.cfg.eval_epochs if epochs is None else epochs
-        policy = self.eval_policy
-        if self.bn_eval_policy and arch == "convnetbn" and not self.cfg.eval_aug:
-            policy = self.bn_eval_policy
-            e = e * 10 // 3 if epochs is None else e
-        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
-                             weight_decay=5e-4, policy=policy, milestones=((e // 2 + 1, 0.1),),
+        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.eval_lr(learned), momentum=0.9,
+                             weight_decay=5e-4, policy=self.eval_policy, milestones=((e // 2 + 1, 0.1),),
                              reset_momentum_at_milestones=True)
+
+    def eval_lr(self, learned: dict[str, float] | None) -> float:
+        """The evaluation's learning rate: a learned one where given, else the config's."""
+        return float((learned or {}).get("lr", self.cfg.eval_lr))

@@ -19,12 +19,12 @@ from sm_jax import sharding
 from sm_jax.augmentation import siamese
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
-from sm_jax.methods.base import Method
 from sm_jax.methods.context import CondenseState, Context
 from sm_jax.methods.dsa import POLICY as DSA_POLICY
+from sm_jax.methods.gradient import GradientMatching
 
 
-class DM(Method):
+class DM(GradientMatching):
     name = "dm"
     distance = "mean_embedding"  # not a gradient distance: --distance does not apply
     match_policy = DSA_POLICY

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from sm_jax.augmentation import Policy
-from sm_jax.methods.base import Method
 from sm_jax.methods.dc import loop_budget, loop_cpu_budget
+from sm_jax.methods.gradient import GradientMatching
 
 # DSA's 'color_crop_cutout_flip_scale_rotate': one of the six ops per draw
 POLICY: Policy = (("color", "crop", "cutout", "flip", "scale", "rotate"),)
 
 
-class DSA(Method):
+class DSA(GradientMatching):
     name = "dsa"
     distance = "cosine"
     match_policy = POLICY

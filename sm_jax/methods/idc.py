@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from sm_jax.augmentation import Policy
-from sm_jax.methods.base import Method
 from sm_jax.methods.context import real_batch
+from sm_jax.methods.gradient import GradientMatching
 from sm_jax.training import TrainProtocol, sgd, train_step
 
 # IDC's per-dataset settings (its code's misc/reproduce.py and argument.py): matching distance, lr_img at ipc 10
@@ -64,7 +64,7 @@ def upsample(x: jax.Array, factor: int, axis: int) -> jax.Array:
     return out.reshape(*x.shape[:axis], n * factor, *x.shape[axis + 1:])
 
 
-class IDC(Method):
+class IDC(GradientMatching):
     """IDC (Kim et al. 2022): multi-formation, mse over conv kernels, per-class image steps, real-data net training."""
 
     name = "idc"
@@ -98,7 +98,7 @@ class IDC(Method):
     def to_pixels(self, images):
         return jnp.clip(images, 0.0, 1.0)
 
-    def prepare(self, images):
+    def start_images(self, images):
         return jnp.clip(images, 0.0, 1.0)
 
     def select_syn(self, syn, key):
@@ -141,8 +141,8 @@ class IDC(Method):
         (params, *net_state), _ = jax.lax.scan(step, (params, *net_state), jnp.arange(cfg.inner_loop))
         return params, tuple(net_state)
 
-    def eval_protocol(self, epochs=None, arch=None):
+    def eval_protocol(self, epochs=None, arch=None, learned=None):
         e = self.cfg.eval_epochs if epochs is None else epochs
-        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.cfg.eval_lr, momentum=0.9,
+        return TrainProtocol(epochs=e, batch=self.cfg.eval_batch, lr=self.eval_lr(learned), momentum=0.9,
                              weight_decay=5e-4, policy=self.eval_policy, cutmix_prob=self.cfg.cutmix_prob,
                              milestones=((2 * e // 3, 0.2), (5 * e // 6, 0.2)), reset_momentum_at_milestones=False)

@@ -28,6 +28,7 @@ class ImageSet:
       metadata: metadata.json's content ({} for a set that came without one).
       stored: IDC's stored images (classes, ipc, H, W, C), normalised, or None.
       source: where it was read from (for messages).
+      learned: what the method learned beside the images that its evaluation uses (MTT: {'lr': ...}), or {}.
     """
 
     images: np.ndarray
@@ -37,6 +38,7 @@ class ImageSet:
     metadata: dict = dataclasses.field(default_factory=dict)
     stored: np.ndarray | None = None
     source: str = ""
+    learned: dict = dataclasses.field(default_factory=dict)
 
     @property
     def per_class(self) -> int:
@@ -49,7 +51,7 @@ class ImageSet:
 
 
 def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean, std,
-               decoded_pixels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               decoded_pixels: np.ndarray | None = None, learned: dict | None = None) -> dict[str, np.ndarray]:
     """The arrays of the npz schema (formats' module docstring), shared by a run's synthetic.npz and `--format npz`.
 
     Args:
@@ -57,6 +59,7 @@ def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean
       trained: (classes, n, H, W, C) what networks train on, normalised with mean/std.
       class_names, mean, std: as ImageSet's.
       decoded_pixels: IDC's decoded images (classes, n, H, W, C) in [0, 1], or None where stored = trained.
+      learned: scalars the method learned (Method.learned), stored as `learned_<name>` (MTT: `learned_lr`).
     Returns:
       name -> array, flattened over classes with integer labels in class order.
     """
@@ -70,7 +73,14 @@ def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean
     if decoded_pixels is not None:
         out["decoded_images"] = np.asarray(decoded_pixels, np.float32).reshape(-1, *decoded_pixels.shape[2:])
         out["decoded_labels"] = out["train_labels"]
+    for name, value in (learned or {}).items():
+        out[f"learned_{name}"] = np.asarray(value, np.float64)
     return out
+
+
+def learned_of(arrays) -> dict[str, float]:
+    """The `learned_<name>` scalars of an npz schema's arrays, as {name: float}."""
+    return {k[len("learned_"):]: float(arrays[k]) for k in arrays if k.startswith("learned_")}
 
 
 def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
@@ -98,9 +108,11 @@ def by_class(x: np.ndarray, labels: np.ndarray, where: str, num_classes: int | N
     return np.asarray(x)[order].reshape(c, counts[0], *np.asarray(x).shape[1:])
 
 
-def protocol_dict(method, arch: str | None = None, epochs: int | None = None) -> dict[str, Any]:
-    """The evaluation protocol of `method` on `arch` as plain JSON: what another framework needs to reproduce it."""
-    p = method.eval_protocol(epochs, arch)
+def protocol_dict(method, arch: str | None = None, epochs: int | None = None,
+                  learned: dict | None = None) -> dict[str, Any]:
+    """The evaluation protocol of `method` on `arch` as plain JSON: what another framework needs to reproduce it
+    (with a learned lr, `learned`, the lr is that one)."""
+    p = method.eval_protocol(epochs, arch, learned)
     return {"architecture": arch or method.net.name, "epochs": p.epochs, "batch": p.batch, "lr": p.lr,
             "momentum": p.momentum, "weight_decay": p.weight_decay,
             "lr_schedule": [{"from_epoch": e, "factor": g} for e, g in p.milestones],
@@ -109,9 +121,10 @@ def protocol_dict(method, arch: str | None = None, epochs: int | None = None) ->
             "loss": "cross-entropy", "accuracy": "top-1 on the test split after the last epoch"}
 
 
-def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, std, image_shape) -> dict[str, Any]:
-    """metadata.json of a run's set: the data it lives in, how it was made, and every recorded accuracy with the
-    protocol that produced it."""
+def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, std, image_shape,
+                learned: dict | None = None) -> dict[str, Any]:
+    """metadata.json of a run's set: the data it lives in, how it was made, what the method learned beside the
+    images (`learned`), and every recorded accuracy with the protocol that produced it."""
     import sm_jax
     from sm_jax.data import DataSpec
     from sm_jax.evaluation import per_arch
@@ -121,7 +134,7 @@ def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, st
     evaluations = []
     if results and results.get("accuracies"):
         for arch, r in per_arch(results, method.net.name).items():
-            evaluations.append({"protocol": protocol_dict(method, arch, r.get("eval_epochs")),
+            evaluations.append({"protocol": protocol_dict(method, arch, r.get("eval_epochs"), learned),
                                 "accuracies": r["accuracies"], "accuracy_mean": r["accuracy_mean"],
                                 "accuracy_std": r["accuracy_std"], "networks": len(r["accuracies"]),
                                 **({"baseline": r["baseline"]} if "baseline" in r else {})})
@@ -131,4 +144,5 @@ def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, st
             "class_names": list(class_names), "ipc_stored": cfg.ipc, "ipc_trained": per_class, "method": cfg.method,
             "subset_k": cfg.subset_k, "subset_lambda": cfg.subset_lambda, "iterations": cfg.iterations,
             "seed": cfg.seed, "identity": cfg.identity(), "config": json.loads(cfg.to_json()),
-            "evaluation_protocol": protocol_dict(method), "evaluations": evaluations}
+            "learned": dict(learned or {}), "evaluation_protocol": protocol_dict(method, learned=learned),
+            "evaluations": evaluations}

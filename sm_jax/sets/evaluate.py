@@ -58,15 +58,15 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
         images = run.method.normalize(jnp.asarray(s.pixels()))
     with StopSignals() as stop:
         try:
-            ev = run.evaluate_images(images, iteration, stop=stop)
+            ev = run.evaluate_images(images, iteration, stop=stop, learned=s.learned)
         except EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     where = Path(path) if Path(path).is_dir() else Path(path).parent
     target = Path(out) if out else where / "results.json"
     if not out and target.is_file() and "set" not in json.loads(target.read_text()):
         target = where / "set_results.json"  # never overwrite a run's own results.json
-    res = {**ev, "set": str(path), "method": cfg.method, "dataset": cfg.dataset, "images_per_class": s.per_class,
-           "config": json.loads(cfg.to_json()), "results_file": str(target)}
+    res = {**ev, "set": str(path), "learned": s.learned, "method": cfg.method, "dataset": cfg.dataset,
+           "images_per_class": s.per_class, "config": json.loads(cfg.to_json()), "results_file": str(target)}
     if run.writer:
         artifacts.write_json(target, res)
     return res

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sm_jax.sets.core import ImageSet, SetError, by_class, metadata_of, normalise, npz_schema
+from sm_jax.sets.core import ImageSet, SetError, by_class, learned_of, metadata_of, normalise, npz_schema
 
 PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -62,7 +62,7 @@ def npz_arrays(s: ImageSet) -> dict[str, np.ndarray]:
     """The npz schema (module docstring) of a set."""
     stored = s.stored if s.stored is not None else s.images
     return npz_schema(s.pixels(stored), s.images, s.class_names, s.mean, s.std,
-                      s.pixels() if s.stored is not None else None)
+                      s.pixels() if s.stored is not None else None, s.learned)
 
 
 def write_npz(s: ImageSet, out: Path, meta: dict) -> list[Path]:
@@ -114,7 +114,7 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     results = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").is_file() else None
     if to.exists() and any(to.iterdir()):
         raise SetError(f"{to} exists and is not empty; export into a new directory")
-    meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:])
+    meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:], s.learned)
     meta["format"] = fmt
     written = FORMATS[fmt](s, to, meta)
     to.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def _from_checkpoint(workdir: Path, cfg, s: ImageSet) -> ImageSet:
     images = np.asarray(run.method.decode(state.images), np.float32)
     stored = None if images.shape[1] == cfg.ipc else normalise(np.asarray(run.method.to_pixels(state.images)),
                                                                  s.mean, s.std)
-    return dataclasses.replace(s, images=images, stored=stored)
+    return dataclasses.replace(s, images=images, stored=stored, learned=run.method.learned(state))
 
 
 # --- load -----------------------------------------------------------------------------------------------------------
@@ -208,7 +208,8 @@ def _read_npz(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
     if "decoded_images" in z or "decoded_labels" in z:
         stored = by_class(normalise(z["images"], mean, std), z["labels"], str(path))
     names = tuple(str(n) for n in z["class_names"]) if "class_names" in z else _names(meta, name, images.shape[0])
-    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, stored, str(path))
+    learned = {**meta.get("learned", {}), **learned_of(z)}
+    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, stored, str(path), learned)
 
 
 def _read_folder(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
@@ -235,7 +236,7 @@ def _read_folder(path: Path, dataset: str | None, factor: int | None) -> ImageSe
     images = by_class(normalise(np.stack(xs), mean, std), np.asarray(ys), str(path), num_classes=len(dirs))
     names = tuple(meta["class_names"]) if len(meta.get("class_names", ())) == len(dirs) else \
         tuple(d.name for d in dirs)
-    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, None, str(path))
+    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, None, str(path), meta.get("learned", {}))
 
 
 def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0) -> ImageSet:
@@ -285,7 +286,7 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
         stored, images = images, np.asarray(idc_decode(images, f))
         meta = {**meta, "factor": f}
     return ImageSet(images, _names(meta, name, images.shape[0]), mean, std, {**meta, "dataset": name}, stored,
-                    str(path))
+                    str(path), meta.get("learned", {}))
 
 
 def load_set(path: str | Path, dataset: str | None = None, factor: int | None = None, index: int = 0) -> ImageSet:

@@ -1,0 +1,211 @@
+"""Gradient matching (DC, DSA, IDC; DM reuses its draws): one jitted iteration of a fresh network, matching steps
+vmapped over classes and subsets, network training between them. The run's device constants and state are in
+context.py, the initialisations in inits.py.
+
+A method's own module (dc.py, dsa.py, idc.py) holds what is its own: its presets (paper and cpu budgets, by ipc and
+dataset), its distance, its augmentation policies and its evaluation protocol.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sm_jax import sharding
+from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
+from sm_jax.data import DataSpec
+from sm_jax.matching import DISTANCES, class_match, sample_rows
+from sm_jax.methods.base import Method
+from sm_jax.methods.context import CondenseState, Context, real_batch
+from sm_jax.training import TrainProtocol, train_on_set
+
+BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
+BN_KEY = 0xB0  # folded into an outer step's key for that draw
+
+
+class GradientMatching(Method):
+    """A condensation method by gradient matching; subclasses (one module each) set what is their own."""
+
+    distance: ClassVar[str]  # the method's own matching distance (matching.DISTANCES; Config.distance '' = this)
+    match_policy: Policy = NO_POLICY  # siamese augmentation in matching
+    net_policy: Policy = NO_POLICY  # augmentation of the inner-loop network training
+
+    def __init__(self, cfg, spec: DataSpec = DataSpec(), mesh=None):
+        super().__init__(cfg, spec, mesh)
+        self.dist = DISTANCES.get(cfg.distance or self.distance)  # None for a method without a gradient distance
+        self.match_policy = drop_ops(type(self).match_policy, cfg.aug_drop_ops)
+        self.net_policy = drop_ops(type(self).net_policy, cfg.aug_drop_ops)
+
+    # --- the synthetic set ------------------------------------------------------------------------------
+    def apply_fn(self, params, x):
+        """Logits of the matching network without running statistics (a batch-norm network's matching builds its
+        own from the statistics `freeze_bn` sets)."""
+        return self.net.apply(params, {}, x)[0]
+
+    def freeze_bn(self, params, state, ctx: Context, key: jax.Array):
+        """The official code's step before matching with a batch-norm network: one training-mode pass over 16 real
+        images per class updates the running statistics, which the matching then uses (evaluation mode)."""
+        per_class = min(BN_PER_CLASS, self.cfg.batch_real)
+        idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(key, self.num_classes), ctx.class_idx, per_class)
+        x = real_batch(ctx, idx.reshape(-1), self.spec)  # (classes * 16, H, W, C)
+        return self.net.apply(params, state, x, True)[1]
+
+    # --- matching -----------------------------------------------------------------------------------------
+    def class_loss(self, apply_fn, params, real: jax.Array, syn: jax.Array, label: jax.Array,
+                   key: jax.Array) -> jax.Array:
+        """The matching loss of one class (or one subset of it): gradient matching under one siamese draw.
+
+        Args:
+          apply_fn: the network function `match` was given; real: (B, H, W, C); syn: (n, H, W, C) normalised;
+          label: int32 scalar class; key: this (class, subset)'s augmentation key.
+        """
+        return class_match(apply_fn, self.dist, self.match_policy, params, real, syn, label, key)
+
+    def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
+        """The synthetic images of one class's whole-class term (IDC caps their number).
+
+        Args:
+          syn: (n, H, W, C) one class's decoded images; key: that class's key.
+        """
+        return syn
+
+    def match_inputs(self, images: jax.Array, ctx: Context, key: jax.Array) -> dict[str, jax.Array]:
+        """The random draws of one matching step, per class: the stored images, labels, the real batches of the
+        whole-class term ('real', unless --subset-only) and of the subset terms ('real_sub', with subsets), the
+        synthetic partition and the augmentation keys of every term."""
+        cfg = self.cfg
+        c = images.shape[0]
+        k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
+        ka_all, ka_sub = jax.random.split(k_aug)
+        xs = {"images": images, "label": jnp.arange(c), "k_syn": jax.random.split(k_syn, c)}
+        if not cfg.subset_only:
+            idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
+            xs["real"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, B, H, W, C)
+            xs["k_all"] = jax.random.split(ka_all, c)
+        if cfg.use_subsets:
+            k = ctx.real_part.shape[1]
+            keys = jax.random.split(k_sub, c * k).reshape(c, k)
+            idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
+            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, K, Bs, H, W, C)
+            xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
+            xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
+        return xs
+
+    def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
+        """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
+
+        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
+        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
+        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
+        second-order activations; the result is the same for every chunk size.
+        `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
+        network's frozen one; DM's embedding).
+        Returns:
+          (grads like images, (loss_all (C,), loss_sub (C, K))).
+        """
+        cfg = self.cfg
+        apply_fn = apply_fn or self.apply_fn
+        c = images.shape[0]
+        xs = self.match_inputs(images, ctx, key)
+        sub_weight = self.subset_weight(lam)
+
+        def class_grad(x):
+            def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
+                syn = self.decode(images_c[None])[0]  # (n, H, W, C)
+                la = ls = jnp.zeros((), jnp.float32)
+                if "real" in x:
+                    la = self.class_loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"],
+                                         x["k_all"])
+                if "real_sub" in x:
+                    match = lambda r, part, kk: self.class_loss(apply_fn, params, r, syn[part],  # noqa: E731
+                                                               x["label"], kk)
+                    ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
+                return la + sub_weight * ls.sum(), (la, ls)
+
+            return jax.grad(loss_fn, has_aux=True)(x["images"])
+
+        chunk = c if self.class_chunk <= 0 else min(self.class_chunk, c)
+        if chunk == c:
+            grads, (la, ls) = jax.vmap(class_grad)(xs)
+        else:
+            grads, (la, ls) = jax.lax.map(class_grad, xs, batch_size=chunk)
+        if not cfg.use_subsets:
+            ls = jnp.zeros((c, 1), jnp.float32)
+        return sharding.constrain(grads, self.mesh), (la, ls)
+
+    # --- one iteration ------------------------------------------------------------------------------------
+    def update_images(self, images, opt_state, grads):
+        updates, opt_state = self.img_tx.update(grads, opt_state, images)
+        return optax.apply_updates(images, updates), opt_state
+
+    def net_protocol(self) -> TrainProtocol:
+        cfg = self.cfg
+        return TrainProtocol(epochs=cfg.inner_loop, batch=cfg.batch_train, lr=cfg.lr_net, momentum=cfg.momentum_net,
+                             weight_decay=cfg.weight_decay_net, policy=self.net_policy)
+
+    def start_images(self, images):
+        """Start-of-iteration transform of the stored images (IDC clamps them)."""
+        return images
+
+    def net_init(self, params):
+        """The inner loop's optimiser state (IDC's momentum; none for DC/DSA's fresh optimiser per loop)."""
+        return None
+
+    def train_net(self, params, net_state, images, ctx: Context, key):
+        """Inner-loop network training between matching steps: DC/DSA train on the (detached) synthetic set.
+
+        net_state: (running statistics, optimiser state of net_init).
+        """
+        bn, opt = net_state
+        syn = jax.lax.stop_gradient(self.decode(images))
+        x = syn.reshape(-1, *syn.shape[2:])
+        y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
+        params, bn = train_on_set(self.net, params, bn, x, y, key, self.net_protocol())
+        return params, (bn, opt)
+
+    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
+        """One outer step: the matching of all classes and subsets, then the image update.
+
+        Returns:
+          (images, opt_state, metrics dict of scalars).
+        """
+        grads, (la, ls) = self.match(images, params, ctx, key, lam, apply_fn)
+        images, opt_state = self.update_images(images, opt_state, grads)
+        return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
+
+    def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
+        """One condensation iteration: a fresh network, outer_loop matching steps with network training between.
+
+        Pure; jit at the call site (donating `state`).
+        Returns:
+          (new state, metrics dict of scalars).
+        """
+        cfg = self.cfg
+        k_net, k_loop = jax.random.split(key)
+        params, bn = self.net.init(k_net)
+        lam = self.lam(state.iteration)
+        images = self.start_images(state.images)
+
+        def outer(carry, step):
+            images, opt_state, params, net_state = carry
+            k_step = jax.random.fold_in(k_loop, step)
+            k_match, k_train = jax.random.split(k_step)
+            apply_fn = None
+            if self.batch_norm:  # statistics from real data, frozen for the matching (static: the net's kind)
+                bn = self.freeze_bn(params, net_state[0], ctx, jax.random.fold_in(k_step, BN_KEY))
+                net_state = (bn, net_state[1])
+                apply_fn = lambda p, x: self.net.apply(p, bn, x)[0]  # noqa: E731
+            images, opt_state, metrics = self.matching_step(images, opt_state, params, ctx, k_match, lam, apply_fn)
+            params, net_state = jax.lax.cond(
+                step < cfg.outer_loop - 1,
+                lambda p, s: self.train_net(p, s, images, ctx, k_train),
+                lambda p, s: (p, s), params, net_state)
+            return (images, opt_state, params, net_state), metrics
+
+        carry = (images, state.opt_state, params, (bn, self.net_init(params)))
+        (images, opt_state, _, _), metrics = jax.lax.scan(outer, carry, jnp.arange(cfg.outer_loop))
+        metrics = jax.tree.map(jnp.mean, metrics)
+        metrics["lambda"] = jnp.asarray(self.subset_weight(lam))
+        return CondenseState(images, opt_state, state.iteration + 1), metrics

@@ -8,8 +8,8 @@ import pytest
 from sm_jax.augmentation import siamese
 from sm_jax.config import make_config
 from sm_jax.errors import ConfigError
-from sm_jax.matching import mean_embedding_distance, sample_rows
-from sm_jax.methods import DM, METHODS, make_context, make_method, real_batch
+from sm_jax.matching import mean_embedding_distance
+from sm_jax.methods import DM, METHODS, make_context, make_method
 from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
 
@@ -53,14 +53,11 @@ def test_loss_is_zero_for_identical_batches_and_embed_is_the_classifier_input(ti
 
 
 def _reference(m, images, params, ctx, key, lam, embed):
-    """The loss of every class and subset by a Python loop, each from its own images, draws and embeddings (the key
-    derivation of Method.match), and the gradient of their weighted sum."""
-    cfg, c = m.cfg, images.shape[0]
-    k_all, k_sub, _, k_aug = jax.random.split(key, 4)
-    ka_all, ka_sub = jax.random.split(k_aug)
+    """The loss of every class and subset by a Python loop, each from its own images, draws (those `match_inputs`
+    made) and embeddings, and the gradient of their weighted sum."""
+    c = images.shape[0]
+    xs = m.match_inputs(images, ctx, key)
     k = ctx.real_part.shape[1]
-    keys_all, keys_sub = jax.random.split(ka_all, c), jax.random.split(ka_sub, c * k).reshape(c, k)
-    idx_sub_keys = jax.random.split(k_sub, c * k).reshape(c, k)
 
     def dm(real, syn, key):
         r, s = siamese(m.match_policy, key, real, syn)
@@ -70,12 +67,9 @@ def _reference(m, images, params, ctx, key, lam, embed):
     def total(images):
         la, ls = [], []
         for ci in range(c):
-            rows = sample_rows(jax.random.split(k_all, c)[ci], ctx.class_idx[ci], cfg.batch_real)
-            real = real_batch(ctx, rows, m.spec)
-            la.append(dm(real, images[ci], keys_all[ci]))
+            la.append(dm(xs["real"][ci], images[ci], xs["k_all"][ci]))
             for ki in range(k):
-                rows = sample_rows(idx_sub_keys[ci, ki], ctx.real_part[ci, ki], cfg.subset_real)
-                ls.append(dm(real_batch(ctx, rows, m.spec), images[ci][ctx.syn_part[ci, ki]], keys_sub[ci, ki]))
+                ls.append(dm(xs["real_sub"][ci, ki], images[ci][xs["syn_part"][ci, ki]], xs["k_sub"][ci, ki]))
         la, ls = jnp.stack(la), jnp.stack(ls).reshape(c, k)
         return la.sum() + lam * ls.sum(), (la, ls)
 
@@ -110,10 +104,8 @@ def test_batch_norm_network_embeds_all_classes_in_one_batch(tiny_data):
     embed = m.embedder(bn)
     _, (la, _) = jax.jit(lambda i: m.match(i, params, ctx, key, 1.0, embed))(images)
     # the same draws, through the network class by class (batch statistics of one class) and all at once
-    k_all, _, _, k_aug = jax.random.split(key, 4)
-    keys = jax.random.split(jax.random.split(k_aug)[0], 3)
-    idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, 3), ctx.class_idx, cfg.batch_real)
-    pairs = [siamese(m.match_policy, keys[ci], real_batch(ctx, idx[ci], m.spec), images[ci]) for ci in range(3)]
+    xs = m.match_inputs(images, ctx, key)
+    pairs = [siamese(m.match_policy, xs["k_all"][ci], xs["real"][ci], images[ci]) for ci in range(3)]
     er = embed(params, jnp.concatenate([r for r, _ in pairs])).reshape(3, cfg.batch_real, -1)
     es = embed(params, jnp.concatenate([s for _, s in pairs])).reshape(3, cfg.ipc, -1)
     joint = jnp.sum((er.mean(1) - es.mean(1)) ** 2, -1)

@@ -162,11 +162,10 @@ def test_k_must_divide_the_synthetic_count():
 @pytest.mark.parametrize("method,chunk", [("dc", 0), pytest.param("idc", 2, marks=pytest.mark.slow)])
 def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, tiny_data):
     """The fast form (per-class gradients, vmapped over chunks of classes) against grad of the summed loss of all
-    classes computed by `matching_losses` (one vmap, one jax.grad), with the same random draws."""
+    classes computed in one vmap and one jax.grad, from the same random draws (those `match_inputs` made)."""
     import jax.numpy as jnp
 
-    from sm_jax.matching import matching_losses, sample_rows
-    from sm_jax.methods import real_batch
+    from sm_jax.matching import class_match
 
     cfg = tiny_cfg(method, subset_k=2, max_syn_per_class=6 if method == "idc" else 0)
     m = make_method(cfg, tiny_data.spec)
@@ -177,15 +176,14 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
     c = images.shape[0]
 
     def reference(images):
-        k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
-        idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-        keys = jax.random.split(k_sub, c * 2).reshape(c, 2)
-        sidx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
+        xs = m.match_inputs(images, ctx, key)  # the draws (they do not depend on the images' values)
+        match = lambda r, s, y, k: class_match(m.apply_fn, m.dist, m.match_policy, params, r, s, y, k)  # noqa
         syn = m.decode(images)
-        syn_all = jnp.stack([m.select_syn(s, k) for s, k in zip(syn, jax.random.split(k_syn, c))])
-        syn_sub = syn[jnp.arange(c)[:, None, None], ctx.syn_part]
-        la, ls = matching_losses(m.apply_fn, m.dist, m.match_policy, params, real_batch(ctx, idx), syn_all,
-                                 real_batch(ctx, sidx), syn_sub, k_aug)
+        syn_all = jnp.stack([m.select_syn(s, k) for s, k in zip(syn, xs["k_syn"])])
+        syn_sub = syn[jnp.arange(c)[:, None, None], xs["syn_part"]]
+        la = jax.vmap(match)(xs["real"], syn_all, jnp.arange(c), xs["k_all"])
+        labels = jnp.broadcast_to(jnp.arange(c)[:, None], (c, 2))
+        ls = jax.vmap(jax.vmap(match))(xs["real_sub"], syn_sub, labels, xs["k_sub"])
         return la.sum() + lam * ls.sum()
 
     want = jax.jit(jax.grad(reference))(images)
@@ -193,3 +191,27 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
     got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
     assert la.shape == (c,) and ls.shape == (c, 2)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))
+
+
+def test_match_inputs_draw_each_class_from_its_own_images_and_each_subset_from_its_partition(tiny_data):
+    cfg = tiny_cfg("dsa", subset_k=2)
+    m = make_method(cfg, tiny_data.spec)
+    ctx = make_context(cfg, tiny_data)
+    xs = m.match_inputs(m.init_images(tiny_data, jax.random.key(1)), ctx, jax.random.key(3))
+    train = np.asarray(m.normalize(jnp.asarray(tiny_data.train_x, jnp.float32) / 255.0))
+    flat = train.reshape(len(train), -1)
+
+    def rows_of(batch):  # the training rows each image of a batch is (every tiny image is distinct)
+        d = ((np.asarray(batch).reshape(len(batch), 1, -1) - flat[None]) ** 2).sum(-1)
+        assert np.allclose(d.min(1), 0, atol=1e-6)
+        return d.argmin(1)
+
+    c = tiny_data.num_classes
+    assert xs["real"].shape[:2] == (c, cfg.batch_real) and xs["real_sub"].shape[:3] == (c, 2, cfg.subset_real)
+    for ci in range(c):
+        assert (np.asarray(tiny_data.train_y)[rows_of(xs["real"][ci])] == ci).all()
+        for k in range(2):
+            members = set(np.asarray(ctx.real_part[ci, k]).tolist())
+            assert set(rows_of(xs["real_sub"][ci, k]).tolist()) <= members
+    keys = np.concatenate([jax.random.key_data(xs[n]).reshape(-1, 2) for n in ("k_all", "k_sub", "k_syn")])
+    assert len({tuple(k) for k in keys.tolist()}) == len(keys)  # every term has its own draw

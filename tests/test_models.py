@@ -5,7 +5,7 @@ import pytest
 
 from sm_jax.config import Config, make_config
 from sm_jax.errors import ConfigError
-from sm_jax.models import CONVS, MODELS, Net, build, cross_entropy, denormalize, normalize, resolve_conv
+from sm_jax.models import CONVS, Net, build, cross_entropy, denormalize, normalize, resolve_conv
 from sm_jax.models.conv_ops import conv3x3_instancenorm
 from sm_jax.models.layers import avg_pool2
 
@@ -59,7 +59,10 @@ def test_options_and_errors():
     assert make_config("dc", 10, conv_impl="winograd").conv_impl == "winograd" and Config().conv_impl == "auto"
     with pytest.raises(ValueError, match="unknown model 'resnet99'"):
         build("resnet99")
-    assert build("convnet", width=16) == MODELS["convnet"](10, width=16)
+    # ConvNet-2 of width 16 with instance norm, by hand: conv 3x3x3x16 + 16, norm scale + bias 2 x 16, conv
+    # 3x3x16x16 + 16, norm 2 x 16, linear 8*8*16 x 10 + 10
+    p = Net(build("convnet", width=16, depth=2)).init(jax.random.key(0))[0]
+    assert sum(a.size for a in jax.tree.leaves(p)) == 448 + 32 + 2320 + 32 + 10250
 
 
 # Parameter counts of the official definitions (DC/DSA code, networks.py) for 32x32 RGB inputs and 10 classes,

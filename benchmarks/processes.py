@@ -53,7 +53,7 @@ def measure(args) -> dict:
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, jax.random.fold_in(key, 1)))
     partitions = make_partitions(cfg, data.class_indices())
-    state, placement = place_state(state, mesh, data.num_classes)
+    state, placement = place_state(state, mesh, method.class_axis(state))
     ctx = put(make_context(cfg, data, partitions), mesh, False)
     step = jax.jit(method.iteration, donate_argnums=0, out_shardings=placement)
     t0 = time.perf_counter()

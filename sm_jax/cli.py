@@ -184,6 +184,46 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
     _guard(go, processes_from_flags(args))
 
 
+def make_method_cls(name: str):
+    from sm_jax.methods import METHODS
+
+    return METHODS[name]
+
+
+def experts_main(argv=None) -> None:
+    """`python -m experiments.experts`: trains (or finishes, or finds) the experts a trajectory-matching run of the
+    same flags would use, into their shared directory."""
+    p = condense_parser()
+    p.prog = "python -m experiments.experts"
+    p.description = ("Train the expert trajectories of a trajectory-matching (MTT) run: the same flags as "
+                     "experiments.condense --method mtt; the experts go to --experts-dir (default: a directory "
+                     "named by their settings under the cache), resume after an interruption, and are reused by "
+                     "every run of the same settings.")
+    p.set_defaults(method="mtt")
+    for action in p._actions:
+        if action.dest == "method":
+            action.required = False
+    args = p.parse_args(argv)
+
+    def go():
+        from sm_jax.experiment import Run
+        from sm_jax.lifecycle import StopSignals
+
+        from sm_jax.errors import ConfigError
+
+        cfg = config_from_flags(args)
+        if not hasattr(make_method_cls(cfg.method), "store"):
+            raise ConfigError(f"--method {cfg.method} trains no experts (trajectory matching does: --method mtt)")
+        run = Run(cfg, progress=not args.no_progress)
+        with StopSignals() as stop:
+            run.method.preparation(run.data, run.log, stop, run.progress)
+        store = run.method.store(run.data)
+        print(json.dumps({"experts_dir": str(store.dir), "epochs": store.epochs_done(),
+                          "accuracies": store.accuracies()}))
+
+    _guard(go, processes_from_flags(args))
+
+
 # the fields experiments.evaluate may change (the protocol and where the data is; never the set)
 EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "baseline", "data_dir", "log_every")
 SET_FIELDS = ("method", "dataset", "preset", "factor")  # what a set without a run config is evaluated as

@@ -87,6 +87,26 @@ class Config:
     lr_net: float = _field(0.01, "inner-loop network learning rate", low=0)
     momentum_net: float = _field(0.0, "inner-loop network momentum", low=0)
     weight_decay_net: float = _field(0.0, "inner-loop network weight decay", low=0)
+    # trajectory matching (MTT): the student's unroll, the learned lr, the experts
+    syn_steps: int = _field(50, "MTT: student SGD steps unrolled per iteration", low=1)
+    expert_epochs: int = _field(2, "MTT: expert epochs the student's steps are matched to", low=1)
+    max_start_epoch: int = _field(2, "MTT: the start epoch is drawn from [0, N)", low=1)
+    batch_syn: int = _field(0, "MTT: synthetic images per student step (0 = all)", low=0)
+    lr_lr: float = _field(1e-7, "MTT: learning rate of the learned student lr", low=0)
+    lr_teacher: float = _field(0.01, "MTT: the experts' SGD lr and the learned student lr's initial value", low=0)
+    tesla: bool = _field(False, "MTT: TESLA's constant-memory approximation of the gradient instead of the exact one")
+    remat: bool = _field(True, "MTT: recompute the unrolled steps in the backward pass (memory constant in "
+                         "--syn-steps; --no-remat keeps every step's activations, as the official code does); the "
+                         "same gradient either way", kind=OTHER)
+    zca: bool = _field(False, "ZCA-whiten every image (eps 0.1, fitted on the training split; MTT)")
+    num_experts: int = _field(100, "MTT: expert trajectories (and as many per subset with --subset-k > 1)", low=1)
+    expert_train_epochs: int = _field(50, "MTT: epochs of each expert", low=1)
+    expert_batch: int = _field(256, "MTT: the experts' batch", low=1)
+    expert_per_class: int = _field(0, "MTT: experts train on the first N training images of each class (0 = all)",
+                                   low=0)
+    expert_seed: int = _field(0, "MTT: the experts' seed (their inits, batches, augmentation and subsets)")
+    experts_dir: str | None = _field(None, "MTT: the experts' directory, shared by every run of the same experts "
+                                     "(default: <cache>/experts/<dataset>_<hash of their settings>)", kind=OTHER)
     # network
     model: str = _field("convnet", "matching network: a name of the model zoo, official spelling accepted (ConvNet, "
                         "ConvNetBN, ResNet18BN_AP, ...)", choices=lambda: tuple(ARCHS))
@@ -247,6 +267,9 @@ def validate(cfg: Config) -> None:
     if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
         raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
     METHODS[cfg.method].check(cfg)
+    if cfg.zca and not METHODS[cfg.method].uses_zca:
+        raise ConfigError(f"--zca does not apply to {cfg.method} (methods whose images live in ZCA space: "
+                          f"{', '.join(n for n, m in METHODS.items() if m.uses_zca)})")
     if cfg.syn_per_class % cfg.subset_k:
         what = f"{cfg.syn_per_class} decoded images" if cfg.factor > 1 else f"ipc {cfg.ipc}"
         raise ConfigError(f"--subset-k {cfg.subset_k} does not divide the per-class synthetic count ({what})")

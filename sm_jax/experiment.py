@@ -87,6 +87,7 @@ class Run:
             raise DataError("the dataset needs at least 2 classes")
         self.mesh = make_mesh(cfg.devices)
         self.method = make_method(cfg, self.data.spec, self.mesh)
+        self.method.attach(self.data)
         self.key = jax.random.key(cfg.seed)
 
     # --- state ---------------------------------------------------------------------------------------------
@@ -209,6 +210,7 @@ class Run:
                                             limit, self.log)
         if chunk != self.method.class_chunk:
             self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
+            self.method.attach(self.data)
 
     # --- the run -------------------------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -245,7 +247,7 @@ class Run:
         metrics_log = artifacts.MetricsLog(self.workdir / "metrics.jsonl", keep_up_to=start, sink=self.tensorboard,
                                            enabled=self.writer)
         ctx = put(self.method.context(self.data, partitions), self.mesh, shard_leading=False)
-        state, placement = place_state(state, self.mesh, self.data.num_classes)
+        state, placement = place_state(state, self.mesh, self.method.class_axis(state))
         self._resolve_class_chunk(state, ctx)
         step_fn = jax.jit(self.method.iteration, donate_argnums=0, out_shardings=placement)
         # `last` is the newest finished state, copied to the host before the next iteration donates its buffers:

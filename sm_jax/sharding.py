@@ -90,7 +90,7 @@ def put(tree, mesh: Mesh | None, shard_leading: bool):
     return jax.tree.map(place, tree)
 
 
-def place_state(state, mesh: Mesh | None, classes: int):
+def place_state(state, mesh: Mesh | None, class_axis):
     """A method's state on the mesh: its class-axis leaves (the images, their optimiser state) split by class where
     the classes divide evenly over the devices, else replicated (the step's per-class work is split over the devices
     either way: XLA pads an uneven split inside the program); every other leaf replicated.
@@ -101,16 +101,17 @@ def place_state(state, mesh: Mesh | None, classes: int):
     """
     if mesh is None:
         return state, None
-    state = jax.tree.map(lambda a, split: put(a, mesh, split), state, state_split(state, mesh, classes))
+    state = jax.tree.map(lambda a, split: put(a, mesh, split), state, state_split(state, mesh, class_axis))
     return state, (jax.tree.map(lambda a: a.sharding, state), None)
 
 
-def state_split(state, mesh: Mesh, classes: int):
-    """Per leaf of a method's state, whether `place_state` splits it by class: a leaf whose axis 0 is the class
-    axis (the images and their optimiser state: axis 0 of length `classes`) where the classes divide evenly over the
-    mesh; never a scalar (the iteration, a learned learning rate)."""
-    even = divides(mesh, classes)
-    return jax.tree.map(lambda a: even and np.ndim(a) > 0 and np.shape(a)[0] == classes, state)
+def state_split(state, mesh: Mesh, class_axis):
+    """Per leaf of a method's state, whether `place_state` splits it by class: the leaves whose axis 0 is the class
+    axis (`class_axis`: Method.class_axis(state), a tree of bools like the state) where the classes divide evenly
+    over the mesh."""
+    classes = next((np.shape(a)[0] for a, c in zip(jax.tree.leaves(state), jax.tree.leaves(class_axis)) if c), 0)
+    even = bool(classes) and divides(mesh, classes)
+    return jax.tree.map(lambda c: even and c, class_axis)
 
 
 def host(tree):

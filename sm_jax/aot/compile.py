@@ -148,7 +148,7 @@ class Compiler:
             key = jax.random.key(0)
             state = jax.eval_shape(lambda k: m.init_state(m.init_images(data, k)), key)
             ctx = m.context_shapes(data)
-            split = sharding.state_split(state, self.mesh, data.num_classes) if self.mesh is not None else False
+            split = sharding.state_split(state, self.mesh, m.class_axis(state)) if self.mesh is not None else False
             args = (self.abstract(state, split), self.abstract(ctx), self.abstract(jax.eval_shape(lambda: key)))
             self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target, cfg.precision,
                                                       donate_argnums=0)

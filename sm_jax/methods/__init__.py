@@ -15,8 +15,9 @@ from sm_jax.methods.dsa import DSA
 from sm_jax.methods.gradient import GradientMatching
 from sm_jax.methods.idc import IDC, idc_decode
 from sm_jax.methods.inits import INITS, idc_init
+from sm_jax.methods.mtt import MTT
 
-METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC, "dm": DM}
+METHODS: dict[str, type[Method]] = {"dc": DC, "dsa": DSA, "idc": IDC, "dm": DM, "mtt": MTT}
 
 
 def make_method(cfg, spec=None, mesh=None) -> Method:
@@ -25,5 +26,6 @@ def make_method(cfg, spec=None, mesh=None) -> Method:
     return METHODS[cfg.method](cfg, spec or DataSpec(), mesh)
 
 
-__all__ = ["DC", "DM", "DSA", "IDC", "INITS", "METHODS", "PRESETS", "CondenseState", "Context", "GradientMatching",
-           "Method", "idc_decode", "idc_init", "make_context", "make_method", "make_partitions", "real_batch"]
+__all__ = ["DC", "DM", "DSA", "IDC", "INITS", "METHODS", "MTT", "PRESETS", "CondenseState", "Context",
+           "GradientMatching", "Method", "idc_decode", "idc_init", "make_context", "make_method", "make_partitions",
+           "real_batch"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
@@ -42,6 +43,7 @@ class Method:
     name: ClassVar[str]
     distance: ClassVar[str] = ""  # a gradient distance (matching.DISTANCES) where the family has one
     eval_policy: Policy = NO_POLICY  # augmentation of the evaluation networks
+    uses_zca: ClassVar[bool] = False  # whether --zca applies (its images live in ZCA space)
     # the metrics of `iteration` that the progress line shows, and those that must stay finite (else the run stops)
     shown_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "lambda")
     finite_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "grad_norm")
@@ -84,6 +86,10 @@ class Method:
             raise ConfigError(f"--factor {cfg.factor} must divide the image size {h}x{w}")
 
     # --- before condensation ------------------------------------------------------------------------------
+    def attach(self, data: Dataset) -> None:
+        """Fits (or loads from the cache) what the method's input space needs of the training split (MTT: ZCA);
+        a run calls it before anything is normalised. A no-op by default."""
+
     def preparation(self, data: Dataset, log=print, stop=None, progress: bool = True) -> None:
         """Makes or finds what the iteration needs beyond the data (trajectory matching: its experts). Interruptible
         (raises lifecycle.Stopped once `stop` is requested, with what was done kept); a no-op by default."""
@@ -128,6 +134,11 @@ class Method:
         """The state a run starts from: a pytree with `images` and `iteration` (int32 scalar) among its fields,
         saved and restored whole. Leaves whose axis 0 is the class axis are split over a mesh (sharding)."""
         return CondenseState(images, self.img_tx.init(images), jnp.zeros((), jnp.int32))
+
+    def class_axis(self, state) -> Any:
+        """Per leaf of `state`, whether its axis 0 is the class axis (a mesh splits those): by default the leaves of
+        `num_classes` rows (the images and their optimiser state)."""
+        return jax.tree.map(lambda a: np.ndim(a) > 0 and np.shape(a)[0] == self.num_classes, state)
 
     def iteration(self, state, ctx, key: jax.Array):
         """One condensation iteration. Pure; jit at the call site (donating `state`).

@@ -1,0 +1,150 @@
+"""Trajectory matching (MTT) and its preparation: the normalised distance by hand, the checkpointed unroll's
+gradient against the plain one, TESLA against the exact gradient, ZCA against numpy, experts that resume bit for bit
+after SIGTERM and refuse another identity's directory."""
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sm_jax import experts
+from sm_jax.config import make_config
+from sm_jax.data.zca import fit_zca
+from sm_jax.lifecycle import Stopped, StopSignals
+from sm_jax.methods import MTT, make_method
+
+
+def tiny_cfg(**kw):
+    base = dict(width=8, depth=1, syn_steps=3, num_experts=2, expert_train_epochs=3, expert_batch=8,
+                max_start_epoch=2, expert_epochs=1, subset_k=1, zca=False, eval_epochs=2, eval_models=1)
+    return make_config("mtt", 2, "cpu", **{**base, **kw})
+
+
+class TwoParameters:
+    """logits = (w0 * s, w1 * s) with s the image's mean: a model whose SGD step is computed by hand."""
+
+    name, has_state = "two", False
+
+    def init(self, key):
+        return {"w": jnp.zeros((2,))}, {}
+
+    def apply(self, params, state, x, train=False):
+        s = x.reshape(x.shape[0], -1).mean(1)
+        return jnp.stack([params["w"][0] * s, params["w"][1] * s], 1), state
+
+
+def test_normalised_distance_after_one_step_by_hand(tiny_data):
+    m = make_method(tiny_cfg(syn_steps=1), tiny_data.spec)
+    m.net, m.match_policy = TwoParameters(), ()
+    m._unravel = lambda t: {"w": t}
+    x, y = jnp.ones((1, 2, 2, 3)), jnp.zeros((1,), jnp.int32)
+    # theta_0 = (0, 0): softmax (1/2, 1/2), grad of CE for class 0 = (p0 - 1, p1) = (-1/2, 1/2); lr 0.1 gives
+    # theta_1 = (0.05, -0.05); target (1, 0): (0.95^2 + 0.05^2) / 1 = 0.905
+    loss = m.student_loss(x, y, 0.1, jnp.zeros(2), jnp.array([1.0, 0.0]), jax.random.key(0), 1)
+    assert float(loss) == pytest.approx(0.905, rel=1e-6)
+
+
+def _unroll_case(tiny_data, **kw):
+    m = make_method(tiny_cfg(**kw), tiny_data.spec)
+    x = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
+    y = jnp.repeat(jnp.arange(3), 2)
+    theta0 = jax.flatten_util.ravel_pytree(m.net.init(jax.random.key(2))[0])[0]
+    target = theta0 + 0.01 * jax.random.normal(jax.random.key(3), theta0.shape)
+    return m, x, y, theta0, target
+
+
+def test_checkpointed_unroll_gives_the_plain_unrolls_gradient(tiny_data):
+    grads = []
+    for remat in (True, False):
+        m, x, y, t0, tt = _unroll_case(tiny_data, remat=remat)
+        f = jax.jit(jax.value_and_grad(lambda x, lr: m.student_loss(x, y, lr, t0, tt, jax.random.key(4), 3), (0, 1)))
+        grads.append(f(x, jnp.float32(0.01)))
+    (l1, (gx1, glr1)), (l2, (gx2, glr2)) = grads
+    assert float(jnp.abs(gx1).max()) > 0 and float(glr1) != 0
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    np.testing.assert_allclose(gx1, gx2, rtol=1e-4, atol=1e-6 * float(jnp.abs(gx2).max()))
+    np.testing.assert_allclose(glr1, glr2, rtol=1e-4)
+
+
+def test_tesla_is_exact_for_one_step_and_an_approximation_beyond(tiny_data):
+    def both(steps):
+        m, x, y, t0, tt = _unroll_case(tiny_data, syn_steps=steps)
+        lr, key = jnp.float32(0.01), jax.random.key(4)
+        exact = jax.jit(jax.value_and_grad(lambda x, lr: m.student_loss(x, y, lr, t0, tt, key, 3), (0, 1)))(x, lr)
+        tesla = jax.jit(lambda x, lr: m.tesla_grads(x, y, lr, t0, tt, key, 3))(x, lr)
+        return exact, tesla
+
+    (le, (gx, glr)), (lt, (tx, tlr)) = both(1)  # one step: only the direct term exists
+    np.testing.assert_allclose(lt, le, rtol=1e-6)
+    np.testing.assert_allclose(tx, gx, rtol=1e-4, atol=1e-6 * float(jnp.abs(gx).max()))
+    np.testing.assert_allclose(tlr, glr, rtol=1e-4)
+    (le, (gx, _)), (lt, (tx, _)) = both(4)
+    np.testing.assert_allclose(lt, le, rtol=1e-6)  # the same forward pass
+    cos = float(jnp.vdot(gx, tx) / (jnp.linalg.norm(gx) * jnp.linalg.norm(tx)))
+    assert 0.5 < cos < 1 - 1e-6  # aligned, not equal: later steps' dependence on the images is dropped
+
+
+def test_zca_against_a_direct_numpy_computation():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, 4, 4, 3), dtype=np.uint8)
+    z = fit_zca(x)
+    flat = x.reshape(300, -1) / 255.0
+    cov = np.cov(flat, rowvar=False)  # unbiased (N - 1)
+    s, u = np.linalg.eigh(cov)
+    t = u @ np.diag(1 / np.sqrt(s + 0.1)) @ u.T
+    np.testing.assert_allclose(z.mean, flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(z.transform, t, rtol=1e-4, atol=1e-5)
+    white = np.asarray(z.apply(jnp.asarray(flat.reshape(x.shape), jnp.float32)))
+    np.testing.assert_allclose(white.reshape(300, -1), (flat - flat.mean(0)) @ t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(z.invert(jnp.asarray(white))), flat.reshape(x.shape), atol=1e-4)
+
+
+def test_experts_resume_bit_for_bit_after_sigterm_and_refuse_another_identity(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_cfg(subset_k=2)
+    m = make_method(cfg, tiny_data.spec)
+    ident = experts.identity(cfg, tiny_data)
+    quiet = dict(log=lambda *a: None, progress=False)
+    straight = experts.ExpertStore(tmp_path / "straight", ident)
+    straight.train(cfg, tiny_data, m.net, m.normalize, **quiet)
+    assert straight.complete and len(straight.accuracies()) == 2 + 2 * 2  # whole-data experts, then per subset
+
+    write = experts.ExpertStore._write
+
+    def write_then_signal(self, epoch, flat):  # SIGTERM arrives once epoch 1 is on disk
+        write(self, epoch, flat)
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = experts.ExpertStore(tmp_path / "stopped", ident)
+    monkeypatch.setattr(experts.ExpertStore, "_write", write_then_signal)
+    with pytest.raises(Stopped, match="trained to epoch 1"), StopSignals() as stop:
+        stopped.train(cfg, tiny_data, m.net, m.normalize, stop=stop, **quiet)
+    monkeypatch.setattr(experts.ExpertStore, "_write", write)
+    assert stopped.epochs_done() == 1
+    stopped.train(cfg, tiny_data, m.net, m.normalize, **quiet)  # resumes at epoch 2
+    for e in range(cfg.expert_train_epochs + 1):
+        np.testing.assert_array_equal(np.load(stopped.dir / f"epoch_{e:03d}.npy"),
+                                      np.load(straight.dir / f"epoch_{e:03d}.npy"))
+    other = experts.ExpertStore(straight.dir, {**ident, "lr_teacher": 0.02})
+    with pytest.raises(experts.ExpertError, match=r"holds other experts \(lr_teacher: 0.01 there vs 0.02 now\)"):
+        other.check()
+    assert json.loads((straight.dir / "identity.json").read_text()) == ident
+
+
+def test_presets_follow_the_table_and_bad_settings_are_one_line_errors():
+    from sm_jax.errors import ConfigError
+
+    p = make_config("mtt", 10)
+    assert (p.syn_steps, p.expert_epochs, p.max_start_epoch, p.zca, p.lr_lr, p.lr_teacher, p.eval_models) == \
+        (30, 2, 20, True, 1e-5, 0.01, 5)
+    assert make_config("mtt", 50, dataset="cifar100").batch_syn == 125 and not make_config("mtt", 50).zca
+    assert MTT.eval_policy and make_config("mtt", 1, "cpu").iterations < p.iterations
+    with pytest.raises(ConfigError, match="exceeds the experts' --expert-train-epochs 3"):
+        make_config("mtt", 1, "cpu", expert_train_epochs=3, max_start_epoch=3)
+    with pytest.raises(ConfigError, match="--zca does not apply to dc"):
+        make_config("dc", 10, zca=True)
+    with pytest.raises(ConfigError, match="--tesla is implemented for the whole-set term only"):
+        make_config("mtt", 10, tesla=True, subset_k=2)

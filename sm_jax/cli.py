@@ -206,10 +206,9 @@ def experts_main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def go():
+        from sm_jax.errors import ConfigError
         from sm_jax.experiment import Run
         from sm_jax.lifecycle import StopSignals
-
-        from sm_jax.errors import ConfigError
 
         cfg = config_from_flags(args)
         if not hasattr(make_method_cls(cfg.method), "store"):

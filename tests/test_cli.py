@@ -60,7 +60,7 @@ def finished(tiny_archive, tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv,pattern", [
-    (["--method", "mtt", "--ipc", 10], "unknown method 'mtt'; choose one of dc, dsa, idc, dm"),
+    (["--method", "mct", "--ipc", 10], "unknown method 'mct'; choose one of dc, dsa, idc, dm, mtt"),
     (["--method", "dc", "--ipc", 0], "--ipc"),
     (["--method", "dc", "--ipc", 10, "--subset-k", 0], "--subset-k must be >= 1"),
     (["--method", "dc", "--ipc", 10, "--subset-k", 3], "does not divide"),

@@ -223,7 +223,7 @@ def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint
 
 def test_bad_input_exits_2_with_one_error_line(env, tmp_path):
     """The exit-code contract of a real process (the messages themselves: test_cli.py)."""
-    res = cli(env, "--method", "mtt", "--ipc", 10, "--workdir", tmp_path / "w")
+    res = cli(env, "--method", "mct", "--ipc", 10, "--workdir", tmp_path / "w")
     assert_one_line_error(res, "unknown method")
     assert res.stdout == ""
 

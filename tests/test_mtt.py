@@ -148,3 +148,64 @@ def test_presets_follow_the_table_and_bad_settings_are_one_line_errors():
         make_config("dc", 10, zca=True)
     with pytest.raises(ConfigError, match="--tesla is implemented for the whole-set term only"):
         make_config("mtt", 10, tesla=True, subset_k=2)
+
+
+def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evaluates_with_it(
+        tiny_archive, tmp_path, capsys, monkeypatch):
+    from sm_jax import artifacts
+    from sm_jax.cli import condense_main, evaluate_main, export_main
+
+    monkeypatch.setenv("SM_JAX_OFFLINE", "1")
+    monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
+    flags = ["--method", "mtt", "--ipc", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--syn-steps", "2",
+             "--num-experts", "2", "--expert-train-epochs", "2", "--max-start-epoch", "1", "--expert-epochs", "1",
+             "--expert-batch", "8", "--expert-per-class", "0", "--subset-k", "2", "--iterations", "3",
+             "--checkpoint-every", "1", "--eval-epochs", "1", "--eval-models", "1", "--no-progress", "--zca",
+             "--data-dir", str(tiny_archive), "--experts-dir", str(tmp_path / "experts")]
+
+    def run(main, argv, **kw):
+        try:
+            main([str(a) for a in argv], **kw)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return (code, *capsys.readouterr())
+
+    code, out, err = run(condense_main, [*flags, "--workdir", tmp_path / "straight"], dataset="cifar10")
+    assert code == 0, err[-3000:]
+    assert "experts: test accuracy" in out
+    write = artifacts.MetricsLog.write
+
+    def write_then_signal(self, record):  # SIGTERM once iteration 2 is logged
+        write(self, record)
+        if record.get("iteration") == 2 and "loss_all" in record:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(artifacts.MetricsLog, "write", write_then_signal)
+    code, out, err = run(condense_main, [*flags, "--workdir", tmp_path / "resumed"], dataset="cifar10")
+    assert code == 143 and "experts: reusing" in out and "saved a checkpoint at iteration 2" in out + err, err[-2000:]
+    monkeypatch.setattr(artifacts.MetricsLog, "write", write)
+    code, out, err = run(condense_main, [*flags, "--workdir", tmp_path / "resumed"], dataset="cifar10")
+    assert code == 0 and "resumed" in out, err[-2000:]
+    a, b = (np.load(tmp_path / w / "synthetic.npz") for w in ("straight", "resumed"))
+    np.testing.assert_array_equal(a["train_normalized"], b["train_normalized"])
+    res = json.loads((tmp_path / "straight" / "results.json").read_text())
+    lr = res["learned"]["lr"]
+    assert lr != 0.01 and res["eval_lr"] == lr and float(a["learned_lr"]) == lr == float(b["learned_lr"])
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["accuracies"] == res["accuracies"]
+
+    code, _, err = run(condense_main, [*flags, "--workdir", tmp_path / "other", "--lr-teacher", "0.02"],
+                       dataset="cifar10")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "holds other experts (lr_teacher: 0.01 there vs 0.02 now)" in lines[0]
+
+    code, _, err = run(export_main, ["--workdir", tmp_path / "straight", "--to", tmp_path / "set", "--format", "npz"])
+    assert code == 0, err[-2000:]
+    meta = json.loads((tmp_path / "set" / "metadata.json").read_text())
+    assert meta["learned"] == {"lr": lr} and meta["evaluation_protocol"]["lr"] == lr and meta["zca"]["eps"] == 0.1
+    assert np.load(tmp_path / "set" / "zca.npz")["zca_transform"].shape == (32 * 32 * 3, 32 * 32 * 3)
+    code, out, err = run(evaluate_main, ["--set", tmp_path / "set", "--no-progress"])
+    assert code == 0, err[-2000:]
+    ev = json.loads(out.strip().splitlines()[-1])
+    # the set's own protocol: its learned lr, its ZCA on the test split, the run's network keys: the same accuracy
+    assert ev["eval_lr"] == lr and ev["accuracies"] == res["accuracies"]

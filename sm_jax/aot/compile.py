@@ -146,7 +146,9 @@ class Compiler:
         if chunk not in self._iterations:
             m, cfg, data = self.method(chunk), self.cfg, self.data
             key = jax.random.key(0)
-            state = jax.eval_shape(lambda k: m.init_state(m.init_images(data, k)), key)
+            # every method stores (classes, ipc, H, W, C) images: their shape, not an init that reads the data
+            images = jax.ShapeDtypeStruct((data.num_classes, cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
+            state = jax.eval_shape(m.init_state, images)
             ctx = m.context_shapes(data)
             split = sharding.state_split(state, self.mesh, m.class_axis(state)) if self.mesh is not None else False
             args = (self.abstract(state, split), self.abstract(ctx), self.abstract(jax.eval_shape(lambda: key)))

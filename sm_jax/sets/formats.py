@@ -116,7 +116,25 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
         raise SetError(f"{to} exists and is not empty; export into a new directory")
     meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:], s.learned)
     meta["format"] = fmt
+    zca = None
+    if cfg.zca:  # the set lives in ZCA space: the whitening travels with it
+        if fmt == "folder":
+            raise SetError(f"{workdir} is a ZCA-space set: PNGs would lose the whitening; export --format npz or pt "
+                           f"(the whitening goes beside it, in zca.npz)")
+        from sm_jax.data import default_cache_dir, load_dataset
+        from sm_jax.data.zca import EPS, cached_zca
+
+        data = load_dataset(cfg.dataset, cfg.data_dir)
+        zca = cached_zca(data.train_x, default_cache_dir(), f"{data.name} train split ({data.source})")
+        meta["zca"] = {"file": "zca.npz", "eps": EPS, "fitted_on": zca.source,
+                       "apply": "whitened = (pixels01.reshape(N, H*W*C) - zca_mean) @ zca_transform, images (N, H, W, "
+                                "C) flattened in that order; zca_inverse maps back for viewing",
+                       "note": "the images are in ZCA space: whiten the test split the same way before evaluating"}
     written = FORMATS[fmt](s, to, meta)
+    if zca is not None:
+        to.mkdir(parents=True, exist_ok=True)
+        np.savez(to / "zca.npz", **zca.arrays())
+        written.append(to / "zca.npz")
     to.mkdir(parents=True, exist_ok=True)
     (to / "metadata.json").write_text(json.dumps(meta, indent=2))
     return [*written, to / "metadata.json"]

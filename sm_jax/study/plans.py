@@ -7,10 +7,10 @@ from pathlib import Path
 from types import ModuleType
 
 from sm_jax.errors import ConfigError
-from sm_jax.study import arch, dm, k, loss, table
+from sm_jax.study import arch, dm, k, loss, mtt, table
 from sm_jax.study.spec import RunSpec
 
-PLANS: dict[str, ModuleType] = {"table": table, "k": k, "loss": loss, "arch": arch, "dm": dm}
+PLANS: dict[str, ModuleType] = {"table": table, "k": k, "loss": loss, "arch": arch, "dm": dm, "mtt": mtt}
 
 
 def load_plan(name: str) -> list[RunSpec]:

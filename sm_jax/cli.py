@@ -199,6 +199,10 @@ def experts_main(argv=None) -> None:
                      "experiments.condense --method mtt; the experts go to --experts-dir (default: a directory "
                      "named by their settings under the cache), resume after an interruption, and are reused by "
                      "every run of the same settings.")
+    p.add_argument("--import-official", metavar="PATH",
+                   help="instead of training, read the official buffer.py's replay_buffer_<n>.pt (a directory or "
+                   "one file) into --experts-dir; the flags must say how they were trained (--num-experts, "
+                   "--expert-train-epochs, --zca, ...)")
     p.set_defaults(method="mtt")
     for action in p._actions:
         if action.dest == "method":
@@ -214,8 +218,14 @@ def experts_main(argv=None) -> None:
         if not hasattr(make_method_cls(cfg.method), "store"):
             raise ConfigError(f"--method {cfg.method} trains no experts (trajectory matching does: --method mtt)")
         run = Run(cfg, progress=not args.no_progress)
-        with StopSignals() as stop:
-            run.method.preparation(run.data, run.log, stop, run.progress)
+        if args.import_official:
+            from sm_jax.experts import import_official
+
+            import_official(run.method.store(run.data), args.import_official, cfg, run.data, run.method.net,
+                            run.method.normalize, run.log)
+        else:
+            with StopSignals() as stop:
+                run.method.preparation(run.data, run.log, stop, run.progress)
         store = run.method.store(run.data)
         print(json.dumps({"experts_dir": str(store.dir), "epochs": store.epochs_done(),
                           "accuracies": store.accuracies()}))

@@ -204,3 +204,94 @@ def _epoch_program(net, unravel, normalize, n: int, batch: int, lr: float):
         return ravel_pytree(params)[0]
 
     return jax.vmap(one, in_axes=(0, 0, 0, None, None))
+
+
+# --- the official code's experts -----------------------------------------------------------------------------------
+def official_files(path: str | os.PathLike) -> list[Path]:
+    """`replay_buffer_<n>.pt` in a directory (in n order), or the one file given."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    files = sorted(p.glob("replay_buffer_*.pt"), key=lambda f: int(f.stem.rsplit("_", 1)[1]) if
+                   f.stem.rsplit("_", 1)[1].isdigit() else -1)
+    if not files:
+        raise ExpertError(f"{p}: no replay_buffer_<n>.pt (the official buffer.py's experts) there")
+    return files
+
+
+def official_to_params(tensors, template) -> dict:
+    """One snapshot of the official ConvNet (its `parameters()` in order: per block the conv's weight (O, I, 3, 3)
+    and bias, the norm's weight and bias; the classifier's weight (classes, C*H*W) and bias) as this ConvNet's
+    parameters: kernels OIHW -> HWIO, the classifier's inputs from the NCHW flattening to NHWC.
+
+    Args:
+      tensors: numpy arrays in the official order; template: this network's parameters (names and shapes).
+    """
+    it = iter(tensors)
+    out = {}
+    depth = sum(1 for k in template if k.startswith("conv"))
+    try:
+        for d in range(depth):
+            out[f"conv{d}"] = {"kernel": next(it).transpose(2, 3, 1, 0), "bias": next(it)}
+            if f"norm{d}" in template:
+                out[f"norm{d}"] = {"scale": next(it), "bias": next(it)}
+        w, b = next(it), next(it)
+    except StopIteration:
+        raise ExpertError("the official snapshot holds fewer tensors than this ConvNet's parameters") from None
+    if next(it, None) is not None:
+        raise ExpertError("the official snapshot holds more tensors than this ConvNet's parameters")
+    feat = template["fc"]["kernel"].shape[0]
+    ch = template[f"conv{depth - 1}"]["kernel"].shape[-1]
+    side = int(round((feat // ch) ** 0.5))
+    try:
+        kernel = w.reshape(w.shape[0], ch, side, side).transpose(2, 3, 1, 0).reshape(feat, -1)
+    except ValueError:
+        kernel = w  # reported below
+    out["fc"] = {"kernel": kernel, "bias": b}
+    bad = [k for k in template for n in template[k] if np.shape(out[k][n]) != np.shape(template[k][n])]
+    if bad:
+        raise ExpertError(f"the official snapshot's {bad[0]} has another shape than this network's: is it the same "
+                          f"--model / --width / --depth?")
+    return out
+
+
+def read_official(path, net) -> np.ndarray:
+    """The experts of the official `replay_buffer_*.pt` files (lists of experts, each a list of snapshots, each a
+    list of parameter tensors), read with `weights_only=True`: (experts, snapshots, P) float32 flat parameters of
+    `net` (a models.Net ConvNet)."""
+    try:
+        import torch
+    except ImportError:
+        raise ExpertError("reading the official experts needs PyTorch (pip install torch)") from None
+    template = jax.tree.map(np.asarray, net.init(jax.random.key(0))[0])
+    experts_ = []
+    for f in official_files(path):
+        try:
+            buffer = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for a corrupt or unsafe file
+            raise ExpertError(f"{f}: not a readable replay buffer ({type(e).__name__})") from None
+        for trajectory in buffer:
+            experts_.append(np.stack([ravel_pytree(official_to_params([t.numpy() for t in snap], template))[0]
+                                      for snap in trajectory]))
+    if len({e.shape for e in experts_}) != 1:
+        raise ExpertError(f"{path}: the experts hold different numbers of snapshots")
+    return np.stack(experts_).astype(np.float32)
+
+
+def import_official(store: ExpertStore, path, cfg, data: Dataset, net, normalize, log=print) -> None:
+    """Writes the official experts at `path` into `store` (whose identity is `cfg`'s: the settings they were
+    trained with, which the user vouches for), with their test accuracy; the source is kept in provenance.json."""
+    if store.ident["subset_k"] != 1:
+        raise ExpertError("the official experts are whole-data experts: import them for --subset-k 1")
+    traj = read_official(path, net)
+    if traj.shape[0] != cfg.num_experts or traj.shape[1] != cfg.expert_train_epochs + 1:
+        raise ExpertError(f"{path} holds {traj.shape[0]} experts of {traj.shape[1] - 1} epochs: give --num-experts "
+                          f"{traj.shape[0]} --expert-train-epochs {traj.shape[1] - 1}")
+    store.check()
+    store.dir.mkdir(parents=True, exist_ok=True)
+    (store.dir / "identity.json").write_text(json.dumps(store.ident, indent=2, sort_keys=True))
+    (store.dir / "provenance.json").write_text(json.dumps({"official_buffers": [str(f) for f in
+                                                                                official_files(path)]}, indent=2))
+    for e in range(traj.shape[1]):
+        store._write(e, traj[:, e])
+    store.train(cfg, data, net, normalize, log, progress=False)  # nothing left to train: writes accuracy.json

@@ -209,3 +209,32 @@ def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evalu
     ev = json.loads(out.strip().splitlines()[-1])
     # the set's own protocol: its learned lr, its ZCA on the test split, the run's network keys: the same accuracy
     assert ev["eval_lr"] == lr and ev["accuracies"] == res["accuracies"]
+
+
+def test_official_replay_buffers_read_into_the_same_network(tiny_data, tmp_path):
+    """A buffer in the official layout, written by PyTorch from the official ConvNet's definition (conv, GroupNorm
+    with one group per channel, ReLU, 2x2 average pooling; a linear classifier on the NCHW flattening): read back,
+    its parameters give this ConvNet the same logits as the PyTorch network."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    official = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(8, 8, affine=True), nn.ReLU(),
+                             nn.AvgPool2d(2, 2), nn.Flatten(), nn.Linear(8 * 16 * 16, 3))
+    snapshots = []
+    for _ in range(3):  # three epochs' snapshots of one expert, each a list of its parameters in order
+        with torch.no_grad():
+            for p in official.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        snapshots.append([p.detach().clone() for p in official.parameters()])
+    torch.save([snapshots, snapshots], tmp_path / "replay_buffer_0.pt")
+    m = make_method(tiny_cfg(), tiny_data.spec)
+    traj = experts.read_official(tmp_path, m.net)
+    assert traj.shape == (2, 3, m.num_params)
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = official(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    got = m.net.apply(m._unravel(jnp.asarray(traj[1, 2])), {}, jnp.asarray(x))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(experts.ExpertError, match="another shape"):
+        experts.read_official(tmp_path, make_method(tiny_cfg(width=16), tiny_data.spec).net)

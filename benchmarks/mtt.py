@@ -3,6 +3,7 @@
 official code keeps: every step's graph).
 
 python -m benchmarks.mtt [--ipc 10] [--steps 10,20,40,80] [--targets cpu,h100] [--subset-k 1] [--out FILE]
+python -m benchmarks.mtt --tesla 1,5,10,20 [--width 32]    # TESLA's gradient against the exact one
 
 One JSON line per (target, syn_steps, remat): the program's bytes (arguments + outputs + temporaries - donated) and
 its temporaries. `cpu` compiles for this host (XLA:CPU); another target is compiled without its device (sm_jax.aot,
@@ -48,6 +49,31 @@ def measure(ipc: int, steps: int, remat: bool, target: str, subset_k: int = 1) -
             "remat": remat, "bytes": total, "temp_bytes": temp, "compile_seconds": time.perf_counter() - t0}
 
 
+def tesla_vs_exact(steps: int, width: int = 32, seed: int = 0) -> dict:
+    """TESLA's image gradient against the exact one on a small case: ConvNet-3 of `width` on 10 CIFAR-shaped images
+    (one per class) drawn from a normal, from a fresh network's parameters towards a target 1e-2 away (per
+    parameter, a normal draw), lr 0.01, DSA on, all images per step. Returns the cosine of the two gradients, the
+    norm of TESLA's relative to the exact one's, and the same for the lr's gradient."""
+    import numpy as np
+    from jax.flatten_util import ravel_pytree
+
+    cfg = make_config("mtt", 1, "cpu", syn_steps=steps, width=width, zca=False, subset_k=1)
+    m = make_method(cfg)
+    keys = jax.random.split(jax.random.key(seed), 4)
+    x = jax.random.normal(keys[0], (10, 32, 32, 3))
+    y = jnp.arange(10)
+    t0 = ravel_pytree(m.net.init(keys[1])[0])[0]
+    tt = t0 + 1e-2 * jax.random.normal(keys[2], t0.shape)
+    lr = jnp.float32(0.01)
+    _, (gx, glr) = jax.jit(jax.value_and_grad(lambda x, lr: m.student_loss(x, y, lr, t0, tt, keys[3], 10),
+                                              (0, 1)))(x, lr)
+    _, (tx, tlr) = jax.jit(lambda x, lr: m.tesla_grads(x, y, lr, t0, tt, keys[3], 10))(x, lr)
+    gx, tx = np.asarray(gx, np.float64).ravel(), np.asarray(tx, np.float64).ravel()
+    return {"benchmark": "tesla_vs_exact", "syn_steps": steps, "width": width,
+            "cosine": float(gx @ tx / (np.linalg.norm(gx) * np.linalg.norm(tx))),
+            "relative_norm": float(np.linalg.norm(tx) / np.linalg.norm(gx)), "lr_grad_ratio": float(tlr / glr)}
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10)
@@ -55,7 +81,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--targets", default="cpu,h100")
     p.add_argument("--subset-k", type=int, default=1)
     p.add_argument("--out", help="also append the JSON lines to this file")
+    p.add_argument("--tesla", help="instead: TESLA against the exact gradient at these syn_steps (e.g. 1,5,10,20)")
+    p.add_argument("--width", type=int, default=32, help="--tesla's ConvNet width")
     args = p.parse_args(argv)
+    if args.tesla:
+        rows = [tesla_vs_exact(n, args.width) for n in map(int, args.tesla.split(","))]
+        for r in rows:
+            emit(r, args.out)
+        return rows
     rows = []
     for target in args.targets.split(","):
         for remat in (True, False):

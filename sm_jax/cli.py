@@ -203,9 +203,9 @@ def experts_main(argv=None) -> None:
                    help="instead of training, read the official buffer.py's replay_buffer_<n>.pt (a directory or "
                    "one file) into --experts-dir; the flags must say how they were trained (--num-experts, "
                    "--expert-train-epochs, --zca, ...)")
-    p.set_defaults(method="mtt")
+    p.set_defaults(method="mtt", dataset="cifar10")
     for action in p._actions:
-        if action.dest == "method":
+        if action.dest in ("method", "dataset"):
             action.required = False
     args = p.parse_args(argv)
 

@@ -200,7 +200,11 @@ class Run:
 
     def _resolve_class_chunk(self, state, ctx, limit: int | None = None) -> None:
         """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
-        accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory)."""
+        accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory); a no-op
+        for a method whose iteration has no class chunk (Method.class_chunked)."""
+        if not self.method.class_chunked:
+            return
+
         def bytes_of(chunk: int) -> int | None:
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
             return backend.program_bytes(jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key)

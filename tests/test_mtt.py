@@ -150,6 +150,7 @@ def test_presets_follow_the_table_and_bad_settings_are_one_line_errors():
         make_config("mtt", 10, tesla=True, subset_k=2)
 
 
+@pytest.mark.slow  # three runs, an export and an evaluation through the command line
 def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evaluates_with_it(
         tiny_archive, tmp_path, capsys, monkeypatch):
     from sm_jax import artifacts

@@ -20,7 +20,7 @@ from sm_jax.aot.targets import Target
 from sm_jax.config import Config
 from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
 from sm_jax.evaluation import evaluation_program
-from sm_jax.methods import make_method
+from sm_jax.methods import METHODS, make_method
 from sm_jax.models import resolve_conv
 
 LAUNCH_GAP = {"cuda": 4e-6, "tpu": 0.0}  # seconds between kernels (a GPU launch; a TPU program is one launch)
@@ -157,7 +157,10 @@ class Compiler:
         return self._iterations[chunk]
 
     def class_chunk(self, log=print) -> int:
-        """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target."""
+        """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target (0
+        for a method whose iteration has no class chunk)."""
+        if not METHODS[self.cfg.method].class_chunked:
+            return 0
         return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh,
                                            lambda c: self.iteration(c).bytes, self.target.bytes_limit, log)
 

@@ -10,7 +10,10 @@ Without changing a line of the official files, this wrapper:
   - gives `torchvision` a stand-in with the names the official files use (`datasets`/`transforms` only in the
     replaced `get_dataset`; `utils.make_grid` for its logged pictures), and `wandb` one that keeps the config and
     prints nothing (distill.py reads its arguments back from `wandb.config`);
-  - makes `Tensor.cuda()` the identity on a host without CUDA (distill.py moves the set to the GPU before saving it).
+  - on a host without CUDA, makes `Tensor.cuda()` the identity (distill.py moves the set to the GPU before saving
+    it) and `Tensor.cpu()` of a CPU tensor a copy, as it is from a GPU: buffer.py keeps each epoch's parameters as
+    `p.detach().cpu()`, which on a CPU-only host is the live parameter itself, so every snapshot of a trajectory
+    would be the last epoch's (the buffers it wrote that way hold 11 identical snapshots per expert).
 Everything else (the experts' training, the unrolled students, DSA, the evaluation) is the official code, as is.
 
 Usage (buffer.py writes BUFFERS/CIFAR10/ConvNet/replay_buffer_0.pt, which distill.py reads):
@@ -57,6 +60,8 @@ def _stand_ins() -> None:
     sys.modules["wandb"] = wb
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
+        cpu = torch.Tensor.cpu
+        torch.Tensor.cpu = lambda self, *a, **k: self.clone() if self.device.type == "cpu" else cpu(self, *a, **k)
 
 
 def _get_dataset(data_dir: str, per_class: int):

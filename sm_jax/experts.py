@@ -275,6 +275,9 @@ def read_official(path, net) -> np.ndarray:
                                       for snap in trajectory]))
     if len({e.shape for e in experts_}) != 1:
         raise ExpertError(f"{path}: the experts hold different numbers of snapshots")
+    if any(np.array_equal(e[0], e[-1]) for e in experts_):
+        raise ExpertError(f"{path}: an expert's first and last snapshots are identical (buffer.py run on a CPU-only "
+                          f"host saves `p.detach().cpu()`, the live parameters, for every epoch): retrain it")
     return np.stack(experts_).astype(np.float32)
 
 

@@ -239,3 +239,9 @@ def test_official_replay_buffers_read_into_the_same_network(tiny_data, tmp_path)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(experts.ExpertError, match="another shape"):
         experts.read_official(tmp_path, make_method(tiny_cfg(width=16), tiny_data.spec).net)
+    # buffer.py on a CPU-only host: `p.detach().cpu()` is the live parameter, so every snapshot is the last one
+    live = [p.detach() for p in official.parameters()]
+    (tmp_path / "cpu").mkdir()
+    torch.save([[live, live, live]], tmp_path / "cpu" / "replay_buffer_0.pt")
+    with pytest.raises(experts.ExpertError, match="first and last snapshots are identical"):
+        experts.read_official(tmp_path / "cpu", m.net)

@@ -184,12 +184,6 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
     _guard(go, processes_from_flags(args))
 
 
-def make_method_cls(name: str):
-    from sm_jax.methods import METHODS
-
-    return METHODS[name]
-
-
 def experts_main(argv=None) -> None:
     """`python -m experiments.experts`: trains (or finishes, or finds) the experts a trajectory-matching run of the
     same flags would use, into their shared directory."""
@@ -213,9 +207,10 @@ def experts_main(argv=None) -> None:
         from sm_jax.errors import ConfigError
         from sm_jax.experiment import Run
         from sm_jax.lifecycle import StopSignals
+        from sm_jax.methods import METHODS
 
         cfg = config_from_flags(args)
-        if not hasattr(make_method_cls(cfg.method), "store"):
+        if not hasattr(METHODS[cfg.method], "store"):
             raise ConfigError(f"--method {cfg.method} trains no experts (trajectory matching does: --method mtt)")
         run = Run(cfg, progress=not args.no_progress)
         if args.import_official:

@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 
 from sm_jax import experts
 from sm_jax.augmentation import augment, drop_ops
-from sm_jax.data import Dataset, default_cache_dir
+from sm_jax.data import Dataset, DataSpec, default_cache_dir
 from sm_jax.errors import ConfigError
 from sm_jax.methods.base import Method
 from sm_jax.methods.dsa import POLICY as DSA_POLICY
@@ -100,20 +100,20 @@ class MTT(Method):
         if cfg.tesla and cfg.use_subsets:
             raise ConfigError("--tesla is implemented for the whole-set term only: use --subset-k 1 with it")
 
-    def __init__(self, cfg, spec=None, mesh=None):
-        from sm_jax.data import DataSpec
-
-        super().__init__(cfg, spec or DataSpec(), mesh)
+    def __init__(self, cfg, spec: DataSpec = DataSpec(), mesh=None):
+        super().__init__(cfg, spec, mesh)
         if self.batch_norm:
             raise ConfigError(f"MTT's students are functional networks without running statistics; {cfg.model} "
                               f"with {cfg.norm} has them")
         self.match_policy = drop_ops(DSA_POLICY, cfg.aug_drop_ops)
         self.lr_tx = optax.sgd(cfg.lr_lr, momentum=0.5)
         self.zca = None
+        self._store = (None, None)  # (the dataset, its ExpertStore): `store`
         params, _ = self.net.init(jax.random.key(0))
         self.num_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
         self._unravel = ravel_pytree(params)[1]
         self.subsets = cfg.subset_k if cfg.use_subsets else 1
+        self.rows = 1 + self.subsets if self.subsets > 1 else 1  # trajectory rows: whole data, then each subset
         n = self.num_classes * cfg.ipc
         if cfg.batch_syn and (n % cfg.batch_syn or (cfg.use_subsets and (n // cfg.subset_k) % max(1, cfg.batch_syn //
                                                                                                    cfg.subset_k))):
@@ -128,8 +128,12 @@ class MTT(Method):
             self.zca = cached_zca(data.train_x, default_cache_dir(), f"{data.name} train split ({data.source})")
 
     def store(self, data: Dataset) -> experts.ExpertStore:
-        ident = experts.identity(self.cfg, data)
-        return experts.ExpertStore(self.cfg.experts_dir or experts.default_dir(ident, default_cache_dir()), ident)
+        """The experts of this config on `data` (built once per dataset: the identity hashes the training split)."""
+        if self._store[0] is not data:
+            ident = experts.identity(self.cfg, data)
+            where = self.cfg.experts_dir or experts.default_dir(ident, default_cache_dir())
+            self._store = (data, experts.ExpertStore(where, ident))
+        return self._store[1]
 
     def preparation(self, data, log=print, stop=None, progress=True) -> None:
         """Finds the experts of this config's identity (refusing a directory of others) or trains them (resuming)."""
@@ -149,7 +153,7 @@ class MTT(Method):
             raise experts.ExpertError(f"{store.dir} holds {store.epochs_done()} of {cfg.expert_train_epochs} epochs "
                                       f"of the experts: train them first (python -m experiments.experts)")
         traj = store.load(0, self.last_snapshot)  # (rows, snapshots, P)
-        traj = traj.reshape(self.subsets + 1 if self.subsets > 1 else 1, cfg.num_experts, *traj.shape[1:])
+        traj = traj.reshape(self.rows, cfg.num_experts, *traj.shape[1:])
         syn_part = partitions[1] if partitions is not None else np.zeros((data.num_classes, 1, cfg.ipc), np.int32)
         return MTTContext(jnp.asarray(traj), jnp.asarray(syn_part))
 
@@ -160,31 +164,26 @@ class MTT(Method):
 
     def context_shapes(self, data: Dataset) -> MTTContext:
         cfg = self.cfg
-        rows = self.subsets + 1 if self.subsets > 1 else 1
         snaps = self.last_snapshot + 1
-        return MTTContext(jax.ShapeDtypeStruct((rows, cfg.num_experts, snaps, self.num_params), jnp.float32),
+        return MTTContext(jax.ShapeDtypeStruct((self.rows, cfg.num_experts, snaps, self.num_params), jnp.float32),
                           jax.ShapeDtypeStruct((data.num_classes, cfg.subset_k, cfg.ipc // cfg.subset_k), jnp.int32))
 
     # --- the set ------------------------------------------------------------------------------------------
-    def normalize(self, x01):
-        if not self.cfg.zca:
-            return super().normalize(x01)
+    def _whitening(self):
         if self.zca is None:
             raise RuntimeError("MTT with --zca: attach(data) first (the whitening is fitted on the training split)")
-        return self.zca.apply(x01)
+        return self.zca
+
+    def normalize(self, x01):
+        return self._whitening().apply(x01) if self.cfg.zca else super().normalize(x01)
 
     def denormalize(self, x):
-        if not self.cfg.zca:
-            return super().denormalize(x)
-        if self.zca is None:
-            raise RuntimeError("MTT with --zca: attach(data) first (the whitening is fitted on the training split)")
-        return self.zca.invert(x)
+        return self._whitening().invert(x) if self.cfg.zca else super().denormalize(x)
 
     def init_state(self, images):
-        rows = self.subsets + 1 if self.subsets > 1 else 1
         lr = jnp.asarray(self.cfg.lr_teacher, jnp.float32)
         return MTTState(images, self.img_tx.init(images), lr, self.lr_tx.init(lr),
-                        jnp.zeros((rows, self.cfg.num_experts), jnp.int32), jnp.zeros((), jnp.int32))
+                        jnp.zeros((self.rows, self.cfg.num_experts), jnp.int32), jnp.zeros((), jnp.int32))
 
     def class_axis(self, state):
         split = jax.tree.map(lambda _: False, state)
@@ -194,6 +193,22 @@ class MTT(Method):
         return {"lr": float(np.asarray(state.lr))}
 
     # --- one iteration ------------------------------------------------------------------------------------
+    def _step_grad(self, y: jax.Array, key: jax.Array, batch: int):
+        """`(theta (P,), x (n, H, W, C), i) -> (P,)`: the cross-entropy gradient of student step i at theta, on that
+        step's minibatch of `batch` images (chunks of a permutation redrawn when used up) through DSA; every draw
+        comes from `key` and i, so a recomputation redraws the same ones."""
+        n = y.shape[0]
+        chunks = n // batch
+        k_perm, k_aug = jax.random.split(key)
+
+        def grad_at(theta, x, i):
+            perm = jax.random.permutation(jax.random.fold_in(k_perm, i // chunks), n)
+            idx = jax.lax.dynamic_slice_in_dim(perm, (i % chunks) * batch, batch)
+            xb = augment(jax.random.fold_in(k_aug, i), self.match_policy, x[idx])
+            return jax.grad(lambda t: cross_entropy(self.net.apply(self._unravel(t), {}, xb, True)[0], y[idx]))(theta)
+
+        return grad_at
+
     def student_loss(self, x: jax.Array, y: jax.Array, lr, theta0: jax.Array, target: jax.Array, key: jax.Array,
                      batch: int) -> jax.Array:
         """The normalised parameter distance after `syn_steps` student steps on (x, y) from theta0.
@@ -203,16 +218,10 @@ class MTT(Method):
           theta0, target: (P,) flat parameters (the expert's epoch s and s + expert_epochs).
           key: this unroll's key (minibatches, augmentation); batch: images per step (divides n).
         """
-        n = x.shape[0]
-        chunks = n // batch
-        k_perm, k_aug = jax.random.split(key)
+        grad_at = self._step_grad(y, key, batch)
 
         def step(theta, i):
-            perm = jax.random.permutation(jax.random.fold_in(k_perm, i // chunks), n)
-            idx = jax.lax.dynamic_slice_in_dim(perm, (i % chunks) * batch, batch)
-            xb = augment(jax.random.fold_in(k_aug, i), self.match_policy, x[idx])
-            g = jax.grad(lambda t: cross_entropy(self.net.apply(self._unravel(t), {}, xb, True)[0], y[idx]))(theta)
-            return theta - lr * g, None
+            return theta - lr * grad_at(theta, x, i), None
 
         body = jax.checkpoint(step) if self.cfg.remat else step
         theta, _ = jax.lax.scan(body, theta0, jnp.arange(self.cfg.syn_steps))
@@ -222,15 +231,7 @@ class MTT(Method):
         """TESLA's form: (loss, (d/dx, d/dlr)). A forward pass without a graph keeps each step's parameters; then
         every step's gradient g_i is recomputed at them and the loss is backpropagated through g_i into that step's
         images only (the dependence of later steps on x is dropped: not the exact gradient)."""
-        n = x.shape[0]
-        chunks = n // batch
-        k_perm, k_aug = jax.random.split(key)
-
-        def grad_at(theta, x, i):
-            perm = jax.random.permutation(jax.random.fold_in(k_perm, i // chunks), n)
-            idx = jax.lax.dynamic_slice_in_dim(perm, (i % chunks) * batch, batch)
-            xb = augment(jax.random.fold_in(k_aug, i), self.match_policy, x[idx])
-            return jax.grad(lambda t: cross_entropy(self.net.apply(self._unravel(t), {}, xb, True)[0], y[idx]))(theta)
+        grad_at = self._step_grad(y, key, batch)
 
         def forward(theta, i):
             g = grad_at(theta, x, i)
@@ -262,11 +263,10 @@ class MTT(Method):
         c, ipc = state.images.shape[:2]
         k_walk, k_start, k_all, k_sub = jax.random.split(key, 4)
         e = cfg.num_experts
-        rows = ctx.trajectories.shape[0]
         # a new pass of the walk over the experts (each row its own shuffle) every `experts` iterations
-        fresh = jax.vmap(lambda k: jax.random.permutation(k, e))(jax.random.split(k_walk, rows)).astype(jnp.int32)
+        fresh = jax.vmap(lambda k: jax.random.permutation(k, e))(jax.random.split(k_walk, self.rows)).astype(jnp.int32)
         order = jnp.where(state.iteration % e == 0, fresh, state.order)
-        starts = jax.random.split(k_start, rows)
+        starts = jax.random.split(k_start, self.rows)
         lam = self.lam(state.iteration)
         w = self.subset_weight(lam)
         labels = jnp.repeat(jnp.arange(c), ipc)

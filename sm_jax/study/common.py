@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sm_jax.config import make_config
-from sm_jax.study.spec import RunSpec
+from sm_jax.study.spec import SELECT, RunSpec
 
 # Reduced budgets for 2 CPU cores: the `cpu` preset (same algorithms and hyper-parameters; 32 real images per class
 # per matching step; DC/DSA 3 matching steps and 5 network epochs per iteration, IDC 6 (ipc 10) or 8 (ipc 1)
@@ -34,6 +34,29 @@ LAMBDA_FROM = {"dc10": "dc10", "dsa10": "dsa10", "idc1": "idc1", "idc10": "idc1"
 def base(setting: str, **flags) -> dict[str, Any]:
     method, ipc, extra = SETTINGS[setting]
     return {"method": method, "ipc": ipc, "preset": "cpu", "eval_models": EVAL_MODELS, **extra, **flags}
+
+
+def base_vs_subsets_runs(s: str, flags: Callable[..., dict], lambda_from: str | None = None,
+                         **val: Any) -> list[RunSpec]:
+    """The runs of one setting `s` of a base-vs-subset-matching plan: the lambda_0 grid (LAMBDA_GRID) on a held-out
+    split (seed 0, K = 2, `val`'s extra flags) unless lambda_0 comes from the setting `lambda_from`, then per seed the
+    base method (K = 1) and + subset matching (K = 2, the grid's best lambda_0), seed-major (a partial study already
+    pairs seeds).
+
+    Args:
+      flags: (setting, **fields) -> the run's flags (the plan's own budget).
+    """
+    lambda_from = lambda_from or s
+    runs = []
+    if lambda_from == s:
+        for lam in LAMBDA_GRID:
+            runs.append(RunSpec(f"{s}_val_lambda{lam:g}", f"{s}/val/lambda{lam:g}",
+                                flags(s, subset_k=2, subset_lambda=lam, holdout=HOLDOUT, seed=0, **val)))
+    for seed in SEEDS:
+        runs.append(RunSpec(f"{s}_base_s{seed}", f"{s}/base", flags(s, subset_k=1, seed=seed)))
+        runs.append(RunSpec(f"{s}_sm_s{seed}", f"{s}/sm",
+                            flags(s, subset_k=2, subset_lambda=f"{SELECT}{lambda_from}/val/", seed=seed)))
+    return runs
 
 
 def preset_batch_real(setting: str) -> int:

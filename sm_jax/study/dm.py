@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sm_jax.study.common import HOLDOUT, LAMBDA_GRID, SEEDS, base_vs_subsets, figure, finish, group_runs
-from sm_jax.study.spec import SELECT, RunSpec
+from sm_jax.study.common import base_vs_subsets, base_vs_subsets_runs, figure, finish, group_runs
+from sm_jax.study.spec import RunSpec
 
 # DM is forward-only on the real side, so it affords far more iterations than the gradient methods' plans: 1,000
 # iterations at 32 real images per class (per subset too), evaluated as DSA with 5 networks x 300 epochs (the paper:
@@ -25,16 +25,7 @@ def flags(setting: str, **extra) -> dict:
 
 def runs() -> list[RunSpec]:
     """The lambda_0 grid on a held-out split (seed 0, 2 networks), then per seed base DM and DM + subsets."""
-    runs = []
-    for s in DM_SETTINGS:
-        for lam in LAMBDA_GRID:
-            runs.append(RunSpec(f"{s}_val_lambda{lam:g}", f"{s}/val/lambda{lam:g}",
-                                flags(s, subset_k=2, subset_lambda=lam, holdout=HOLDOUT, seed=0, eval_models=2)))
-        for seed in SEEDS:  # seed-major: a partial study already pairs seeds
-            runs.append(RunSpec(f"{s}_base_s{seed}", f"{s}/base", flags(s, subset_k=1, seed=seed)))
-            runs.append(RunSpec(f"{s}_sm_s{seed}", f"{s}/sm",
-                                flags(s, subset_k=2, subset_lambda=f"{SELECT}{s}/val/", seed=seed)))
-    return runs
+    return [r for s in DM_SETTINGS for r in base_vs_subsets_runs(s, flags, eval_models=2)]
 
 
 def loss_curve(rows: list[dict], window: int = SMOOTH) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sm_jax.study.common import HOLDOUT, LAMBDA_GRID, SEEDS, base_vs_subsets, group_runs
-from sm_jax.study.spec import SELECT, RunSpec
+from sm_jax.study.common import base_vs_subsets, base_vs_subsets_runs, group_runs
+from sm_jax.study.spec import RunSpec
 
 MTT_SETTINGS = {"mtt2": ("mtt", 2, {})}
 
@@ -19,16 +19,7 @@ def flags(setting: str, **extra) -> dict:
 
 def runs() -> list[RunSpec]:
     """The lambda_0 grid on a held-out split (seed 0), then per seed base MTT and MTT + subsets."""
-    runs = []
-    for s in MTT_SETTINGS:
-        for lam in LAMBDA_GRID:
-            runs.append(RunSpec(f"{s}_val_lambda{lam:g}", f"{s}/val/lambda{lam:g}",
-                                flags(s, subset_k=2, subset_lambda=lam, holdout=HOLDOUT, seed=0)))
-        for seed in SEEDS:  # seed-major: a partial study already pairs seeds
-            runs.append(RunSpec(f"{s}_base_s{seed}", f"{s}/base", flags(s, subset_k=1, seed=seed)))
-            runs.append(RunSpec(f"{s}_sm_s{seed}", f"{s}/sm",
-                                flags(s, subset_k=2, subset_lambda=f"{SELECT}{s}/val/", seed=seed)))
-    return runs
+    return [r for s in MTT_SETTINGS for r in base_vs_subsets_runs(s, flags)]
 
 
 def report(specs, results, metrics, out: Path) -> str:

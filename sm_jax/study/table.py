@@ -6,13 +6,12 @@ from pathlib import Path
 
 from sm_jax.study.common import (
     CONTROL_SETTINGS,
-    HOLDOUT,
     LAMBDA_FROM,
-    LAMBDA_GRID,
     SEEDS,
     SETTINGS,
     base,
     base_vs_subsets,
+    base_vs_subsets_runs,
     by_seed,
     fmt,
     group_runs,
@@ -21,21 +20,12 @@ from sm_jax.study.common import (
     seed_means,
     verdict,
 )
-from sm_jax.study.spec import SELECT, RunSpec
+from sm_jax.study.spec import RunSpec
 
 
 def runs() -> list[RunSpec]:
     """Base vs + subset matching (K=2, lambda_0 chosen on a held-out split) for DC/DSA ipc 10, IDC ipc 1/10."""
-    runs = []
-    for s in SETTINGS:
-        if LAMBDA_FROM[s] == s:
-            for lam in LAMBDA_GRID:
-                runs.append(RunSpec(f"{s}_val_lambda{lam:g}", f"{s}/val/lambda{lam:g}",
-                                    base(s, subset_k=2, subset_lambda=lam, holdout=HOLDOUT, seed=0, eval_models=2)))
-        for seed in SEEDS:
-            runs.append(RunSpec(f"{s}_base_s{seed}", f"{s}/base", base(s, subset_k=1, seed=seed)))
-            runs.append(RunSpec(f"{s}_sm_s{seed}", f"{s}/sm",
-                                base(s, subset_k=2, subset_lambda=f"{SELECT}{LAMBDA_FROM[s]}/val/", seed=seed)))
+    runs = [r for s in SETTINGS for r in base_vs_subsets_runs(s, base, LAMBDA_FROM[s], eval_models=2)]
     for s in CONTROL_SETTINGS:  # last: the table's main cells do not wait for the control
         for seed in SEEDS:
             runs.append(RunSpec(f"{s}_base_real3x_s{seed}", f"{s}/base_real3x",

@@ -15,6 +15,10 @@ Without changing a line of the official files, this wrapper:
     `p.detach().cpu()`, which on a CPU-only host is the live parameter itself, so every snapshot of a trajectory
     would be the last epoch's (the buffers it wrote that way hold 11 identical snapshots per expert).
 Everything else (the experts' training, the unrolled students, DSA, the evaluation) is the official code, as is.
+`--log FILE` keeps the scalars the script sends to wandb (distill.py's learned lr, `Synthetic_LR`, and its
+accuracies), one JSON line per call. `--step-times FILE` records, for benchmarks.mtt_speed, the host clock at
+each step of distill.py's optimiser of the learned lr: the one optimiser whose parameter is a scalar, stepped
+once at the end of every distillation iteration.
 
 Usage (buffer.py writes BUFFERS/CIFAR10/ConvNet/replay_buffer_0.pt, which distill.py reads):
   python -m benchmarks.official_mtt --official /path/to/mtt-distillation --data-dir ../shared/data/cifar10-jpeg.tar.gz \
@@ -26,6 +30,7 @@ Usage (buffer.py writes BUFFERS/CIFAR10/ConvNet/replay_buffer_0.pt, which distil
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
 import sys
@@ -35,7 +40,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _stand_ins() -> None:
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float, np.floating)) or (hasattr(v, "numel") and v.numel() == 1)
+
+
+def _stand_ins(scalar_log: str = "") -> None:
     import torch
 
     tv = types.ModuleType("torchvision")
@@ -55,13 +64,37 @@ def _stand_ins() -> None:
 
     def init(config=None, **_):
         wb.config = Config(config)
-    wb.init, wb.log, wb.finish = init, (lambda *a, **k: None), (lambda *a, **k: None)
+
+    def log(values, step=None, **_):
+        scalars = {k: float(v) for k, v in values.items() if _scalar(v)}
+        if scalars and scalar_log:
+            with open(scalar_log, "a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+    wb.init, wb.log, wb.finish = init, log, (lambda *a, **k: None)
     wb.Histogram = wb.Image = lambda *a, **k: None
     sys.modules["wandb"] = wb
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
         cpu = torch.Tensor.cpu
         torch.Tensor.cpu = lambda self, *a, **k: self.clone() if self.device.type == "cpu" else cpu(self, *a, **k)
+
+
+def _record_steps(path: str) -> None:
+    import atexit
+    import json
+    import time
+
+    import torch
+
+    stamps, step = [], torch.optim.SGD.step
+
+    def timed(self, *a, **k):
+        out = step(self, *a, **k)
+        if self.param_groups[0]["params"][0].ndim == 0:  # distill.py's optimizer_lr: one per iteration
+            stamps.append(time.perf_counter())
+        return out
+    torch.optim.SGD.step = timed
+    atexit.register(lambda: Path(path).write_text(json.dumps(stamps)))
 
 
 def _get_dataset(data_dir: str, per_class: int):
@@ -111,6 +144,9 @@ def main(argv=None) -> None:
     p.add_argument("--per-class", type=int, default=0, help="training images per class (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="torch, numpy and random seeds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--log", default="", help="append the scalars the script logs to wandb (its Synthetic_LR, "
+                   "accuracies) to this file, one JSON line per call")
+    p.add_argument("--step-times", default="", help="write the host clock at each distillation iteration's end")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the script's own flags")
     args = p.parse_args(argv)
     import random
@@ -124,7 +160,9 @@ def main(argv=None) -> None:
     random.seed(args.seed)
     official = str(Path(args.official).absolute())
     sys.path.insert(0, official)
-    _stand_ins()
+    _stand_ins(args.log)
+    if args.step_times:
+        _record_steps(args.step_times)
     import utils
 
     get_dataset = _get_dataset(args.data_dir, args.per_class)

@@ -229,7 +229,8 @@ def experts_main(argv=None) -> None:
 
 
 # the fields experiments.evaluate may change (the protocol and where the data is; never the set)
-EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "baseline", "data_dir", "log_every")
+EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "eval_protocol", "eval_temperature",
+                   "metrics", "baseline", "data_dir", "log_every")
 SET_FIELDS = ("method", "dataset", "preset", "factor")  # what a set without a run config is evaluated as
 
 

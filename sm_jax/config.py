@@ -16,7 +16,7 @@ from sm_jax.augmentation import DSA_OPS, OPS
 from sm_jax.backend import AUTO_CHUNK, PRECISIONS
 from sm_jax.data import DATASETS, dataset_info
 from sm_jax.errors import ConfigError
-from sm_jax.evaluation import BASELINES
+from sm_jax.evaluation import BASELINES, PROTOCOLS
 from sm_jax.matching import DISTANCES
 from sm_jax.methods import INITS, METHODS, PRESETS
 from sm_jax.models import ARCHS, CONVS, NORMS, arch_names
@@ -122,6 +122,15 @@ class Config:
     eval_every: int = _field(0, "evaluate every N iterations (0 = only at the end)", kind=OTHER, low=0)
     eval_batch: int = _field(256, "evaluation batch", kind=RESULT, low=1)
     eval_lr: float = _field(0.01, "evaluation learning rate", kind=RESULT, low=0)
+    eval_protocol: str = _field("", "what the evaluation networks learn from: hard (the class labels), teacher (a "
+                                "teacher's soft outputs on each augmented batch), learned (the set's soft labels and "
+                                "learned lr where it has them); '' = the method's own (hard; MTT: learned)",
+                                kind=RESULT, choices=lambda: tuple(PROTOCOLS))
+    metrics: str = _field("", "also score the set with DD-Ranking's HLR, IOR, LRS and ARS (evaluation.ddranking: a "
+                          "real-data reference and teacher trained once and cached, a random subset, an lr grid on "
+                          "held-out training images; '' = none)", kind=RESULT, choices=lambda: ("ddranking",))
+    eval_temperature: float = _field(1.0, "temperature of soft targets (the teacher protocol, a set's soft labels)",
+                                     kind=RESULT, low=0)
     eval_parallel: int = _field(1, "evaluation networks trained together (vmapped) per compiled call", kind=OTHER,
                                 low=1)
     eval_arch: str = _field("", "architectures evaluated: comma-separated names and/or official pools M (MLP, "

@@ -19,9 +19,10 @@ import numpy as np
 from sm_jax import artifacts, backend, distributed
 from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
-from sm_jax.data import DataError, Dataset, load_dataset
+from sm_jax.data import DataError, Dataset, default_cache_dir, load_dataset
 from sm_jax.errors import UserError
-from sm_jax.evaluation import evaluate_archs, per_arch, random_subset
+from sm_jax.evaluation import evaluate_archs, per_arch, random_subset, reference
+from sm_jax.evaluation.ddranking import ddranking
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import make_method, make_partitions
 from sm_jax.models import arch_names
@@ -140,10 +141,12 @@ class Run:
 
     def evaluate_images(self, images: jax.Array, iteration: int, models: int | None = None,
                         epochs: int | None = None, stop: StopSignals | None = None,
-                        learned: dict | None = None) -> dict:
+                        learned: dict | None = None, targets=None) -> dict:
         """`evaluate` of a set given as the images networks train on, (classes, n, H, W, C) normalised; the
         networks' keys are those of this run's evaluation at `iteration`; `learned`: what the method learned beside
-        the images (Method.learned: MTT's lr), which the protocol uses."""
+        the images (Method.learned: MTT's lr), which the protocol uses; `targets`: the set's soft labels
+        (classes, n, classes) logits, or None. With `--metrics ddranking` the result also has DD-Ranking's scores
+        (evaluation.ddranking: hlr, ior, lrs, ars at the top level, their inputs under `ddranking`)."""
         cfg = self.cfg
         models = cfg.eval_models if models is None else models
         archs = arch_names(cfg.eval_arch) or (self.method.net.name,)
@@ -159,11 +162,27 @@ class Run:
         key = jax.random.fold_in(jax.random.fold_in(self.key, 2), iteration)
         try:
             with backend.precision(cfg.precision):
-                return evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
-                                      epochs, cfg.eval_parallel, self.mesh, progress, self.log,
-                                      self.baseline_images(images.shape[1]), learned)
+                ev = evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
+                                    epochs, cfg.eval_parallel, self.mesh, progress, self.log,
+                                    self.baseline_images(images.shape[1]), learned, cfg.eval_protocol, targets,
+                                    self.teacher)
+                if cfg.metrics == "ddranking" and models:
+                    scores = ddranking(self.method, self.data, images, jax.random.fold_in(key, 3), models, cfg.preset,
+                                       default_cache_dir(), learned, targets, self.log, stop, self.progress)
+                    ev = {**ev, **{k: scores[k] for k in ("hlr", "ior", "lrs", "ars")}, "ddranking": scores}
+                return ev
         finally:
             bar.close()
+
+    def teacher(self, arch: str | None = None):
+        """(net, params, state): the `teacher` protocol's teacher on `arch`, the first real-data reference network
+        (evaluation.reference; trained on first use, then read from the cache)."""
+        train, _ = reference.split(self.data, self.cfg.preset)
+        net = self.method.eval_net(arch)
+        ref = reference.Reference(default_cache_dir(), train, net.name, self.cfg.preset, 0,
+                                  "zca" if self.cfg.zca else "normalised")
+        return ref.teacher(net, self.method.normalize, train, log=self.log, progress=self.progress,
+                           every=self.cfg.log_every)
 
     def baseline_images(self, per_class: int) -> jax.Array | None:
         """The config's baseline set (None without one): `per_class` random training images of each class

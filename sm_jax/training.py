@@ -44,17 +44,33 @@ def reset_momentum(opt_state, reset) -> Any:
     return jax.tree.map(fix, opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
 
 
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """KL(targets || softmax(logits)) averaged over the (weighted) rows: `targets` (batch, classes) probabilities.
+    The same gradient as the soft cross-entropy; 0 where softmax(logits) equals the targets."""
+    logq = jax.nn.log_softmax(logits)
+    kl = jnp.sum(jax.scipy.special.xlogy(targets, targets) - targets * logq, axis=-1)
+    if weights is None:
+        return kl.mean()
+    return (kl * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
 def train_step(net, tx: optax.GradientTransformation, params: Params, state, opt_state, x: jax.Array,
-               y: jax.Array, w: jax.Array, key: jax.Array, lr, policy: Policy = (), cutmix_prob: float = 0.0):
+               y: jax.Array, w: jax.Array, key: jax.Array, lr, policy: Policy = (), cutmix_prob: float = 0.0,
+               temperature: float = 1.0, teacher=None):
     """One SGD step on a (possibly padded) batch, the network in training mode.
 
     Args:
       net: a models.Net (or FnNet); state: its running statistics ({} for most networks).
-      x: (B, H, W, C) normalised images; y: (B,) labels; w: (B,) 1 for real rows, 0 for padding.
+      x: (B, H, W, C) normalised images; y: (B,) labels, or (B, classes) logits of soft targets (the loss is then
+        KL(softmax(y / T) || softmax(logits / T))).
+      w: (B,) 1 for real rows, 0 for padding.
       key: augmentation / CutMix key.
       lr: learning rate (scalar, may be traced).
       policy: per-sample augmentation policy (op chosen once per batch).
       cutmix_prob: probability of CutMix for this batch (0 disables it).
+      temperature: T of the soft targets.
+      teacher: (net, params, state) whose logits on the augmented (and mixed) batch are the soft targets: the
+        student and the teacher see the same images; `y` is then unused.
     Returns:
       (params, state, opt_state, loss).
     """
@@ -62,13 +78,24 @@ def train_step(net, tx: optax.GradientTransformation, params: Params, state, opt
     x = augment(k_aug, policy, x)
     if cutmix_prob > 0:
         x, partner, lam = cutmix(k_mix, x, w > 0, cutmix_prob)
-        y2 = y[partner]
     else:
-        y2, lam = y, 1.0
+        partner, lam = None, 1.0
+    if teacher is not None:
+        t_net, t_params, t_state = teacher
+        soft = jax.nn.softmax(jax.lax.stop_gradient(t_net.apply(t_params, t_state, x, False)[0]) / temperature)
+    elif y.ndim == 2:
+        soft = jax.nn.softmax(y / temperature)
+        soft = soft if partner is None else lam * soft + (1.0 - lam) * soft[partner]
+    else:
+        soft = None
 
     def loss_fn(p):
         logits, new_state = net.apply(p, state, x, True)
-        return lam * cross_entropy(logits, y, w) + (1.0 - lam) * cross_entropy(logits, y2, w), new_state
+        if soft is not None:
+            return soft_cross_entropy(logits / temperature, soft, w), new_state
+        if partner is None:
+            return cross_entropy(logits, y, w), new_state
+        return lam * cross_entropy(logits, y, w) + (1.0 - lam) * cross_entropy(logits, y[partner], w), new_state
 
     (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -102,51 +129,66 @@ class TrainProtocol:
     cutmix_prob: float = 0.0
     milestones: tuple[tuple[int, float], ...] = ()  # (first epoch at the reduced lr, lr factor)
     reset_momentum_at_milestones: bool = True
+    temperature: float = 1.0  # of soft targets (a set's soft labels, a teacher's logits)
 
 
-def lr_at_epoch(proto: TrainProtocol, epoch) -> jax.Array:
-    lr = jnp.asarray(proto.lr, jnp.float32)
+def lr_at_epoch(proto: TrainProtocol, epoch, lr=None) -> jax.Array:
+    lr = jnp.asarray(proto.lr if lr is None else lr, jnp.float32)
     for e, g in proto.milestones:
         lr = jnp.where(epoch >= e, lr * g, lr)
     return lr
 
 
 def train_on_set(net, params: Params, state, x: jax.Array, y: jax.Array, key: jax.Array,
-                 proto: TrainProtocol) -> tuple[Params, Any]:
+                 proto: TrainProtocol, lr=None, teacher=None) -> tuple[Params, Any]:
     """Trains `params` (and the running statistics `state`) on (x, y) for proto.epochs epochs (pure; jit at the
     call site).
 
     Args:
-      net: a models.Net; x: (N, H, W, C) normalised images; y: (N,) int32 labels.
+      net: a models.Net; x: (N, H, W, C) normalised images; y: (N,) int32 labels or (N, classes) soft-target logits.
+      lr: the initial learning rate, may be traced (default: proto.lr), so that a grid of rates is one program.
+      teacher: (net, params, state) giving the soft targets on each augmented batch (train_step).
     Returns:
       (trained params, state).
     """
-    tx = sgd(proto.momentum, proto.weight_decay)
+    def epoch_fn(carry, epoch):
+        return train_epoch(net, proto, carry, x, y, key, epoch, lr, teacher), None
+
+    carry = (params, state, optimizer(proto).init(params))
+    (params, state, _), _ = jax.lax.scan(epoch_fn, carry, jnp.arange(proto.epochs))
+    return params, state
+
+
+def optimizer(proto: TrainProtocol) -> optax.GradientTransformation:
+    return sgd(proto.momentum, proto.weight_decay)
+
+
+def train_epoch(net, proto: TrainProtocol, carry, x: jax.Array, y: jax.Array, key: jax.Array, epoch, lr=None,
+                teacher=None):
+    """Epoch `epoch` of `train_on_set` (pure): carry = (params, state, opt_state) of `optimizer(proto)`, returned
+    after the epoch; its batches and augmentation are drawn from fold_in(key, epoch), so training epoch by epoch
+    (resuming between them) is the same computation."""
+    params, state, opt_state = carry
+    tx = optimizer(proto)
     n = x.shape[0]
     batch = min(proto.batch, n)  # a set smaller than the batch is one batch of n (no padded rows to compute)
     milestones = jnp.asarray([e for e, _ in proto.milestones] or [-1], jnp.int32)
+    k = jax.random.fold_in(key, epoch)
+    idx, w = epoch_batches(jax.random.fold_in(k, 0), n, batch)
+    lr_e = lr_at_epoch(proto, epoch, lr)
+    if proto.reset_momentum_at_milestones:
+        opt_state = reset_momentum(opt_state, jnp.any(epoch == milestones))
 
-    def epoch_fn(carry, epoch):
+    def step_fn(carry, inp):
         params, state, opt_state = carry
-        k = jax.random.fold_in(key, epoch)
-        idx, w = epoch_batches(jax.random.fold_in(k, 0), n, batch)
-        lr = lr_at_epoch(proto, epoch)
-        if proto.reset_momentum_at_milestones:
-            opt_state = reset_momentum(opt_state, jnp.any(epoch == milestones))
+        i, wi, s = inp
+        params, state, opt_state, _ = train_step(net, tx, params, state, opt_state, x[i], y[i], wi,
+                                                 jax.random.fold_in(k, s + 1), lr_e, proto.policy,
+                                                 proto.cutmix_prob, proto.temperature, teacher)
+        return (params, state, opt_state), None
 
-        def step_fn(carry, inp):
-            params, state, opt_state = carry
-            i, wi, s = inp
-            params, state, opt_state, _ = train_step(net, tx, params, state, opt_state, x[i], y[i], wi,
-                                                     jax.random.fold_in(k, s + 1), lr, proto.policy,
-                                                     proto.cutmix_prob)
-            return (params, state, opt_state), None
-
-        carry, _ = jax.lax.scan(step_fn, (params, state, opt_state), (idx, w, jnp.arange(idx.shape[0])))
-        return carry, None
-
-    (params, state, _), _ = jax.lax.scan(epoch_fn, (params, state, tx.init(params)), jnp.arange(proto.epochs))
-    return params, state
+    carry, _ = jax.lax.scan(step_fn, (params, state, opt_state), (idx, w, jnp.arange(idx.shape[0])))
+    return carry
 
 
 def accuracy(net, params: Params, state, x: jax.Array, y: jax.Array, chunk: int = 500) -> jax.Array:

@@ -44,6 +44,7 @@ class Method:
     distance: ClassVar[str] = ""  # a gradient distance (matching.DISTANCES) where the family has one
     eval_policy: Policy = NO_POLICY  # augmentation of the evaluation networks
     uses_zca: ClassVar[bool] = False  # whether --zca applies (its images live in ZCA space)
+    own_protocol: ClassVar[str] = "hard"  # its evaluation protocol (evaluation.protocols) when none is asked for
     class_chunked: ClassVar[bool] = True  # whether --class-chunk bounds its iteration's memory (classes apart)
     # the metrics of `iteration` that the progress line shows, and those that must stay finite (else the run stops)
     shown_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "lambda")

@@ -60,6 +60,7 @@ class MTT(Method):
     name = "mtt"
     eval_policy = DSA_POLICY  # evaluate_synset with DSA
     uses_zca = True
+    own_protocol = "learned"  # it evaluates at the lr it learned
     class_chunked = False  # a student's minibatch mixes every class
     shown_metrics = ("loss_all", "loss_subset", "lambda", "syn_lr")
     finite_metrics = ("loss_all", "loss_subset", "grad_norm", "syn_lr")

@@ -11,24 +11,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from sm_jax import sharding
+from sm_jax.evaluation import protocols
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
 
-def train_network(net, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array):
+def train_network(net, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array, lr=None, teacher=None):
     """One fresh network (initialised from `key`) trained on a set with the evaluation protocol.
 
     Args:
-      net: a models.Net; x: (M, H, W, C) normalised images; y: (M,) labels.
+      net: a models.Net; x: (M, H, W, C) normalised images; y: (M,) labels or (M, classes) soft-target logits.
+      lr: the initial lr (traced; default proto.lr); teacher: (net, params, state) giving the targets.
     Returns:
       the trained (parameters, running statistics).
     """
     k_init, k_train = jax.random.split(key)
     params, state = net.init(k_init)
-    return train_on_set(net, params, state, x, y, k_train, proto)
+    return train_on_set(net, params, state, x, y, k_train, proto, lr, teacher)
 
 
 def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.ndarray, parallel: int = 1,
-                   net=None, mesh=None):
+                   net=None, mesh=None, teacher=None):
     """A compiled function keys (P,) -> accuracies (P,) for P fresh networks trained together (vmapped).
 
     Args:
@@ -37,25 +39,33 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
       test_x: (N, H, W, C) uint8 test images; test_y: (N,) labels.
       parallel: networks per call (the vmapped width).
       mesh: the run's mesh (the test set is replicated over it).
+      teacher: (net, params, state) whose softened outputs are the targets (the `teacher` protocol), or None.
     Returns:
-      fn(x (M, H, W, C) normalised synthetic images, y (M,), keys (parallel,)) -> (parallel,) accuracies.
+      fn(x (M, H, W, C) normalised synthetic images, y (M,) or (M, classes), keys (parallel,), lrs (parallel,) or
+      None) -> (parallel,) accuracies.
     """
     net = net or method.net
     tx_, ty_ = sharding.put((method.normalize(np.asarray(test_x, np.float32) / 255.0), np.asarray(test_y, np.int32)),
                             mesh, shard_leading=False)
-    run = jax.jit(evaluation_program(net, proto))
-    return lambda x, y, keys: run(x, y, keys, tx_, ty_)
+    t_net, t_vars = (None, None) if teacher is None else (teacher[0], teacher[1:])
+    run = jax.jit(evaluation_program(net, proto, t_net))
+    return lambda x, y, keys, lrs=None: run(x, y, keys, tx_, ty_, lrs, t_vars)
 
 
-def evaluation_program(net, proto: TrainProtocol) -> Callable:
+def evaluation_program(net, proto: TrainProtocol, teacher_net=None) -> Callable:
     """The evaluation's one program (pure; jit at the call site): fresh networks trained on a set, then tested.
 
     Returns:
-      fn(x (M, H, W, C) normalised images, y (M,), keys (P,), test_x (N, H, W, C) normalised, test_y (N,)) ->
-      (P,) accuracies. The test set is an argument: as a closed-over constant XLA folds it (slowly).
+      fn(x (M, H, W, C) normalised images, y (M,) or (M, classes), keys (P,), test_x (N, H, W, C) normalised,
+      test_y (N,), lrs (P,) or None (then proto.lr), teacher (params, state) of `teacher_net` or None) -> (P,)
+      accuracies. The test set and the teacher are arguments: as closed-over constants XLA folds them (slowly).
     """
-    def run(x, y, keys, tx, ty):
-        return jax.vmap(lambda k: accuracy(net, *train_network(net, proto, x, y, k), tx, ty))(keys)
+    def run(x, y, keys, tx, ty, lrs=None, teacher=None):
+        t = None if teacher_net is None else (teacher_net, *teacher)
+
+        def one(k, lr):
+            return accuracy(net, *train_network(net, proto, x, y, k, lr, t), tx, ty)
+        return jax.vmap(one)(keys, lrs) if lrs is not None else jax.vmap(lambda k: one(k, None))(keys)
 
     return run
 
@@ -63,7 +73,8 @@ def evaluation_program(net, proto: TrainProtocol) -> Callable:
 def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array,
                  models: int, epochs: int | None = None, parallel: int = 1,
                  progress: Callable[[int], None] | None = None, mesh=None, arch: str | None = None,
-                 evaluator=None, learned: dict | None = None) -> np.ndarray:
+                 evaluator=None, learned: dict | None = None, protocol: str = "", targets=None,
+                 teacher=None) -> np.ndarray:
     """Trains `models` fresh networks on the decoded synthetic set and returns their final test accuracies.
 
     Args:
@@ -76,14 +87,17 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
       arch: the architecture trained (models.ARCHS; default the matching network), with its protocol.
       evaluator: a `make_evaluator` function for these shapes, protocol and `parallel` (reused: not recompiled).
       learned: what the method learned that its protocol uses (Method.learned; MTT's lr).
+      protocol: an evaluation protocol (protocols.PROTOCOLS; '' = the method's own).
+      targets: (classes, n, classes) soft-label logits the set carries (used by the `learned` protocol), or None.
+      teacher: (net, params, state) for the `teacher` protocol.
     Returns:
       (models,) float accuracies in [0, 1].
     """
-    proto = method.eval_protocol(epochs, arch, learned)
+    proto = protocols.train_protocol(protocol, method, epochs, arch, learned)
     x = images.reshape(-1, *images.shape[2:])
-    y = jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
+    y = set_targets(method, images, protocol, targets)
     parallel = max(1, min(parallel, models))
-    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch), mesh)
+    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch), mesh, teacher)
     if mesh is not None:  # replicated: every device trains its networks on the whole set
         x, y = sharding.put((sharding.host(x), np.asarray(y)), mesh, shard_leading=False)
     accs = []
@@ -96,6 +110,14 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
         if progress is not None:
             progress(min(start + parallel, models))
     return np.asarray(accs[:models], np.float64)
+
+
+def set_targets(method, images: jax.Array, protocol: str = "", targets=None) -> jax.Array:
+    """What networks train on beside the images (classes, n, ...): the soft-label logits (classes * n, classes)
+    where the protocol reads the set's and the set has them, else the class labels (classes * n,) in class order."""
+    if targets is not None and protocols.uses_set_targets(protocol, method):
+        return jnp.asarray(targets, jnp.float32).reshape(-1, np.shape(targets)[-1])
+    return jnp.repeat(jnp.arange(images.shape[0]), images.shape[1])
 
 
 def random_subset(train_y: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
@@ -125,7 +147,8 @@ def _summary(accs: np.ndarray) -> dict[str, Any]:
     return {"accuracies": accs.tolist(), "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std())}
 
 
-ARCH_RESULT = ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "eval_lr", "baseline", "difference")
+ARCH_RESULT = ("accuracies", "accuracy_mean", "accuracy_std", "eval_epochs", "eval_lr", "eval_protocol", "baseline",
+               "difference")
 
 
 def per_arch(ev: dict[str, Any], matching: str) -> dict[str, dict[str, Any]]:
@@ -137,7 +160,8 @@ def per_arch(ev: dict[str, Any], matching: str) -> dict[str, dict[str, Any]]:
 def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarray, key: jax.Array, models: int,
                    archs: Sequence[str], epochs: int | None = None, parallel: int = 1, mesh=None,
                    progress: Callable[[int], None] | None = None, log: Callable[[str], None] = print,
-                   baseline: jax.Array | None = None, learned: dict | None = None) -> dict[str, Any]:
+                   baseline: jax.Array | None = None, learned: dict | None = None, protocol: str = "",
+                   targets=None, teacher: Callable | None = None) -> dict[str, Any]:
     """`evaluate_set` on each architecture of `archs`, with one log line each when there are several (or the one is
     not the matching network, or a baseline is evaluated).
 
@@ -147,6 +171,8 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
       baseline: (classes, n, H, W, C) normalised real images (`random_subset`) trained with the same protocol and
         the same network keys, so that the difference compares paired networks.
       learned: what the method learned that its protocol uses (Method.learned; MTT's lr), for both sets.
+      protocol: the evaluation protocol (protocols.PROTOCOLS; '' = the method's own); `targets`: the set's soft
+        labels (evaluate_set); `teacher`: arch -> (net, params, state), called for the `teacher` protocol.
     Returns:
       the first architecture's accuracies at the top level (accuracies, accuracy_mean, accuracy_std, eval_epochs,
       eval_models, eval_seconds; with a baseline also `baseline` = {accuracies, accuracy_mean, accuracy_std} and
@@ -161,15 +187,18 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
     sets = (images,) if baseline is None else (images, baseline)
     for a, arch in enumerate(archs):
         res = []
-        proto = method.eval_protocol(epochs, arch, learned)
+        proto = protocols.train_protocol(protocol, method, epochs, arch, learned)
+        t = teacher(arch) if protocols.uses_teacher(protocol, method) else None
         fn = make_evaluator(method, proto, test_x, test_y, max(1, min(parallel, models)),
-                            method.eval_net(arch), mesh)  # one program for the set and the baseline
+                            method.eval_net(arch), mesh, t)  # one program for the set and the baseline
         for b, x in enumerate(sets):
             done = (lambda n, i=a * len(sets) + b: progress(i * models + n)) if progress is not None else None
             res.append(evaluate_set(method, x, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,
                                     epochs=epochs, parallel=parallel, progress=done, mesh=mesh, arch=arch,
-                                    evaluator=fn, learned=learned))
-        per[arch] = {**_summary(res[0]), "eval_epochs": proto.epochs, "eval_lr": proto.lr}
+                                    evaluator=fn, learned=learned, protocol=protocol,
+                                    targets=targets if b == 0 else None))
+        per[arch] = {**_summary(res[0]), "eval_epochs": proto.epochs, "eval_lr": proto.lr,
+                     "eval_protocol": protocols.resolve(protocol, method)}
         line = f"{arch}: accuracy {per[arch]['accuracy_mean']:.4f} +- {per[arch]['accuracy_std']:.4f}"
         if baseline is not None:
             per[arch]["baseline"] = {"kind": "random", **_summary(res[1])}

@@ -286,6 +286,35 @@ def evaluate_main(argv=None) -> None:
     _guard(go, processes_from_flags(args))
 
 
+def rank_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m experiments.rank",
+                description="Score several condensed sets with DD-Ranking's HLR, IOR, LRS and ARS (as experiments."
+                "evaluate --metrics ddranking does) and write OUT/ranking.md, ranking.csv and ranking.png, best LRS "
+                "first; a set already scored in OUT by the same request is read back, not scored again.")
+    p.add_argument("--set", action="append", required=True, help="a condensed set (repeat for each)")
+    p.add_argument("--out", required=True, help="the directory of the table, the chart and each set's results")
+    add_config_flags(p, tuple(f for f in EVALUATE_FIELDS if f != "metrics"))
+    g = p.add_argument_group("sets without a run config in their metadata")
+    add_config_flags(g, SET_FIELDS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    return p
+
+
+def rank_main(argv=None) -> None:
+    args = rank_parser().parse_args(argv)
+
+    def go():
+        from sm_jax.sets.rank import rank_sets
+
+        overrides = {k: getattr(args, k) for k in (*EVALUATE_FIELDS, "preset", "factor")
+                     if k != "metrics" and getattr(args, k, None) is not None}
+        rows = rank_sets(args.set, overrides, args.out, args.dataset, args.method, progress=not args.no_progress)
+        print(open(os.path.join(args.out, "ranking.md")).read(), end="")
+        print(json.dumps({"out": args.out, "sets": len(rows)}))
+
+    _guard(go)
+
+
 def export_parser() -> argparse.ArgumentParser:
     from sm_jax.sets import FORMATS
 

@@ -1,5 +1,6 @@
 """Sets that travel (sm_jax.sets): the export formats read back, the official layouts, the random baseline's draw.
 No network is trained here; tests/test_cli.py evaluates exported sets end to end."""
+import dataclasses
 import json
 
 import numpy as np
@@ -163,3 +164,32 @@ def test_random_baseline_draw():
         assert idx.min() >= 0 and idx.max() < len(train_y)
     with pytest.raises(ValueError, match="needs 31 training images"):
         random_subset(train_y, 4, 31, 0)
+
+
+def test_soft_labels_and_learned_lr_round_trip(tmp_path):
+    """A set with soft labels and a learned lr keeps both through npz and DD-Ranking's layout; its `learned` protocol
+    trains on them (set_targets), the `hard` one on the class labels."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    soft = rng.normal(size=(3, 2, 3)).astype(np.float32)
+    s = dataclasses.replace(a_set(), soft_labels=soft, learned={"lr": 0.0123})
+    for fmt in ("npz", "ddranking"):
+        write(s, fmt, tmp_path / fmt)
+        back = load_set(tmp_path / fmt)
+        np.testing.assert_array_equal(back.images, s.images)
+        np.testing.assert_array_equal(back.soft_labels, soft)
+        assert back.learned["lr"] == pytest.approx(0.0123)
+    # DD-Ranking's own reading of the layout: (N, C, H, W) class-major images, (N, C) logits, a 0-d lr
+    x, y = torch.load(tmp_path / "ddranking" / "images.pt"), torch.load(tmp_path / "ddranking" / "labels.pt")
+    assert tuple(x.shape) == (6, 3, 8, 8) and tuple(y.shape) == (6, 3)
+    np.testing.assert_array_equal(x[3].numpy(), s.images[1, 1].transpose(2, 0, 1))  # image 3 = class 3 // ipc = 1
+    np.testing.assert_array_equal(y[3].numpy(), soft[1, 1])
+    # without soft labels the layout holds the class labels, and reads back without them
+    write(a_set(), "ddranking", tmp_path / "hard")
+    assert torch.load(tmp_path / "hard" / "labels.pt").tolist() == [0, 0, 1, 1, 2, 2]
+    assert load_set(tmp_path / "hard").soft_labels is None and not (tmp_path / "hard" / "lr.pt").exists()
+    from sm_jax.evaluation import set_targets
+
+    m = make_method(make_config("dc", 2, "cpu"), DataSpec(3, (8, 8, 3)))
+    np.testing.assert_array_equal(set_targets(m, back.images, "learned", back.soft_labels), soft.reshape(6, 3))
+    assert set_targets(m, back.images, "hard", back.soft_labels).tolist() == [0, 0, 1, 1, 2, 2]

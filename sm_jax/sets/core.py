@@ -11,6 +11,8 @@ import numpy as np
 from sm_jax.errors import UserError
 
 LABEL_FORMAT = "integer class index 0..C-1 in the order of class_names (folder: the sorted class folders)"
+SOFT_LABEL_FORMAT = ("soft_labels: (N, C) float32 logits, one row per trained-on image in their order; the targets "
+                     "are softmax(logits / T), T the evaluation's temperature")
 
 
 class SetError(UserError):
@@ -29,6 +31,8 @@ class ImageSet:
       stored: IDC's stored images (classes, ipc, H, W, C), normalised, or None.
       source: where it was read from (for messages).
       learned: what the method learned beside the images that its evaluation uses (MTT: {'lr': ...}), or {}.
+      soft_labels: (classes, n, classes) float32 logits of soft targets, one row per trained-on image (the
+        `learned` protocol trains on softmax(logits / T)), or None for hard labels only.
     """
 
     images: np.ndarray
@@ -39,6 +43,7 @@ class ImageSet:
     stored: np.ndarray | None = None
     source: str = ""
     learned: dict = dataclasses.field(default_factory=dict)
+    soft_labels: np.ndarray | None = None
 
     @property
     def per_class(self) -> int:
@@ -51,7 +56,8 @@ class ImageSet:
 
 
 def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean, std,
-               decoded_pixels: np.ndarray | None = None, learned: dict | None = None) -> dict[str, np.ndarray]:
+               decoded_pixels: np.ndarray | None = None, learned: dict | None = None,
+               soft_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The arrays of the npz schema (formats' module docstring), shared by a run's synthetic.npz and `--format npz`.
 
     Args:
@@ -60,6 +66,8 @@ def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean
       class_names, mean, std: as ImageSet's.
       decoded_pixels: IDC's decoded images (classes, n, H, W, C) in [0, 1], or None where stored = trained.
       learned: scalars the method learned (Method.learned), stored as `learned_<name>` (MTT: `learned_lr`).
+      soft_labels: (classes, n, classes) logits (ImageSet.soft_labels), stored as `soft_labels` (M, classes) in the
+        rows of `train_normalized`, or None.
     Returns:
       name -> array, flattened over classes with integer labels in class order.
     """
@@ -75,6 +83,8 @@ def npz_schema(stored_pixels: np.ndarray, trained: np.ndarray, class_names, mean
         out["decoded_labels"] = out["train_labels"]
     for name, value in (learned or {}).items():
         out[f"learned_{name}"] = np.asarray(value, np.float64)
+    if soft_labels is not None:
+        out["soft_labels"] = np.asarray(soft_labels, np.float32).reshape(-1, soft_labels.shape[-1])
     return out
 
 
@@ -122,7 +132,7 @@ def protocol_dict(method, arch: str | None = None, epochs: int | None = None,
 
 
 def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, std, image_shape,
-                learned: dict | None = None) -> dict[str, Any]:
+                learned: dict | None = None, soft_labels: bool = False) -> dict[str, Any]:
     """metadata.json of a run's set: the data it lives in, how it was made, what the method learned beside the
     images (`learned`), and every recorded accuracy with the protocol that produced it."""
     import sm_jax
@@ -145,4 +155,4 @@ def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, st
             "subset_k": cfg.subset_k, "subset_lambda": cfg.subset_lambda, "iterations": cfg.iterations,
             "seed": cfg.seed, "identity": cfg.identity(), "config": json.loads(cfg.to_json()),
             "learned": dict(learned or {}), "evaluation_protocol": protocol_dict(method, learned=learned),
-            "evaluations": evaluations}
+            "evaluations": evaluations, **({"soft_label_format": SOFT_LABEL_FORMAT} if soft_labels else {})}

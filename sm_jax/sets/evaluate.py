@@ -12,6 +12,7 @@ from sm_jax import artifacts
 from sm_jax.config import Config, make_config
 from sm_jax.experiment import EvalStopped, Run
 from sm_jax.lifecycle import Stopped, StopSignals
+from sm_jax.methods import METHODS
 from sm_jax.sets.core import SetError
 from sm_jax.sets.formats import load_set
 
@@ -25,7 +26,8 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
     The protocol is the set's own run config when its metadata has one (then the networks' keys are those of the
     run's final evaluation: the same accuracies for the same images), else `method`'s preset at the set's images per
     class on `dataset`. `overrides` (Config fields: eval_models, eval_epochs, eval_arch, baseline, data_dir, ...)
-    replace the config's values.
+    replace the config's values; a `preset` other than the run's takes that preset's evaluation budget (networks,
+    epochs, and with `metrics` the reference's) before the other overrides.
 
     Returns:
       the results (evaluation.evaluate_archs's, with `set`, `method`, `dataset`, `images_per_class`, `results_file`).
@@ -35,8 +37,13 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
     s = load_set(path, dataset=dataset, factor=factor, index=index)
     meta, overrides = s.metadata, dict(overrides or {})
     if meta.get("config") and not method:
-        overrides.pop("preset", None)  # the run's own budget fields are kept
-        cfg = Config.from_dict(meta["config"]).replace(**overrides)
+        base = Config.from_dict(meta["config"])
+        preset = overrides.pop("preset", None)
+        if preset and preset != base.preset:  # that budget's evaluation (networks, epochs; the metrics' reference)
+            fields = METHODS[base.method].preset(preset, base.ipc, base.dataset)
+            overrides = {**{k: fields[k] for k in ("eval_models", "eval_epochs") if k in fields}, "preset": preset,
+                         **overrides}
+        cfg = base.replace(**overrides)
         iteration = cfg.iterations
     else:
         if not method:
@@ -58,7 +65,7 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
         images = run.method.normalize(jnp.asarray(s.pixels()))
     with StopSignals() as stop:
         try:
-            ev = run.evaluate_images(images, iteration, stop=stop, learned=s.learned)
+            ev = run.evaluate_images(images, iteration, stop=stop, learned=s.learned, targets=s.soft_labels)
         except EvalStopped:
             raise Stopped(stop.signum, f"stopped by {stop.name} during the evaluation") from None
     where = Path(path) if Path(path).is_dir() else Path(path).parent

@@ -9,6 +9,11 @@ Layouts (each export directory also holds `metadata.json`, see core.metadata_of)
           `class_names`, `train_normalized` (M, H, W, C) float32 exactly what networks train on (normalised),
           `train_labels`, `mean`, `std`; IDC also `decoded_images` / `decoded_labels` in [0, 1].
   pt:     DIR/set.pt, the official DC/DSA/DM results layout {"data": [[images (N, C, H, W) normalised, labels]]}.
+  ddranking: DD-Ranking's inputs (ddranking 0.2.0's `compute_metrics(image_tensor, soft_labels, syn_lr)`):
+          DIR/images.pt (N, C, H, W) float32 in the networks' input space, class-major (image i of class i // ipc);
+          DIR/labels.pt, the soft labels (N, C) logits where the set has them, else the labels (N,) int64;
+          DIR/lr.pt, a 0-d tensor, where the set carries a learned lr.
+A set with soft labels keeps them in `npz` (`soft_labels`, rows of `train_normalized`) and `ddranking`.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ def npz_arrays(s: ImageSet) -> dict[str, np.ndarray]:
     """The npz schema (module docstring) of a set."""
     stored = s.stored if s.stored is not None else s.images
     return npz_schema(s.pixels(stored), s.images, s.class_names, s.mean, s.std,
-                      s.pixels() if s.stored is not None else None, s.learned)
+                      s.pixels() if s.stored is not None else None, s.learned, s.soft_labels)
 
 
 def write_npz(s: ImageSet, out: Path, meta: dict) -> list[Path]:
@@ -84,8 +89,27 @@ def write_pt(s: ImageSet, out: Path, meta: dict) -> list[Path]:
     return [out / "set.pt"]
 
 
+def write_ddranking(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    try:
+        import torch
+    except ImportError:
+        raise SetError("--format ddranking needs PyTorch (pip install torch); folder and npz do not") from None
+    out.mkdir(parents=True, exist_ok=True)
+    c, n = s.images.shape[:2]
+    x = np.ascontiguousarray(s.images.reshape(-1, *s.images.shape[2:]).transpose(0, 3, 1, 2), np.float32)
+    torch.save(torch.from_numpy(x), out / "images.pt")
+    y = (np.asarray(s.soft_labels, np.float32).reshape(c * n, -1) if s.soft_labels is not None
+         else np.repeat(np.arange(c), n).astype(np.int64))
+    torch.save(torch.from_numpy(y), out / "labels.pt")
+    written = [out / "images.pt", out / "labels.pt"]
+    if "lr" in s.learned:
+        torch.save(torch.tensor(float(s.learned["lr"])), out / "lr.pt")
+        written.append(out / "lr.pt")
+    return written
+
+
 FORMATS: dict[str, Callable[[ImageSet, Path, dict], list[Path]]] = {"folder": write_folder, "npz": write_npz,
-                                                                     "pt": write_pt}
+                                                                     "pt": write_pt, "ddranking": write_ddranking}
 
 
 def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
@@ -114,7 +138,8 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     results = json.loads((workdir / "results.json").read_text()) if (workdir / "results.json").is_file() else None
     if to.exists() and any(to.iterdir()):
         raise SetError(f"{to} exists and is not empty; export into a new directory")
-    meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:], s.learned)
+    meta = metadata_of(cfg, results, s.class_names, s.per_class, s.mean, s.std, s.images.shape[2:], s.learned,
+                       s.soft_labels is not None)
     meta["format"] = fmt
     zca = None
     if cfg.zca:  # the set lives in ZCA space: the whitening travels with it
@@ -227,7 +252,11 @@ def _read_npz(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
         stored = by_class(normalise(z["images"], mean, std), z["labels"], str(path))
     names = tuple(str(n) for n in z["class_names"]) if "class_names" in z else _names(meta, name, images.shape[0])
     learned = {**meta.get("learned", {}), **learned_of(z)}
-    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, stored, str(path), learned)
+    soft = None
+    if "soft_labels" in z:
+        rows = z["train_labels"] if "train_labels" in z else z["labels"]
+        soft = by_class(z["soft_labels"].astype(np.float32), rows, f"{path} soft_labels", images.shape[0])
+    return ImageSet(images, names, mean, std, {**meta, "dataset": name}, stored, str(path), learned, soft)
 
 
 def _read_folder(path: Path, dataset: str | None, factor: int | None) -> ImageSet:
@@ -307,9 +336,55 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
                     str(path), meta.get("learned", {}))
 
 
+def _read_ddranking(path: Path, dataset: str | None) -> ImageSet:
+    """DD-Ranking's input layout (module docstring): DIR/images.pt, DIR/labels.pt, DIR/lr.pt (optional)."""
+    try:
+        import torch
+    except ImportError:
+        raise SetError(f"{path}: reading DD-Ranking's .pt tensors needs PyTorch (pip install torch)") from None
+
+    def read(name):
+        try:
+            t = torch.load(path / name, map_location="cpu", weights_only=True)
+            return np.asarray(t.detach().numpy())
+        except Exception as e:  # torch raises several types for a corrupt or unsafe file
+            raise SetError(f"{path / name}: not a readable tensor ({type(e).__name__})") from None
+
+    meta = _metadata_near(path / "images.pt")
+    mean, std, name = _stats(meta, dataset, str(path))
+    x = read("images.pt")
+    if x.ndim != 4 or x.shape[1] != len(mean):
+        raise SetError(f"{path}/images.pt: images must be (N, {len(mean)}, H, W), got {tuple(x.shape)}")
+    x = x.transpose(0, 2, 3, 1).astype(np.float32)
+    y = read("labels.pt") if (path / "labels.pt").is_file() else None
+    soft = None
+    if y is not None and y.ndim == 2:  # soft labels: class-major, image i of class i // ipc
+        c = y.shape[1]
+        if len(y) != len(x) or len(x) % c:
+            raise SetError(f"{path}: {len(x)} images and soft labels of shape {tuple(y.shape)}: expected (N, C) with "
+                           "N a multiple of C (class-major)")
+        labels = np.repeat(np.arange(c), len(x) // c)
+        soft = by_class(y.astype(np.float32), labels, f"{path}/labels.pt", c)
+    elif y is not None:
+        labels = y
+    else:
+        from sm_jax.data import dataset_info
+
+        c = len(meta.get("class_names", ())) or (len(dataset_info(name).class_names) if name else 0)
+        if not c or len(x) % c:
+            raise SetError(f"{path}: no labels.pt, and the number of classes is unknown (give --dataset)")
+        labels = np.repeat(np.arange(c), len(x) // c)
+    images = by_class(x, labels, str(path))
+    learned = dict(meta.get("learned", {}))
+    if (path / "lr.pt").is_file():
+        learned["lr"] = float(read("lr.pt"))
+    return ImageSet(images, _names(meta, name, images.shape[0]), mean, std, {**meta, "dataset": name}, None,
+                    str(path), learned, soft)
+
+
 def load_set(path: str | Path, dataset: str | None = None, factor: int | None = None, index: int = 0) -> ImageSet:
-    """Any condensed set: an exported folder / npz / pt directory (or its file), a run's synthetic.npz or workdir,
-    the official DC/DSA/DM `res_*.pt`, IDC's `data.pt`.
+    """Any condensed set: an exported folder / npz / pt / ddranking directory (or its file), a run's synthetic.npz or
+    workdir, the official DC/DSA/DM `res_*.pt`, IDC's `data.pt`.
 
     Args:
       path: the set's file or directory.
@@ -324,6 +399,8 @@ def load_set(path: str | Path, dataset: str | None = None, factor: int | None = 
     p = Path(path)
     if not p.exists():
         raise SetError(f"{p} does not exist")
+    if p.is_dir() and (p / "images.pt").is_file():
+        return _read_ddranking(p, dataset)
     if p.is_dir():
         for name in ("set.npz", "set.pt", "synthetic.npz"):
             if (p / name).is_file():

@@ -117,3 +117,26 @@ def test_default_protocol_is_the_methods_own(tiny_data):
     assert own["accuracies"] == hard["accuracies"] and own["eval_protocol"] == "hard"
     # a learned lr is used by `learned` only
     assert accs("learned", {"lr": 0.05})["eval_lr"] == 0.05 and accs("hard", {"lr": 0.05})["eval_lr"] == 0.01
+
+
+def test_rank_orders_by_lrs_writes_the_tables_and_reuses_scored_sets(tmp_path, monkeypatch):
+    from sm_jax.sets import rank
+
+    calls = []
+
+    def fake(path, overrides, dataset=None, method=None, out=None, progress=True, log=print):
+        calls.append(path)
+        lrs = {"a": 20.0, "b": 30.0}[path]
+        return {"method": "dm", "images_per_class": 10, "accuracy_mean": lrs / 100,
+                "ddranking": {"hlr": 1.0, "ior": 2.0, "lrs": lrs, "ars": 5.0, "lrs_std": 0.1, "ars_std": 0.2}}
+    monkeypatch.setattr(rank, "evaluate_set_path", fake)
+    rows = rank.rank_sets(["a", "b"], {"preset": "cpu"}, tmp_path, log=lambda *_: None)
+    assert [r["set"] for r in rows] == ["b", "a"] and [r["rank"] for r in rows] == [1, 2]
+    table = (tmp_path / "ranking.md").read_text().splitlines()
+    assert table[0].startswith("| rank | set |") and "LRS" in table[0] and table[2].startswith("| 1 | b |")
+    assert (tmp_path / "ranking.csv").read_text().splitlines()[1].startswith("1,b,dm,10,30.0")
+    assert (tmp_path / "ranking.png").stat().st_size > 0
+    rank.rank_sets(["a", "b"], {"preset": "cpu"}, tmp_path, log=lambda *_: None)  # the same request: read back
+    assert calls == ["a", "b"]
+    rank.rank_sets(["a"], {"preset": "paper"}, tmp_path, log=lambda *_: None)  # another request: scored again
+    assert calls == ["a", "b", "a"]

@@ -2,6 +2,7 @@
 architecture (`evaluate_set`) or several (`evaluate_archs`)."""
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,8 +49,16 @@ def make_evaluator(method, proto: TrainProtocol, test_x: np.ndarray, test_y: np.
     tx_, ty_ = sharding.put((method.normalize(np.asarray(test_x, np.float32) / 255.0), np.asarray(test_y, np.int32)),
                             mesh, shard_leading=False)
     t_net, t_vars = (None, None) if teacher is None else (teacher[0], teacher[1:])
-    run = jax.jit(evaluation_program(net, proto, t_net))
+    run = _compiled(net, proto, t_net)
     return lambda x, y, keys, lrs=None: run(x, y, keys, tx_, ty_, lrs, t_vars)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(net, proto: TrainProtocol, teacher_net) -> Callable:
+    """The jitted evaluation program of (network, protocol, teacher network): one per combination in a process, so
+    the evaluations of a run, the cells of DD-Ranking's scores and the sets of a ranking reuse its compilations
+    (the networks and protocols are frozen dataclasses: equal ones are the same program)."""
+    return jax.jit(evaluation_program(net, proto, teacher_net))
 
 
 def evaluation_program(net, proto: TrainProtocol, teacher_net=None) -> Callable:

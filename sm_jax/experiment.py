@@ -154,10 +154,13 @@ class Run:
                        desc=f"evaluate iteration {iteration}: network", unit="net",
                        enabled=self.progress and models > 0, every=cfg.log_every)
 
-        def progress(done: int) -> None:
-            bar.update(done)
+        def stopping(_=None) -> None:  # between networks (cells): a stop ends the evaluation
             if stop is not None and _stop_agreed(stop):
                 raise EvalStopped
+
+        def progress(done: int) -> None:
+            bar.update(done)
+            stopping()
 
         key = jax.random.fold_in(jax.random.fold_in(self.key, 2), iteration)
         try:
@@ -168,7 +171,8 @@ class Run:
                                     self.teacher)
                 if cfg.metrics == "ddranking" and models:
                     scores = ddranking(self.method, self.data, images, jax.random.fold_in(key, 3), models, cfg.preset,
-                                       default_cache_dir(), learned, targets, self.log, stop, self.progress)
+                                       default_cache_dir(), learned, targets, self.log, stop, self.progress,
+                                       on_network=stopping)
                     ev = {**ev, **{k: scores[k] for k in ("hlr", "ior", "lrs", "ars")}, "ddranking": scores}
                 return ev
         finally:

@@ -76,30 +76,37 @@ def write_npz(s: ImageSet, out: Path, meta: dict) -> list[Path]:
     return [out / "set.npz"]
 
 
-def write_pt(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+def _torch(needed_by: str, other: str = ""):
+    """torch, or the one-line SetError saying what needs it (and `other`: what does not)."""
     try:
         import torch
     except ImportError:
-        raise SetError("--format pt needs PyTorch (pip install torch); folder and npz do not") from None
-    out.mkdir(parents=True, exist_ok=True)
+        raise SetError(f"{needed_by} needs PyTorch (pip install torch){other}") from None
+    return torch
+
+
+def _nchw(s: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """The trained-on images as (N, C, H, W) float32, class-major, and their labels (N,) int64."""
     c, n = s.images.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(s.images.reshape(-1, *s.images.shape[2:]).transpose(0, 3, 1, 2)))
-    y = torch.from_numpy(np.repeat(np.arange(c), n).astype(np.int64))
-    torch.save({"data": [[x, y]]}, out / "set.pt")
+    x = np.ascontiguousarray(s.images.reshape(-1, *s.images.shape[2:]).transpose(0, 3, 1, 2), np.float32)
+    return x, np.repeat(np.arange(c), n).astype(np.int64)
+
+
+def write_pt(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    torch = _torch("--format pt", "; folder and npz do not")
+    out.mkdir(parents=True, exist_ok=True)
+    x, y = _nchw(s)
+    torch.save({"data": [[torch.from_numpy(x), torch.from_numpy(y)]]}, out / "set.pt")
     return [out / "set.pt"]
 
 
 def write_ddranking(s: ImageSet, out: Path, meta: dict) -> list[Path]:
-    try:
-        import torch
-    except ImportError:
-        raise SetError("--format ddranking needs PyTorch (pip install torch); folder and npz do not") from None
+    torch = _torch("--format ddranking", "; folder and npz do not")
     out.mkdir(parents=True, exist_ok=True)
-    c, n = s.images.shape[:2]
-    x = np.ascontiguousarray(s.images.reshape(-1, *s.images.shape[2:]).transpose(0, 3, 1, 2), np.float32)
+    x, y = _nchw(s)
     torch.save(torch.from_numpy(x), out / "images.pt")
-    y = (np.asarray(s.soft_labels, np.float32).reshape(c * n, -1) if s.soft_labels is not None
-         else np.repeat(np.arange(c), n).astype(np.int64))
+    if s.soft_labels is not None:
+        y = np.asarray(s.soft_labels, np.float32).reshape(len(x), -1)
     torch.save(torch.from_numpy(y), out / "labels.pt")
     written = [out / "images.pt", out / "labels.pt"]
     if "lr" in s.learned:
@@ -287,10 +294,7 @@ def _read_folder(path: Path, dataset: str | None, factor: int | None) -> ImageSe
 
 
 def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0) -> ImageSet:
-    try:
-        import torch
-    except ImportError:
-        raise SetError(f"{path}: reading .pt sets needs PyTorch (pip install torch)") from None
+    torch = _torch(f"{path}: reading .pt sets")
     # tensors, containers and numpy scalars (the official results hold their accuracies as numpy floats): nothing
     # that runs code while unpickling
     numpy_data = [np.dtype, np.core.multiarray.scalar if not hasattr(np, "_core") else np._core.multiarray.scalar,
@@ -338,10 +342,7 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
 
 def _read_ddranking(path: Path, dataset: str | None) -> ImageSet:
     """DD-Ranking's input layout (module docstring): DIR/images.pt, DIR/labels.pt, DIR/lr.pt (optional)."""
-    try:
-        import torch
-    except ImportError:
-        raise SetError(f"{path}: reading DD-Ranking's .pt tensors needs PyTorch (pip install torch)") from None
+    torch = _torch(f"{path}: reading DD-Ranking's .pt tensors")
 
     def read(name):
         try:

@@ -90,6 +90,7 @@ class Run:
         self.method = make_method(cfg, self.data.spec, self.mesh)
         self.method.attach(self.data)
         self.key = jax.random.key(cfg.seed)
+        self._teachers: dict = {}  # arch -> the teacher protocol's (net, params, state), once loaded
 
     # --- state ---------------------------------------------------------------------------------------------
     def fresh(self):
@@ -168,7 +169,7 @@ class Run:
                 ev = evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
                                     epochs, cfg.eval_parallel, self.mesh, progress, self.log,
                                     self.baseline_images(images.shape[1]), learned, cfg.eval_protocol, targets,
-                                    self.teacher)
+                                    lambda arch: self.teacher(arch, stop))
                 if cfg.metrics == "ddranking" and models:
                     scores = ddranking(self.method, self.data, images, jax.random.fold_in(key, 3), models, cfg.preset,
                                        default_cache_dir(), learned, targets, self.log, stop, self.progress,
@@ -178,15 +179,15 @@ class Run:
         finally:
             bar.close()
 
-    def teacher(self, arch: str | None = None):
+    def teacher(self, arch: str | None = None, stop: StopSignals | None = None):
         """(net, params, state): the `teacher` protocol's teacher on `arch`, the first real-data reference network
-        (evaluation.reference; trained on first use, then read from the cache)."""
-        train, _ = reference.split(self.data, self.cfg.preset)
-        net = self.method.eval_net(arch)
-        ref = reference.Reference(default_cache_dir(), train, net.name, self.cfg.preset, 0,
-                                  "zca" if self.cfg.zca else "normalised")
-        return ref.teacher(net, self.method.normalize, train, log=self.log, progress=self.progress,
-                           every=self.cfg.log_every)
+        (evaluation.reference; trained on first use, then read from the cache; kept for the run's later
+        evaluations). Raises Stopped once `stop` is requested during its training."""
+        if arch not in self._teachers:
+            ref, net, train, _ = reference.of_method(self.method, self.data, self.cfg.preset, default_cache_dir(), arch)
+            self._teachers[arch] = ref.teacher(net, self.method.normalize, train, log=self.log, stop=stop,
+                                               progress=self.progress, every=self.cfg.log_every)
+        return self._teachers[arch]
 
     def baseline_images(self, per_class: int) -> jax.Array | None:
         """The config's baseline set (None without one): `per_class` random training images of each class

@@ -96,9 +96,7 @@ def ddranking(method, data: Dataset, images: jax.Array, key: jax.Array, models: 
     Returns:
       {hlr, ior, lrs, ars, ior_hard, lrs_hard (means), <name>_std, per_network, cells, reference, definitions}.
     """
-    train, heldout = reference.split(data, budget)
-    net = method.eval_net()
-    ref = reference.Reference(cache_dir, train, net.name, budget, 0, "zca" if method.cfg.zca else "normalised")
+    ref, net, train, heldout = reference.of_method(method, data, budget, cache_dir)
     teacher = ref.teacher(net, method.normalize, train, log=log, stop=stop, progress=progress)
     real = float(np.mean(ref.accuracies()))
     rdm_idx = random_subset(train.train_y, train.num_classes, images.shape[1], method.cfg.seed)

@@ -52,6 +52,15 @@ def split(data: Dataset, budget: str) -> tuple[Dataset, Dataset]:
     return dataclasses.replace(heldout, test_x=data.test_x, test_y=data.test_y, source=data.source), heldout
 
 
+def of_method(method, data: Dataset, budget: str, cache_dir, arch: str | None = None):
+    """The reference of `method`'s evaluation network on `arch` (default its own) in the method's input space (ZCA
+    or the normalised pixels). Returns (Reference, net, train, heldout): `split(data, budget)` beside it."""
+    train, heldout = split(data, budget)
+    net = method.eval_net(arch)
+    ref = Reference(cache_dir, train, net.name, budget, 0, "zca" if method.cfg.zca else "normalised")
+    return ref, net, train, heldout
+
+
 def training_split(data: Dataset, per_class: int) -> np.ndarray:
     """Indices of the reference's training images in `data` (already without the hold-out): all, or the first
     `per_class` of each class."""

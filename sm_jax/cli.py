@@ -232,6 +232,7 @@ def experts_main(argv=None) -> None:
 EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "eval_protocol", "eval_temperature",
                    "metrics", "baseline", "data_dir", "log_every")
 SET_FIELDS = ("method", "dataset", "preset", "factor")  # what a set without a run config is evaluated as
+RANK_FIELDS = tuple(f for f in EVALUATE_FIELDS if f != "metrics")  # experiments.rank always scores by ddranking
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
@@ -293,7 +294,7 @@ def rank_parser() -> argparse.ArgumentParser:
                 "first; a set already scored in OUT by the same request is read back, not scored again.")
     p.add_argument("--set", action="append", required=True, help="a condensed set (repeat for each)")
     p.add_argument("--out", required=True, help="the directory of the table, the chart and each set's results")
-    add_config_flags(p, tuple(f for f in EVALUATE_FIELDS if f != "metrics"))
+    add_config_flags(p, RANK_FIELDS)
     g = p.add_argument_group("sets without a run config in their metadata")
     add_config_flags(g, SET_FIELDS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
@@ -306,8 +307,7 @@ def rank_main(argv=None) -> None:
     def go():
         from sm_jax.sets.rank import rank_sets
 
-        overrides = {k: getattr(args, k) for k in (*EVALUATE_FIELDS, "preset", "factor")
-                     if k != "metrics" and getattr(args, k, None) is not None}
+        overrides = {k: getattr(args, k) for k in (*RANK_FIELDS, "preset", "factor") if getattr(args, k) is not None}
         rows = rank_sets(args.set, overrides, args.out, args.dataset, args.method, progress=not args.no_progress)
         print(open(os.path.join(args.out, "ranking.md")).read(), end="")
         print(json.dumps({"out": args.out, "sets": len(rows)}))

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from sm_jax.backend import precision, program_bytes
-from sm_jax.cli import class_chunk
+from sm_jax.cli.common import class_chunk
 from sm_jax.config import make_config
 from sm_jax.data import Dataset, load_dataset
 from sm_jax.methods import make_context, make_method

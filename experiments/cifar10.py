@@ -2,7 +2,7 @@
 
 The same as `python -m experiments.condense --dataset cifar10 ...`.
 """
-from sm_jax.cli import condense_main
+from sm_jax.cli.condense import condense_main
 
 if __name__ == "__main__":
     condense_main(dataset="cifar10")

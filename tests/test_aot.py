@@ -240,7 +240,7 @@ def p_entry(text: str) -> str:
 @pytest.mark.xdist_group("aot_gpu")
 @needs_compilers
 def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeypatch):
-    from sm_jax.cli import condense_main
+    from sm_jax.cli.condense import condense_main
 
     flags = ["--method", "dc", "--ipc", "1", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
              "--outer-loop", "1", "--inner-loop", "1", "--eval-epochs", "1", "--eval-models", "1"]

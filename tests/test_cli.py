@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from sm_jax.cli import condense_main, evaluate_main
+from sm_jax.cli.condense import condense_main
+from sm_jax.cli.sets import evaluate_main
 
 pytestmark = pytest.mark.xdist_group("cli_in_process")  # one worker: the module's tests share the `finished` run
 
@@ -46,7 +47,7 @@ def condense(argv, capsys):
 @pytest.fixture(scope="module")
 def finished(tiny_archive, tmp_path_factory):
     """A finished run of the flags below, shared by the module's tests (which copy it before changing it)."""
-    from sm_jax.cli import condense_parser, config_from_flags
+    from sm_jax.cli.condense import condense_parser, config_from_flags
     from sm_jax.experiment import Run
 
     wd = tmp_path_factory.mktemp("runs") / "ref"
@@ -148,7 +149,7 @@ def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
     import shutil
 
     pytest.importorskip("torch")
-    from sm_jax.cli import export_main
+    from sm_jax.cli.sets import export_main
     from sm_jax.sets import load_set
 
     wd, summary = finished
@@ -212,6 +213,30 @@ def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive
     code, out, _ = condense([*argv, "--eval-models", 2], capsys)  # a new evaluation of the same set
     assert code == 0 and "already finished" not in out
     assert json.loads(out.strip().splitlines()[-1])["accuracies"][:1] == summary["accuracies"]
+
+
+def test_the_teacher_protocol_through_condense(tiny_archive, finished, tmp_path, capsys, monkeypatch):
+    """`--eval-protocol teacher` on a finished run re-evaluates it: the real-data reference is trained once into
+    SM_JAX_CACHE and the protocol recorded; a second evaluation reads the teacher back (no training line) and its
+    first network gives the same accuracy."""
+    import shutil
+
+    from sm_jax.evaluation import reference
+
+    monkeypatch.setitem(reference.BUDGETS, "cpu", {"models": 1, "epochs": 1, "per_class": 0, "holdout": 2})
+    wd = shutil.copytree(finished[0], tmp_path / "copy")
+    argv = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2, "--checkpoint-every", 1,
+            "--eval-protocol", "teacher"]
+    code, out, err = condense([*argv, "--eval-models", 1], capsys)
+    assert code == 0, err[-3000:]
+    first = json.loads(out.strip().splitlines()[-1])
+    refs = list((tmp_path / "cache" / "references").iterdir())
+    assert len(refs) == 1 and (refs[0] / "accuracy.json").is_file() and "reference: 1 x convnet" in out
+    assert json.loads((wd / "results.json").read_text())["eval_protocol"] == "teacher"
+    code, out, err = condense([*argv, "--eval-models", 2], capsys)
+    assert code == 0, err[-3000:]
+    assert "reference:" not in out and "already finished" not in out
+    assert json.loads(out.strip().splitlines()[-1])["accuracies"][:1] == first["accuracies"]
 
 
 def test_subset_k_defaults_to_1_where_2_does_not_divide(tiny_archive, tmp_path, capsys):
@@ -295,7 +320,7 @@ def test_tensorboard_event_files(finished):
 
 
 def test_a_field_on_by_default_has_a_no_flag():
-    from sm_jax.cli import condense_parser, config_from_flags
+    from sm_jax.cli.condense import condense_parser, config_from_flags
 
     argv = ["--method", "dc", "--ipc", "1"]
     assert config_from_flags(condense_parser("cifar10").parse_args(argv)).tensorboard is True
@@ -309,7 +334,7 @@ def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive
     from pathlib import Path
 
     pytest.importorskip("torch")
-    from sm_jax.cli import export_main
+    from sm_jax.cli.sets import export_main
 
     wd, _ = finished
     assert run(export_main, ["--workdir", wd, "--to", tmp_path / "f", "--format", "folder"], capsys)[0] == 0
@@ -324,7 +349,7 @@ def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive
 
 def test_launcher_flags_and_process_environment(capsys, monkeypatch):
     from sm_jax import distributed
-    from sm_jax.cli import launch_main
+    from sm_jax.cli.condense import launch_main
     from sm_jax.launch import process_env
 
     assert_one_line_error(run(launch_main, ["--processes", 2, "--", "--method", "dc", "--process-id", 1], capsys),

@@ -34,7 +34,7 @@ def test_lifecycle_and_device_settings_do_not_change_the_run_identity():
 
 
 def test_cifar10_entry_point_is_condense_with_dataset_cifar10():
-    from sm_jax.cli import condense_parser, config_from_flags
+    from sm_jax.cli.condense import condense_parser, config_from_flags
 
     flags = ["--method", "dsa", "--ipc", "10", "--preset", "cpu", "--data-dir", "x.tar.gz"]
     alias = config_from_flags(condense_parser("cifar10").parse_args(flags))
@@ -88,7 +88,7 @@ def test_same_run_means_same_identity_and_for_results_the_same_evaluation():
 
 
 def test_the_command_line_is_generated_from_the_config_fields():
-    from sm_jax.cli import condense_parser
+    from sm_jax.cli.condense import condense_parser
     from sm_jax.config import Config
     from sm_jax.methods import METHODS
 

@@ -133,7 +133,7 @@ def test_dm_through_the_cli_writes_its_artifacts_and_resumes_bit_exact(tiny_arch
     import json
     import shutil
 
-    from sm_jax.cli import condense_main
+    from sm_jax.cli.condense import condense_main
 
     monkeypatch.setenv("SM_JAX_OFFLINE", "1")
     monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))

@@ -217,7 +217,7 @@ def test_idc_resumed_over_two_processes_gives_the_one_device_set(idc):
 
 def test_a_process_that_is_not_the_writer_writes_nothing_but_checkpoints(tiny_archive, tmp_path, monkeypatch):
     from sm_jax import distributed
-    from sm_jax.cli import condense_parser, config_from_flags
+    from sm_jax.cli.condense import condense_parser, config_from_flags
     from sm_jax.experiment import Run
 
     monkeypatch.setenv("SM_JAX_OFFLINE", "1")

@@ -255,6 +255,24 @@ def official_to_params(tensors, template) -> dict:
     return out
 
 
+def params_to_official(params) -> list[np.ndarray]:
+    """The inverse of official_to_params: this ConvNet's parameters as the official ConvNet's `parameters()` in
+    order (kernels HWIO -> OIHW, the classifier's inputs from the NHWC flattening to NCHW), e.g. to load them into
+    the PyTorch codes' ConvNet (DD-Ranking's ConvNet-3, the official DC/MTT ConvNet)."""
+    p = jax.tree.map(np.asarray, params)
+    depth = sum(1 for k in p if k.startswith("conv"))
+    out = []
+    for d in range(depth):
+        out += [p[f"conv{d}"]["kernel"].transpose(3, 2, 0, 1), p[f"conv{d}"]["bias"]]
+        if f"norm{d}" in p:
+            out += [p[f"norm{d}"]["scale"], p[f"norm{d}"]["bias"]]
+    kernel = p["fc"]["kernel"]  # (H * W * C, classes)
+    ch = p[f"conv{depth - 1}"]["kernel"].shape[-1]
+    side = int(round((kernel.shape[0] // ch) ** 0.5))
+    out += [kernel.reshape(side, side, ch, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1), p["fc"]["bias"]]
+    return [np.ascontiguousarray(a) for a in out]
+
+
 def read_official(path, net) -> np.ndarray:
     """The experts of the official `replay_buffer_*.pt` files (lists of experts, each a list of snapshots, each a
     list of parameter tensors), read with `weights_only=True`: (experts, snapshots, P) float32 flat parameters of

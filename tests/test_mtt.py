@@ -154,7 +154,8 @@ def test_presets_follow_the_table_and_bad_settings_are_one_line_errors():
 def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evaluates_with_it(
         tiny_archive, tmp_path, capsys, monkeypatch):
     from sm_jax import artifacts
-    from sm_jax.cli import condense_main, evaluate_main, export_main
+    from sm_jax.cli.condense import condense_main
+    from sm_jax.cli.sets import evaluate_main, export_main
 
     monkeypatch.setenv("SM_JAX_OFFLINE", "1")
     monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
@@ -237,6 +238,11 @@ def test_official_replay_buffers_read_into_the_same_network(tiny_data, tmp_path)
         want = official(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     got = m.net.apply(m._unravel(jnp.asarray(traj[1, 2])), {}, jnp.asarray(x))[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # and back (params_to_official): the parameters in the official order are the PyTorch network's, exactly
+    back = experts.params_to_official(m._unravel(jnp.asarray(traj[1, 2])))
+    assert len(back) == len(snapshots[2])
+    for a, t in zip(back, snapshots[2]):
+        np.testing.assert_array_equal(a, t.numpy())
     with pytest.raises(experts.ExpertError, match="another shape"):
         experts.read_official(tmp_path, make_method(tiny_cfg(width=16), tiny_data.spec).net)
     # buffer.py on a CPU-only host: `p.detach().cpu()` is the live parameter, so every snapshot is the last one

@@ -100,7 +100,7 @@ def _record_steps(path: str) -> None:
 def _get_dataset(data_dir: str, per_class: int):
     import torch
 
-    from sm_jax.data import load_dataset
+    from sm_jax.data import first_per_class, load_dataset
 
     ds = load_dataset("cifar10", data_dir)
     mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]  # the official utils' CIFAR-10 statistics
@@ -116,7 +116,7 @@ def _get_dataset(data_dir: str, per_class: int):
             raise SystemExit(f"error: this wrapper reads CIFAR10 only, not {dataset}")
         keep = np.arange(len(ds.train_y))
         if per_class:
-            keep = np.sort(np.concatenate([np.flatnonzero(ds.train_y == c)[:per_class] for c in range(10)]))
+            keep = first_per_class(ds.train_y, 10, per_class)
         train, test = nchw(ds.train_x), nchw(ds.test_x)
         if args.zca:
             zca = K.enhance.ZCAWhitening(eps=0.1, compute_inv=True)

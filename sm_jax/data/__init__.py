@@ -22,6 +22,11 @@ __all__ = ["CIFAR10_CLASSES", "DATASETS", "DataError", "DataSpec", "Dataset", "D
 
 
 @dataclasses.dataclass(frozen=True)
+def first_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
+    """Sorted indices of the first `per_class` rows of each class in `labels` (all of a smaller class)."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]))
+
+
 class DataSpec:
     """What the models and methods need of a dataset: classes, image shape and normalisation statistics."""
 
@@ -78,8 +83,7 @@ class Dataset:
 
     def test_subset(self, per_class: int) -> Dataset:
         """The first `per_class` test images of every class (all of a smaller class): a cheaper, fixed evaluation."""
-        keep = np.concatenate([np.flatnonzero(self.test_y == c)[:per_class] for c in range(self.num_classes)])
-        keep.sort()
+        keep = first_per_class(self.test_y, self.num_classes, per_class)
         return dataclasses.replace(self, test_x=self.test_x[keep], test_y=self.test_y[keep],
                                    source=f"{self.source} (first {per_class} test images per class)")
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax.data import Dataset
+from sm_jax.data import Dataset, first_per_class
 from sm_jax.data.zca import data_fingerprint
 from sm_jax.errors import UserError
 from sm_jax.lifecycle import Stopped
@@ -66,7 +66,7 @@ def training_split(data: Dataset, per_class: int) -> np.ndarray:
     `per_class` of each class."""
     if not per_class:
         return np.arange(len(data.train_y))
-    return np.sort(np.concatenate([np.flatnonzero(data.train_y == c)[:per_class] for c in range(data.num_classes)]))
+    return first_per_class(data.train_y, data.num_classes, per_class)
 
 
 class Reference:

@@ -18,15 +18,15 @@ from sm_jax.data.readers import READERS, DataError, check_labels, detect
 from sm_jax.data.registry import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, DATASETS, DatasetInfo, dataset_info
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "DataError", "DataSpec", "Dataset", "DatasetInfo", "dataset_info",
-           "default_cache_dir", "load_dataset"]
+           "default_cache_dir", "first_per_class", "load_dataset"]
 
 
-@dataclasses.dataclass(frozen=True)
 def first_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
     """Sorted indices of the first `per_class` rows of each class in `labels` (all of a smaller class)."""
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]))
 
 
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     """What the models and methods need of a dataset: classes, image shape and normalisation statistics."""
 

@@ -55,7 +55,8 @@ def prepare(set_dir: str, data_dir: str, work: str, preset: str | None) -> None:
     from sm_jax.experiment import Run
     from sm_jax.experts import params_to_official
     from sm_jax.methods import METHODS
-    from sm_jax.sets.formats import load_set, write_ddranking
+    from sm_jax.sets.formats import write_ddranking
+    from sm_jax.sets.readers import load_set
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)

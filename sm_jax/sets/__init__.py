@@ -7,6 +7,7 @@ or IDC's `data.pt`; every reader returns an `ImageSet`.
 from __future__ import annotations
 
 from sm_jax.sets.core import ImageSet, SetError, metadata_of, protocol_dict
-from sm_jax.sets.formats import FORMATS, export_run, load_set
+from sm_jax.sets.formats import FORMATS, export_run
+from sm_jax.sets.readers import load_set
 
 __all__ = ["FORMATS", "ImageSet", "SetError", "export_run", "load_set", "metadata_of", "protocol_dict"]

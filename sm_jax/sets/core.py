@@ -156,3 +156,12 @@ def metadata_of(cfg, results: dict | None, class_names, per_class: int, mean, st
             "seed": cfg.seed, "identity": cfg.identity(), "config": json.loads(cfg.to_json()),
             "learned": dict(learned or {}), "evaluation_protocol": protocol_dict(method, learned=learned),
             "evaluations": evaluations, **({"soft_label_format": SOFT_LABEL_FORMAT} if soft_labels else {})}
+
+
+def require_torch(needed_by: str, other: str = ""):
+    """torch, or the one-line SetError saying what needs it (and `other`: what does not)."""
+    try:
+        import torch
+    except ImportError:
+        raise SetError(f"{needed_by} needs PyTorch (pip install torch){other}") from None
+    return torch

@@ -14,7 +14,7 @@ from sm_jax.experiment import EvalStopped, Run
 from sm_jax.lifecycle import Stopped, StopSignals
 from sm_jax.methods import METHODS
 from sm_jax.sets.core import SetError
-from sm_jax.sets.formats import load_set
+from sm_jax.sets.readers import load_set
 
 
 def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: str | None = None,

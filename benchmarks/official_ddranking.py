@@ -226,6 +226,68 @@ def run(work: str, metrics: list[str], runs: int | None = None, syn_lr: float | 
         print(f"{name}: {out['metrics'][name]}", flush=True)
 
 
+# the package's (metric class, helper, data) -> sm_jax's cell (evaluation.ddranking.CELLS)
+CELL_OF = {("LabelRobustScoreHard", "hard_label_metrics", "set"): "syn_hard",
+           ("LabelRobustScoreHard", "hard_label_metrics", "random"): "rdm_hard",
+           ("LabelRobustScoreSoft", "hard_label_metrics", "set"): "syn_hard",
+           ("LabelRobustScoreSoft", "soft_label_metrics", "set"): "syn_soft",
+           ("LabelRobustScoreSoft", "soft_label_metrics", "random"): "rdm_soft",
+           ("AugmentationRobustScore", "with_aug_metrics", "set"): "syn_soft",
+           ("AugmentationRobustScore", "with_aug_metrics", "random"): "rdm_soft",
+           ("AugmentationRobustScore", "without_aug_metrics", "set"): "syn_soft_noaug",
+           ("AugmentationRobustScore", "without_aug_metrics", "random"): "rdm_soft_noaug"}
+CLASSES = {"hard": "LabelRobustScoreHard", "soft": "LabelRobustScoreSoft", "ars": "AugmentationRobustScore"}
+SHORT = {"LabelRobustScoreHard": "LRS-Hard", "LabelRobustScoreSoft": "LRS-Soft", "AugmentationRobustScore": "ARS"}
+
+
+def _map01(v: np.ndarray) -> np.ndarray:
+    """DD-Ranking's map (exp(v) - exp(-1)) / (e - exp(-1)) of v in fractions, in percent (sm_jax's LRS, ARS)."""
+    return 100 * (np.exp(v) - np.exp(-1)) / (np.e - np.exp(-1))
+
+
+def compare(work: str, results: str) -> str:
+    """The markdown side-by-side of W/package.json and an sm_jax results file of `--metrics ddranking` on the same
+    set: each cell's accuracy (mean +- std over networks / the package's runs, and the lrs chosen), then the scores:
+    the package's own, and its per-run HLR / IOR through sm_jax's map (fractions)."""
+    w = Path(work)
+    pkg = json.loads((w / "package.json").read_text())
+    ours = json.loads(Path(results).read_text())["ddranking"]
+    ms = lambda a: f"{np.mean(a):.2f} +- {np.std(a):.2f}"  # noqa: E731  (population std, as both report)
+    lines = ["| cell | sm_jax: accuracy (%), lr | package: metric, accuracy (%), lrs |", "|---|---|---|"]
+    for cell in ("syn_hard", "rdm_hard", "syn_soft", "rdm_soft", "syn_soft_noaug", "rdm_soft_noaug"):
+        c = ours["cells"][cell]
+        mine = f"{ms(100 * np.asarray(c['accuracies']))}, {c['lr']:g}"
+        for metric in ("LabelRobustScoreHard", "LabelRobustScoreSoft", "AugmentationRobustScore"):
+            got = [x for x in pkg["cells"]
+                   if x["metric"] == metric and CELL_OF.get((metric, x["call"], x["data"])) == cell]
+            if got:
+                lrs = ", ".join(f"{x['lr']:g}" for x in got)
+                lines.append(f"| {cell} | {mine} | {SHORT[metric]}: {ms([x['accuracy'] for x in got])}; {lrs} |")
+                mine = '"'
+    lines += ["", "| score | sm_jax | package (its code) | package's runs, sm_jax's map |", "|---|---|---|---|"]
+    runs = {n: json.loads((w / "out" / f"{n}.json").read_text()) for n in ("hard", "soft", "ars")
+            if (w / "out" / f"{n}.json").is_file()}
+    m = pkg["metrics"]
+    row = lambda name, mine, theirs, mapped="": lines.append(f"| {name} | {mine} | {theirs} | {mapped} |")  # noqa: E731
+    pm = lambda d, k: f"{d[k + '_mean']:.2f} +- {d[k + '_std']:.2f}"  # noqa: E731
+    for name, form in (("soft", ""), ("hard", "_hard")):
+        if name in runs:
+            hlr, ior = (np.asarray(runs[name][k]) for k in ("hard_label_recovery", "improvement_over_random"))
+            label = " (hard labels)" if form else ""
+            row(f"HLR ({SHORT[CLASSES[name]]})", f"{ours['hlr']:.2f} +- {ours['hlr_std']:.2f}",
+                pm(m[name], "hard_label_recovery"))
+            row(f"IOR{label}", f"{ours['ior' + form]:.2f} +- {ours['ior' + form + '_std']:.2f}",
+                pm(m[name], "improvement_over_random"))
+            row(f"LRS{label}", f"{ours['lrs' + form]:.2f} +- {ours['lrs' + form + '_std']:.2f}",
+                pm(m[name], "label_robust_score"), ms(_map01(0.5 * ior / 100 - 0.5 * hlr / 100)))
+    if "ars" in runs:
+        r = runs["ars"]
+        a = 0.5 * np.asarray(r["with_aug_scores"]) / 100 + 0.5 * np.asarray(r["without_aug_scores"]) / 100
+        row("ARS", f"{ours['ars']:.2f} +- {ours['ars_std']:.2f}", pm(m["ars"], "augmentation_robust_score"),
+            ms(_map01(a)))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,8 +302,13 @@ def main(argv=None) -> None:
                    "(LabelRobustScoreSoft), ars (AugmentationRobustScore)")
     b.add_argument("--runs", type=int, help="the package's num_eval (default: the set's evaluation networks)")
     b.add_argument("--syn-lr", type=float, help="the package's syn_lr (default: its lr grid)")
+    c = sub.add_parser("compare", help="the markdown side-by-side (either interpreter)")
+    c.add_argument("--work", required=True)
+    c.add_argument("--results", required=True, help="sm_jax's results file of --metrics ddranking on the same set")
     args = p.parse_args(argv)
-    if args.cmd == "prepare":
+    if args.cmd == "compare":
+        print(compare(args.work, args.results))
+    elif args.cmd == "prepare":
         prepare(args.set, args.data_dir, args.work, args.preset)
     else:
         run(args.work, [m for m in args.metrics.split(",") if m], args.runs, args.syn_lr)

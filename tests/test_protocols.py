@@ -85,10 +85,14 @@ def test_lr_grid_never_reads_the_test_split(tiny_data, grid_data):
     cfg, method, cache = grid_data
     images = method.normalize(jnp.asarray(tiny_data.train_x[:6].reshape(3, 2, 32, 32, 3), jnp.float32) / 255.0)
     key = jax.random.key(3)
-    a = ddr.ddranking(method, tiny_data, images, key, 2, "cpu", cache, log=lambda *_: None, progress=False)
+    # 5 networks per cell, as many as the lr grid, on a hold-out as large as the test split: the cells' programs are
+    # the grid's (one compilation per protocol)
+    nets = len(ddr.LR_GRID)
+    a = ddr.ddranking(method, tiny_data, images, key, nets, "cpu", cache, log=lambda *_: None, progress=False)
     rng = np.random.default_rng(1)
     poisoned = dataclasses.replace(tiny_data, test_x=255 - tiny_data.test_x, test_y=rng.permutation(tiny_data.test_y))
-    b = ddr.ddranking(method, poisoned, images, key, 2, "cpu", cache / "other", log=lambda *_: None, progress=False)
+    b = ddr.ddranking(method, poisoned, images, key, nets, "cpu", cache / "other", log=lambda *_: None,
+                      progress=False)
     assert [c["lr"] for c in a["cells"].values()] == [c["lr"] for c in b["cells"].values()]
     assert [c["heldout_accuracies"] for c in a["cells"].values()] == \
         [c["heldout_accuracies"] for c in b["cells"].values()]

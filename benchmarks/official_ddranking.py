@@ -2,21 +2,23 @@
 docs/sets.md: the package's LabelRobustScoreHard, LabelRobustScoreSoft and AugmentationRobustScore beside
 `--metrics ddranking` on the same set, the same data, the same teacher, the same networks and epochs.
 
-Two steps, in two interpreters (the package needs a torchvision that imports, which the CPU torch sm_jax pins
-has not: benchmarks/README.md says how to make its venv):
+Three steps; `run` in the package's own interpreter (it needs a torchvision that imports, which the CPU torch
+sm_jax pins has not: docs/sets.md says how to make its venv), the others in sm_jax's:
 
   python -m benchmarks.official_ddranking prepare --set DIR --data-dir D --work W [--preset cpu]
       sm_jax's interpreter. Writes W/set/ (the set in DD-Ranking's layout, `--format ddranking`), W/cifar10.npz
       (the uint8 images sm_jax decodes, so both sides see the same pixels), W/teacher.npz (the set's teacher, the
       first real-data reference network of evaluation.reference, in the package's ConvNet-3 parameter order) and
-      W/prepared.json (the reference's test accuracy, the set's evaluation recipe).
+      W/prepared.json (the reference's test accuracy, the dataset's mean and std, the set's evaluation recipe).
   VENV/bin/python benchmarks/official_ddranking.py run --work W [--metrics hard,soft,ars]
-      The package's interpreter; writes W/package.json: every cell's accuracy (each evaluation run, each lr of
-      the grid), the package's HLR, IOR, LRS and ARS, and the seconds each took.
+      The package's interpreter; writes W/package.json: every cell's accuracy (each evaluation run; the lr its
+      grid chose), the package's HLR, IOR, LRS and ARS, and the seconds each took; W/out/, its per-run scores.
+  python -m benchmarks.official_ddranking compare --work W --results R
+      The markdown side-by-side of W/package.json and R, sm_jax's results file of `--metrics ddranking`.
 
 Without editing the package, this runner:
   - replaces its `get_dataset` (it would download CIFAR-10 through torchvision) by the arrays of W/cifar10.npz,
-    normalised with the package's CIFAR-10 mean and std, as its own `ToTensor + Normalize` does;
+    normalised with the dataset's mean and std (the package's CIFAR-10 values), as its `ToTensor + Normalize` does;
   - sets its full-data accuracy (`REAL_DATA_ACC_CACHE['CIFAR10-ConvNet-3']`, which it has only for ImageNet and
     TinyImageNet and which a user cannot pass) to the reference's, so HLR has the same first term on both sides;
   - writes the teacher as `teachers/CIFAR10/ConvNet-3/ckpt_best.pt`, where the package loads teachers from, and
@@ -41,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 
-MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]  # the package's CIFAR-10 statistics
 DSA_PARAMS = {"flip": 0.5, "rotate": 15.0, "scale": 1.2, "crop": 0.125, "cutout": 0.5, "brightness": 1.0,
               "saturation": 2.0, "contrast": 0.5}  # DSA's ParamDiffAug, the keys the package's DSA reads
 
@@ -54,19 +55,14 @@ def prepare(set_dir: str, data_dir: str, work: str, preset: str | None) -> None:
     from sm_jax.evaluation.protocols import train_protocol
     from sm_jax.experiment import Run
     from sm_jax.experts import params_to_official
-    from sm_jax.methods import METHODS
+    from sm_jax.sets.evaluate import run_config
     from sm_jax.sets.formats import write_ddranking
     from sm_jax.sets.readers import load_set
 
     w = Path(work)
     w.mkdir(parents=True, exist_ok=True)
     s = load_set(set_dir)
-    base = Config.from_dict(s.metadata["config"])
-    over = {"data_dir": data_dir}
-    if preset and preset != base.preset:
-        fields = METHODS[base.method].preset(preset, base.ipc, base.dataset)
-        over.update({k: fields[k] for k in ("eval_models", "eval_epochs")}, preset=preset)
-    cfg = base.replace(**over)
+    cfg = run_config(Config.from_dict(s.metadata["config"]), {"data_dir": data_dir, "preset": preset})
     if cfg.dataset != "cifar10" or cfg.zca or cfg.model != "convnet":
         raise SystemExit("error: this runner compares CIFAR-10 sets of the default ConvNet without ZCA")
     run = Run(cfg, progress=False)
@@ -83,19 +79,19 @@ def prepare(set_dir: str, data_dir: str, work: str, preset: str | None) -> None:
         "epochs": proto.epochs, "batch": proto.batch, "momentum": proto.momentum,
         "weight_decay": proto.weight_decay, "temperature": cfg.eval_temperature,
         "reference_accuracy": 100 * float(np.mean(accs)), "reference_dir": str(ref.dir),
-        "preset": cfg.preset}, indent=2))
+        "mean": list(d.mean), "std": list(d.std), "preset": cfg.preset}, indent=2))
     print(f"prepared {w}: {cfg.method} ipc {s.per_class}, {cfg.eval_models} x {proto.epochs} epochs, reference "
           f"{100 * np.mean(accs):.2f} %")
 
 
 class _Arrays:
     """A torchvision-like dataset over normalised tensors (what the package's CIFAR10 + ToTensor + Normalize
-    yields), with the `targets` its random-subset code reads."""
+    yields; sm_jax's CIFAR-10 statistics are the package's), with the `targets` its random-subset code reads."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, mean, std):
         import torch
 
-        m, s = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+        m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
         self.x = (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float() / 255 - m) / s
         self.targets = [int(v) for v in y]
 
@@ -106,21 +102,23 @@ class _Arrays:
         return self.x[i], self.targets[i]
 
 
-def _patch(work: Path, epochs: int, reference_accuracy: float, calls: list) -> None:
+def _patch(work: Path, prep: dict, calls: list) -> _Arrays:
+    """Patches the package (module docstring) to read W's data, record its cells in `calls`; returns the test split."""
     import ddranking.metrics.aug_robust as ars
     import ddranking.metrics.hard_label as hard
     import ddranking.metrics.soft_label as soft
     import ddranking.utils.train_and_eval as te
 
-    a = np.load(work / "cifar10.npz")
-    train, test = _Arrays(a["train_x"], a["train_y"]), _Arrays(a["test_x"], a["test_y"])
+    a, stats = np.load(work / "cifar10.npz"), (prep["mean"], prep["std"])
+    train, test = _Arrays(a["train_x"], a["train_y"], *stats), _Arrays(a["test_x"], a["test_y"], *stats)
     ident = {c: c for c in range(10)}
+    epochs = prep["epochs"]
 
     def get_dataset(dataset, data_path, im_size, use_zca, custom_val_trans, device):
         assert dataset == "CIFAR10" and not use_zca and custom_val_trans is None
-        return 3, (32, 32), MEAN, STD, 10, train, test, test, ident, ident
+        return 3, (32, 32), *stats, 10, train, test, test, ident, ident
 
-    te.REAL_DATA_ACC_CACHE["CIFAR10-ConvNet-3"] = reference_accuracy
+    te.REAL_DATA_ACC_CACHE["CIFAR10-ConvNet-3"] = prep["reference_accuracy"]
     for mod in (hard, soft, ars):
         mod.get_dataset = get_dataset
         mod.save_results = lambda results, path: Path(path).write_text(json.dumps(results))
@@ -129,6 +127,7 @@ def _patch(work: Path, epochs: int, reference_accuracy: float, calls: list) -> N
     for cls in (hard.LabelRobustScoreHard, soft.LabelRobustScoreSoft, ars.AugmentationRobustScore):
         for name in [n for n in vars(cls) if n.endswith("_helper") and n.startswith("_compute")]:
             setattr(cls, name, _recorded(getattr(cls, name), name, calls))
+    return test
 
 
 def _recorded(helper, name: str, calls: list):
@@ -144,7 +143,7 @@ def _recorded(helper, name: str, calls: list):
     return wrapped
 
 
-def _teacher(work: Path, device: str) -> float:
+def _teacher(work: Path, test: _Arrays, device: str) -> float:
     """Writes the teacher where the package loads it from; returns its test accuracy by the package's validate."""
     import torch
     from ddranking.utils import build_model, validate
@@ -161,9 +160,7 @@ def _teacher(work: Path, device: str) -> float:
     d = work / "teachers" / "CIFAR10" / "ConvNet-3"
     d.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), d / "ckpt_best.pt")
-    a = np.load(work / "cifar10.npz")
-    loader = torch.utils.data.DataLoader(_Arrays(a["test_x"], a["test_y"]), batch_size=256)
-    return float(validate(model, loader, device=device))
+    return float(validate(model, torch.utils.data.DataLoader(test, batch_size=256), device=device))
 
 
 def run(work: str, metrics: list[str], runs: int | None = None, syn_lr: float | None = None,
@@ -181,14 +178,14 @@ def run(work: str, metrics: list[str], runs: int | None = None, syn_lr: float | 
     w = Path(work)
     prep = json.loads((w / "prepared.json").read_text())
     epochs, calls = prep["epochs"], []
-    _patch(w, epochs, prep["reference_accuracy"], calls)
-    teacher_acc = _teacher(w, device)
+    test = _patch(w, prep, calls)
+    teacher_acc = _teacher(w, test, device)
     print(f"teacher: package validate {teacher_acc:.2f} %, sm_jax reference {prep['reference_accuracy']:.2f} %")
     from torchvision import transforms
 
     images = torch.load(w / "set" / "images.pt")
     # the random subsets' JPEG folders, read as the package's own CIFAR-10 (it requires a transform ending in tensors)
-    folder = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    folder = transforms.Compose([transforms.ToTensor(), transforms.Normalize(prep["mean"], prep["std"])])
     common = dict(dataset="CIFAR10", real_data_path=str(w), ipc=prep["ipc"], model_name="ConvNet-3",
                   optimizer="sgd", lr_scheduler="step", step_size=epochs // 2, weight_decay=prep["weight_decay"],
                   momentum=prep["momentum"], num_eval=runs or prep["models"], im_size=(32, 32), num_epochs=epochs,
@@ -240,15 +237,13 @@ CLASSES = {"hard": "LabelRobustScoreHard", "soft": "LabelRobustScoreSoft", "ars"
 SHORT = {"LabelRobustScoreHard": "LRS-Hard", "LabelRobustScoreSoft": "LRS-Soft", "AugmentationRobustScore": "ARS"}
 
 
-def _map01(v: np.ndarray) -> np.ndarray:
-    """DD-Ranking's map (exp(v) - exp(-1)) / (e - exp(-1)) of v in fractions, in percent (sm_jax's LRS, ARS)."""
-    return 100 * (np.exp(v) - np.exp(-1)) / (np.e - np.exp(-1))
-
-
 def compare(work: str, results: str) -> str:
     """The markdown side-by-side of W/package.json and an sm_jax results file of `--metrics ddranking` on the same
     set: each cell's accuracy (mean +- std over networks / the package's runs, and the lrs chosen), then the scores:
     the package's own, and its per-run HLR / IOR through sm_jax's map (fractions)."""
+    from sm_jax.evaluation.ddranking import normalised_exp
+
+    map01 = lambda v: 100 * normalised_exp(v)  # noqa: E731  (sm_jax's LRS and ARS, in percent)
     w = Path(work)
     pkg = json.loads((w / "package.json").read_text())
     ours = json.loads(Path(results).read_text())["ddranking"]
@@ -279,12 +274,12 @@ def compare(work: str, results: str) -> str:
             row(f"IOR{label}", f"{ours['ior' + form]:.2f} +- {ours['ior' + form + '_std']:.2f}",
                 pm(m[name], "improvement_over_random"))
             row(f"LRS{label}", f"{ours['lrs' + form]:.2f} +- {ours['lrs' + form + '_std']:.2f}",
-                pm(m[name], "label_robust_score"), ms(_map01(0.5 * ior / 100 - 0.5 * hlr / 100)))
+                pm(m[name], "label_robust_score"), ms(map01(0.5 * ior / 100 - 0.5 * hlr / 100)))
     if "ars" in runs:
         r = runs["ars"]
         a = 0.5 * np.asarray(r["with_aug_scores"]) / 100 + 0.5 * np.asarray(r["without_aug_scores"]) / 100
         row("ARS", f"{ours['ars']:.2f} +- {ours['ars_std']:.2f}", pm(m["ars"], "augmentation_robust_score"),
-            ms(_map01(a)))
+            ms(map01(a)))
     return "\n".join(lines)
 
 
@@ -302,7 +297,7 @@ def main(argv=None) -> None:
                    "(LabelRobustScoreSoft), ars (AugmentationRobustScore)")
     b.add_argument("--runs", type=int, help="the package's num_eval (default: the set's evaluation networks)")
     b.add_argument("--syn-lr", type=float, help="the package's syn_lr (default: its lr grid)")
-    c = sub.add_parser("compare", help="the markdown side-by-side (either interpreter)")
+    c = sub.add_parser("compare", help="the markdown side-by-side (sm_jax's interpreter)")
     c.add_argument("--work", required=True)
     c.add_argument("--results", required=True, help="sm_jax's results file of --metrics ddranking on the same set")
     args = p.parse_args(argv)

@@ -17,6 +17,18 @@ from sm_jax.sets.core import SetError
 from sm_jax.sets.readers import load_set
 
 
+def run_config(base: Config, overrides: dict) -> Config:
+    """A set's run config `base` with evaluation `overrides` (Config fields): a `preset` other than the run's first
+    takes that preset's evaluation budget (networks, epochs; with `metrics` the reference's), then the others."""
+    overrides = dict(overrides)
+    preset = overrides.pop("preset", None)
+    if preset and preset != base.preset:
+        fields = METHODS[base.method].preset(preset, base.ipc, base.dataset)
+        overrides = {**{k: fields[k] for k in ("eval_models", "eval_epochs") if k in fields}, "preset": preset,
+                     **overrides}
+    return base.replace(**overrides)
+
+
 def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: str | None = None,
                       method: str | None = None, factor: int | None = None, index: int = 0,
                       out: str | Path | None = None, progress: bool = True, log=print) -> dict:
@@ -37,13 +49,7 @@ def evaluate_set_path(path: str | Path, overrides: dict | None = None, dataset: 
     s = load_set(path, dataset=dataset, factor=factor, index=index)
     meta, overrides = s.metadata, dict(overrides or {})
     if meta.get("config") and not method:
-        base = Config.from_dict(meta["config"])
-        preset = overrides.pop("preset", None)
-        if preset and preset != base.preset:  # that budget's evaluation (networks, epochs; the metrics' reference)
-            fields = METHODS[base.method].preset(preset, base.ipc, base.dataset)
-            overrides = {**{k: fields[k] for k in ("eval_models", "eval_epochs") if k in fields}, "preset": preset,
-                         **overrides}
-        cfg = base.replace(**overrides)
+        cfg = run_config(Config.from_dict(meta["config"]), overrides)
         iteration = cfg.iterations
     else:
         if not method:

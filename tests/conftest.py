@@ -25,6 +25,22 @@ import pytest  # noqa: E402
 
 from sm_jax.data import Dataset  # noqa: E402
 
+_approx = pytest.approx
+
+
+def _approx_of_numbers(expected, *args, **kwargs):
+    """pytest.approx, refusing a JAX array as the expected value: expectations are Python or numpy numbers (pytest
+    9.2 reads `.flat` of what it is handed, which a JAX array does not have), so a test fails here with one clear
+    line rather than on the pytest release the registry serves next."""
+    import jax
+
+    if any(isinstance(x, jax.Array) for x in jax.tree.leaves(expected)):
+        raise TypeError("pytest.approx was handed a JAX array as the expected value: use float() or np.asarray()")
+    return _approx(expected, *args, **kwargs)
+
+
+pytest.approx = _approx_of_numbers
+
 
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:

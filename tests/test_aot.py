@@ -2,7 +2,6 @@
 iteration and evaluation compiled for a CUDA target and a 2-chip TPU topology with the class axis sharded, and
 `--plan-for` through the command line."""
 import dataclasses
-import importlib.util
 import json
 import math
 import re
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from sm_jax.aot import hlo
-from sm_jax.aot.targets import TARGETS, Target, TargetError, target
+from sm_jax.aot.targets import TARGETS, Target, TargetError, compiler_installed, target
 
 # A program whose flops and bytes are known by hand: a cuDNN convolution, a cuBLAS gemm, a fusion that slices a big
 # operand, an in-place update, a loop with XLA:GPU's trip count and one with XLA:TPU's (none: `i < 5` from 0), a
@@ -165,8 +164,7 @@ def test_targets_resolve_by_name_and_chips():
     assert "core_count: 132" in TARGETS["h100"].gpu_target_config()
 
 
-HAVE_CUDA = importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
-HAVE_TPU = importlib.util.find_spec("libtpu") is not None
+HAVE_CUDA, HAVE_TPU = compiler_installed("cuda"), compiler_installed("tpu")
 needs_compilers = pytest.mark.skipif(not (HAVE_CUDA and HAVE_TPU), reason='needs pip install -e ".[aot]"')
 TPU2 = dataclasses.replace(TARGETS["v5e-2x2"], name="v5e-2x1", chips=2, tpu=("v5e:2x1", (2, 1, 1)))
 TINY = dict(width=8, depth=1, batch_real=4, batch_train=8, outer_loop=2, inner_loop=1, eval_epochs=2,

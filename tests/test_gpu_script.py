@@ -1,6 +1,5 @@
 """benchmarks/gpu.sh --smoke: the GPU check's every section on CPU at tiny shapes, so it cannot rot between the
 sessions that are lent a GPU."""
-import importlib.util
 import json
 import os
 import re
@@ -9,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from sm_jax.aot.targets import compiler_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
     report = json.loads((out / "gpu.json").read_text())  # what a GPU session commits
     assert report["steps"] == steps and report["evaluate"] == [ev] and report["env"]["backend"] == "cpu"
     assert report["runs"]["dsa_ipc1_k1"]["iterations_done"] == 2
-    if importlib.util.find_spec("libtpu") and importlib.util.find_spec("jax_plugins.xla_cuda13"):  # .[aot]
+    if compiler_installed("tpu") and compiler_installed("cuda"):  # .[aot]
         # section 1b: the prediction compiled for a target (h100 in the smoke run), with its memory and time
         [pred] = report["predicted"]
         assert (pred["target"], pred["method"], pred["preset"]) == ("h100", "dc", "cpu")

@@ -24,14 +24,15 @@ def _net():
 
 def test_soft_cross_entropy_is_kl():
     logits = jnp.asarray([[1.0, 2.0, -1.0], [0.5, 0.0, 0.0]])
-    p = jax.nn.softmax(jnp.asarray([[0.0, 1.0, 0.0], [2.0, 0.0, 1.0]]))
-    q = jax.nn.softmax(logits)
-    by_hand = np.mean([sum(p[i, c] * math.log(p[i, c] / q[i, c]) for c in range(3)) for i in range(2)])
-    assert float(soft_cross_entropy(logits, p)) == pytest.approx(by_hand, rel=1e-5)
-    assert float(soft_cross_entropy(logits, q)) == pytest.approx(0.0, abs=1e-6)
+    # the expected values by hand in numpy/Python floats (pytest.approx is handed no JAX array)
+    p = np.asarray(jax.nn.softmax(jnp.asarray([[0.0, 1.0, 0.0], [2.0, 0.0, 1.0]])), np.float64)
+    q = np.asarray(jax.nn.softmax(logits), np.float64)
+    by_hand = float(np.mean([sum(p[i, c] * math.log(p[i, c] / q[i, c]) for c in range(3)) for i in range(2)]))
+    assert float(soft_cross_entropy(logits, jnp.asarray(p, jnp.float32))) == pytest.approx(by_hand, rel=1e-5)
+    assert float(soft_cross_entropy(logits, jnp.asarray(q, jnp.float32))) == pytest.approx(0.0, abs=1e-6)
     w = jnp.asarray([1.0, 0.0])  # a padded row counts for nothing
-    assert float(soft_cross_entropy(logits, p, w)) == pytest.approx(
-        sum(p[0, c] * math.log(p[0, c] / q[0, c]) for c in range(3)), rel=1e-5)
+    assert float(soft_cross_entropy(logits, jnp.asarray(p, jnp.float32), w)) == pytest.approx(
+        float(sum(p[0, c] * math.log(p[0, c] / q[0, c]) for c in range(3))), rel=1e-5)
 
 
 def test_teacher_sees_the_students_augmented_batch():

@@ -13,6 +13,7 @@ TPU, the MXU's bfloat16 rate over 6, the passes of XLA's float32 (`HIGHEST`) mat
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 
 from sm_jax.errors import UserError
@@ -106,6 +107,18 @@ class Target:
         if len(devices) != self.chips:
             raise TargetError(f"{self.name}: the topology has {len(devices)} devices, expected {self.chips}")
         return devices
+
+
+# the module each platform's compiler is (the extra .[aot]: jax-cuda13-plugin and libtpu)
+COMPILER_MODULES = {"cuda": "jax_plugins.xla_cuda13", "tpu": "libtpu"}
+
+
+def compiler_installed(platform: str) -> bool:
+    """Whether the compiler of `platform` ('cuda' or 'tpu') is installed, without loading it."""
+    try:
+        return importlib.util.find_spec(COMPILER_MODULES[platform]) is not None
+    except ModuleNotFoundError:  # find_spec imports the parent package, and without the plugin there is no jax_plugins
+        return False
 
 
 def quiet_libtpu() -> None:

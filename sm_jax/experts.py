@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from sm_jax.augmentation import DSA_POLICY
 from sm_jax.data import Dataset
 from sm_jax.data.zca import data_fingerprint
 from sm_jax.errors import UserError
 from sm_jax.lifecycle import Stopped
 from sm_jax.matching import make_partition
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 from sm_jax.progress import Progress
 from sm_jax.training import accuracy, sgd, train_step
 

@@ -5,12 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sm_jax.augmentation import siamese
+from sm_jax.augmentation import DSA_POLICY, siamese
 from sm_jax.config import make_config
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
 from sm_jax.methods import DM, METHODS, make_context, make_method
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
 
 def tiny_cfg(**kw):

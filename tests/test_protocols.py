@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sm_jax.augmentation import DSA_POLICY
 from sm_jax.config import make_config
 from sm_jax.evaluation import ddranking as ddr
 from sm_jax.evaluation import evaluate_archs, reference
 from sm_jax.methods import make_method
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 from sm_jax.models import make_net
 from sm_jax.training import sgd, soft_cross_entropy, train_step
 

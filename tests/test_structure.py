@@ -8,34 +8,58 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sm_jax"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, modules: set[str]) -> set[str]:
-    """The sm_jax modules `path` imports, at any depth of the file (function-level imports too; not those only type
-    checkers see, under `if TYPE_CHECKING:`)."""
-    tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(block)}
+def imports(path: Path, modules: set[str], top: str) -> set[str]:
+    """The modules of package `top` that `path` imports, at any depth of the file: function-level imports and those
+    only type checkers see (`if TYPE_CHECKING:`) too, and each imported module's parent packages, whose __init__
+    Python runs first (`from a.b.c import x` runs a.b's __init__)."""
     out = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("sm_jax")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sm_jax"):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == top}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == top:
             for a in node.names:  # `from pkg import submodule` imports the submodule
                 sub = f"{node.module}.{a.name}"
                 out.add(sub if sub in modules else node.module)
-    return out & modules
+    parents = {".".join(m.split(".")[:i]) for m in out for i in range(1, m.count(".") + 1)}
+    return (out | parents) & modules
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """module -> the modules of `package` it imports; a module's own parent packages left out (importing them is
+    how a package initialises its modules, not a cycle)."""
+    files = {module_name(p, package): p for p in package.rglob("*.py")}
+    return {m: {d for d in imports(p, set(files), package.name) if d != m and not m.startswith(d + ".")}
+            for m, p in files.items()}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """An import cycle of the graph as the path a -> ... -> a, or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(edges[m]):
+            if state.get(d) == 1:
+                return [*path[path.index(d):], d]
+            if d not in state and (found := visit(d, [*path, d])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
 
 
 @pytest.fixture(scope="module")
 def graph():
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {m: imports(p, set(files)) for m, p in files.items()}
+    return import_graph(PACKAGE)
 
 
 def test_the_library_never_imports_the_command_line(graph):
@@ -44,21 +68,27 @@ def test_the_library_never_imports_the_command_line(graph):
 
 
 def test_no_import_cycle(graph):
-    # a module importing its own package's __init__ is how a package initialises, not a cycle
-    edges = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
-    state: dict[str, int] = {}  # 1: on the path, 2: done
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
-    def visit(m, path):
-        state[m] = 1
-        for d in sorted(edges[m]):
-            assert state.get(d) != 1, "import cycle: " + " -> ".join([*path[path.index(d):], d])
-            if d not in state:
-                visit(d, [*path, d])
-        state[m] = 2
 
-    for m in sorted(edges):
-        if m not in state:
-            visit(m, [m])
+@pytest.mark.parametrize("plant, cycle", [
+    # a type-only import closes it
+    ({"a.py": "from pkg import b", "b.py": "import typing\nif typing.TYPE_CHECKING:\n    from pkg.a import X"},
+     ["pkg.a", "pkg.b", "pkg.a"]),
+    # importing a package's submodule runs the package's __init__, which imports a module that imports back
+    ({"low.py": "def f():\n    from pkg.sub.x import y", "sub/__init__.py": "from pkg.sub import z",
+      "sub/x.py": "", "sub/z.py": "import pkg.low"}, ["pkg.low", "pkg.sub", "pkg.sub.z", "pkg.low"]),
+    # no cycle: a module importing its own package and a sibling
+    ({"__init__.py": "from pkg.a import f", "a.py": "import pkg\nfrom pkg import b", "b.py": ""}, None),
+])
+def test_the_cycle_check_finds_a_planted_cycle(tmp_path, plant, cycle):
+    """The check itself, on a package planted in tmp_path: it must fail on a cycle, or it proves nothing."""
+    pkg = tmp_path / "pkg"
+    for name, text in {"__init__.py": "", **plant}.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text + "\n")
+    assert find_cycle(import_graph(pkg)) == cycle
 
 
 def test_each_method_owns_its_presets_in_its_module_and_the_registry_names_it():

@@ -161,8 +161,8 @@ def test_vmapped_training_of_batch_norm_networks_equals_sequential():
 
 @pytest.mark.parametrize("norm", ["instancenorm", "batchnorm", "layernorm", "groupnorm", "none"])
 def test_matching_loss_is_zero_for_identical_batches_with_every_norm(norm):
+    from sm_jax.augmentation import DSA_POLICY
     from sm_jax.matching import class_match, cosine_distance
-    from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
     net = make_net("convnet", 3, width=8, depth=1, norm=norm, conv_impl="xla")
     params, state = net.init(jax.random.key(0))

@@ -4,6 +4,7 @@ from sm_jax.augmentation.cutmix import cutmix
 from sm_jax.augmentation.dc_eval import DC_OPS
 from sm_jax.augmentation.dsa import DSA_OPS, affine_resample
 from sm_jax.augmentation.policy import (
+                                        DSA_POLICY,
                                         NO_POLICY,
                                         OPS,
                                         Policy,
@@ -15,5 +16,5 @@ from sm_jax.augmentation.policy import (
                                         siamese,
 )
 
-__all__ = ["DC_OPS", "DSA_OPS", "NO_POLICY", "OPS", "Policy", "affine_resample", "apply_policy", "augment",
-           "check_policy", "cutmix", "drop_ops", "sample_policy", "siamese"]
+__all__ = ["DC_OPS", "DSA_OPS", "DSA_POLICY", "NO_POLICY", "OPS", "Policy", "affine_resample", "apply_policy",
+           "augment", "check_policy", "cutmix", "drop_ops", "sample_policy", "siamese"]

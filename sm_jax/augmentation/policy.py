@@ -17,6 +17,9 @@ from sm_jax.augmentation.dsa import AFFINE_THETAS, DSA_OPS, apply_theta
 
 Policy = tuple[tuple[str, ...], ...]
 NO_POLICY: Policy = ()
+# DSA's 'color_crop_cutout_flip_scale_rotate', one of the six ops per draw: DSA's matching, training and evaluation,
+# and every method that borrows them (DM, MTT, its experts, DD-Ranking's augmented cells)
+DSA_POLICY: Policy = (("color", "crop", "cutout", "flip", "scale", "rotate"),)
 
 OPS: dict[str, tuple[Callable, Callable]] = {**DSA_OPS, **DC_OPS}  # name -> (sample, apply)
 

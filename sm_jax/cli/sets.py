@@ -110,7 +110,7 @@ def export_main(argv=None) -> None:
     args = export_parser().parse_args(argv)
 
     def go():
-        from sm_jax.sets import export_run
+        from sm_jax.sets.export import export_run
 
         written = export_run(args.workdir, args.to, args.format)
         print(json.dumps({"format": args.format, "written": [str(w) for w in written]}))

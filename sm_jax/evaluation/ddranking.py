@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sm_jax.augmentation import DSA_POLICY
 from sm_jax.data import Dataset
 from sm_jax.evaluation import reference
 from sm_jax.evaluation.core import make_evaluator, random_subset, set_targets
 from sm_jax.evaluation.protocols import train_protocol
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 
 LR_GRID = (0.001, 0.005, 0.01, 0.05, 0.1)  # ddranking 0.2.0's lr_list (its _hyper_param_search_*)
 LAMBDA = 0.5

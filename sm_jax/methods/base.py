@@ -8,7 +8,7 @@ through the same two fields (`subset_k`, `subset_lambda`) and the same decaying 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,9 @@ from sm_jax.errors import ConfigError
 from sm_jax.matching import lambda_schedule
 from sm_jax.methods.context import CondenseState, make_context
 from sm_jax.methods.inits import INITS
+from sm_jax.methods.run_config import RunConfig
 from sm_jax.models import denormalize, make_net, normalize
 from sm_jax.training import TrainProtocol
-
-if TYPE_CHECKING:
-    from sm_jax.config import Config
 
 PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, dataset)
 
@@ -61,7 +59,7 @@ class Method:
         raise NotImplementedError
 
     @classmethod
-    def check(cls, cfg: Config) -> None:
+    def check(cls, cfg: RunConfig) -> None:
         """The method's own rules on a config (config.validate calls it): raises ConfigError."""
 
     @classmethod
@@ -69,7 +67,7 @@ class Method:
         """The preset `name` (one of PRESETS) of this method."""
         return {"paper": cls.paper_preset, "cpu": cls.cpu_preset}[name](ipc, dataset)
 
-    def __init__(self, cfg: Config, spec: DataSpec = DataSpec(), mesh=None):
+    def __init__(self, cfg: RunConfig, spec: DataSpec = DataSpec(), mesh=None):
         self.cfg = cfg
         self.spec = spec
         self.num_classes = spec.num_classes
@@ -122,7 +120,7 @@ class Method:
 
     def init_images(self, data: Dataset, key: jax.Array) -> jax.Array:
         """Initial stored images (classes, ipc, H, W, C) as the config's `init` (a name of INITS) says."""
-        return INITS[self.cfg.init](self, data, key)
+        return INITS[self.cfg.init](data, key, self.cfg.ipc, self.cfg.factor, self.normalize)
 
     def decode(self, images: jax.Array) -> jax.Array:
         """Stored images -> the normalised images that are matched and evaluated: (classes, n, H, W, C)."""

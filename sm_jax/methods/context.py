@@ -2,7 +2,7 @@
 once from the run seed) and the condensation state every method carries and checkpoints."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +11,8 @@ import numpy as np
 from sm_jax.data import Dataset, DataSpec
 from sm_jax.errors import ConfigError
 from sm_jax.matching import make_partition
+from sm_jax.methods.run_config import RunConfig
 from sm_jax.models import normalize
-
-if TYPE_CHECKING:
-    from sm_jax.config import Config
 
 
 class Context(NamedTuple):
@@ -33,7 +31,7 @@ class CondenseState(NamedTuple):
     iteration: jax.Array  # int32 scalar: iterations completed
 
 
-def make_partitions(cfg: Config, class_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def make_partitions(cfg: RunConfig, class_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The run's fixed subset partitions, drawn once from the run seed.
 
     Args:
@@ -48,7 +46,7 @@ def make_partitions(cfg: Config, class_idx: np.ndarray) -> tuple[np.ndarray, np.
     return real, syn
 
 
-def make_context(cfg: Config, data: Dataset, partitions=None) -> Context:
+def make_context(cfg: RunConfig, data: Dataset, partitions=None) -> Context:
     """Puts the dataset and the partitions (fresh, or restored from a checkpoint) on the device."""
     class_idx = data.class_indices()
     counts = (class_idx >= 0).sum(1)

@@ -16,11 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from sm_jax import sharding
-from sm_jax.augmentation import siamese
+from sm_jax.augmentation import DSA_POLICY, siamese
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
 from sm_jax.methods.context import CondenseState, Context
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 from sm_jax.methods.gradient import GradientMatching
 
 

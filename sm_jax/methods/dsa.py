@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sm_jax.augmentation import Policy
+from sm_jax.augmentation import DSA_POLICY
 from sm_jax.methods.dc import loop_budget, loop_cpu_budget
 from sm_jax.methods.gradient import GradientMatching
-
-# DSA's 'color_crop_cutout_flip_scale_rotate': one of the six ops per draw
-POLICY: Policy = (("color", "crop", "cutout", "flip", "scale", "rotate"),)
 
 
 class DSA(GradientMatching):
     name = "dsa"
     distance = "cosine"
-    match_policy = POLICY
-    net_policy = POLICY
-    eval_policy = POLICY  # every evaluation network, batch-norm ones included
+    match_policy = DSA_POLICY
+    net_policy = DSA_POLICY
+    eval_policy = DSA_POLICY  # every evaluation network, batch-norm ones included
 
     @classmethod
     def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""The initialisations of the synthetic images, by name (Config.init): `INITS[name](method, data, key)` returns the
-stored images (classes, ipc, H, W, C) a run starts from."""
+"""The initialisations of the synthetic images, by name (Config.init): `INITS[name](data, key, ipc, factor,
+normalize)` returns the stored images (classes, ipc, H, W, C) a run starts from. They take what they need, not the
+method, so that the methods' base can name them without a cycle."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +11,6 @@ import numpy as np
 
 from sm_jax.data import Dataset
 from sm_jax.errors import ConfigError
-
-if TYPE_CHECKING:
-    from sm_jax.methods.base import Method
 
 
 def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int = 2) -> jax.Array:
@@ -35,19 +33,23 @@ def idc_init(train_x: np.ndarray, class_idx: np.ndarray, ipc: int, factor: int =
     return jnp.asarray(np.stack(out))
 
 
-def _init_noise(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    return jax.random.normal(key, (data.num_classes, method.cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
+# every init: (data, key, ipc, factor, normalize: [0, 1] pixels -> the method's image space) -> stored images
+Init = Callable[[Dataset, jax.Array, int, int, Callable[[jax.Array], jax.Array]], jax.Array]
 
 
-def _init_real(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    picks = [jax.random.choice(k, row[row >= 0], (method.cfg.ipc,), replace=False)
+def _init_noise(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize) -> jax.Array:
+    return jax.random.normal(key, (data.num_classes, ipc, *data.train_x.shape[1:]), jnp.float32)
+
+
+def _init_real(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize) -> jax.Array:
+    picks = [jax.random.choice(k, row[row >= 0], (ipc,), replace=False)
              for k, row in zip(jax.random.split(key, data.num_classes), data.class_indices())]
-    return method.normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
+    return normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
 
 
-def _init_idc(method: Method, data: Dataset, key: jax.Array) -> jax.Array:
-    return idc_init(data.train_x, data.class_indices(), method.cfg.ipc, method.cfg.factor)
+def _init_idc(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize) -> jax.Array:
+    return idc_init(data.train_x, data.class_indices(), ipc, factor)
 
 
 # Config.init: random normal (DC), real images of the class (DSA), IDC's tiled subsampled real images (any method)
-INITS = {"noise": _init_noise, "real": _init_real, "idc": _init_idc}
+INITS: dict[str, Init] = {"noise": _init_noise, "real": _init_real, "idc": _init_idc}

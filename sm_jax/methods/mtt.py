@@ -24,11 +24,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from sm_jax import experts
-from sm_jax.augmentation import augment, drop_ops
+from sm_jax.augmentation import DSA_POLICY, augment, drop_ops
 from sm_jax.data import Dataset, DataSpec, default_cache_dir
 from sm_jax.errors import ConfigError
 from sm_jax.methods.base import Method
-from sm_jax.methods.dsa import POLICY as DSA_POLICY
 from sm_jax.models import cross_entropy
 
 # METHOD.md section 10's table: (syn_steps, expert_epochs, max_start_epoch, batch_syn (0 = all), zca, lr_img, lr_lr)

@@ -143,6 +143,7 @@ def test_evaluate_roundtrip_and_other_architectures(finished, capsys):
     assert res["archs"]["mlp"]["accuracies"] == ev["archs"]["mlp"]["accuracies"] and res["archs"]["mlp"]["step"] == 2
 
 
+@pytest.mark.torch
 def test_export_then_evaluate_the_set(finished, tmp_path, capsys):
     """Each format exported with its metadata; --set on the npz and on the pt (the same float images) gives the run's
     own accuracies (same protocol, same network keys); the random baseline is reported beside it."""
@@ -327,6 +328,7 @@ def test_a_field_on_by_default_has_a_no_flag():
     assert config_from_flags(condense_parser("cifar10").parse_args([*argv, "--no-tensorboard"])).tensorboard is False
 
 
+@pytest.mark.torch
 @pytest.mark.slow  # a process: the example is a script
 def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive, tmp_path, capsys):
     import subprocess

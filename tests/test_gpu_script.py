@@ -14,6 +14,7 @@ from sm_jax.aot.targets import compiler_installed
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.torch
 @pytest.mark.slow
 def test_gpu_script_smoke_runs_every_section(tmp_path, tiny_archive):
     pytest.importorskip("torch")  # the baseline: .ci/run installs the extra .[torch]

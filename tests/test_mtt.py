@@ -213,6 +213,7 @@ def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evalu
     assert ev["eval_lr"] == lr and ev["accuracies"] == res["accuracies"]
 
 
+@pytest.mark.torch
 def test_official_replay_buffers_read_into_the_same_network(tiny_data, tmp_path):
     """A buffer in the official layout, written by PyTorch from the official ConvNet's definition (conv, GroupNorm
     with one group per channel, ReLU, 2x2 average pooling; a linear classifier on the NCHW flattening): read back,

@@ -31,6 +31,7 @@ def write(s: ImageSet, fmt: str, out, meta=None):
     return meta
 
 
+@pytest.mark.torch
 def test_npz_and_pt_read_back_exactly_and_png_within_8bit_rounding(tmp_path):
     pytest.importorskip("torch")
     s = a_set(names=["dog", "cat", "ant"])  # not in sorted order: the folders are prefixed with the label
@@ -82,6 +83,7 @@ def test_npz_schema_is_a_runs_synthetic_npz(tmp_path):
     np.testing.assert_array_equal(again["train_normalized"], syn["train_normalized"])
 
 
+@pytest.mark.torch
 def test_official_layouts(tmp_path):
     """DC/DSA/DM's res_*.pt ({'data': [[images, labels], ...]}) and IDC's data.pt ([stored, targets], decoded as IDC
     does), read with torch.load(weights_only=True); without metadata the dataset gives the normalisation."""
@@ -111,6 +113,7 @@ def test_official_layouts(tmp_path):
     ("bad.npz", b"PK\x03\x04 torn", "not a readable npz"),
     ("set.txt", b"x", "not a set"),
 ])
+@pytest.mark.torch
 def test_corrupt_files_are_one_line_errors(tmp_path, name, content, pattern):
     if name.endswith(".pt"):
         pytest.importorskip("torch")
@@ -119,6 +122,7 @@ def test_corrupt_files_are_one_line_errors(tmp_path, name, content, pattern):
         load_set(tmp_path / name, dataset="cifar10")
 
 
+@pytest.mark.torch
 def test_unsafe_pickles_are_refused(tmp_path):
     torch = pytest.importorskip("torch")
 
@@ -166,6 +170,7 @@ def test_random_baseline_draw():
         random_subset(train_y, 4, 31, 0)
 
 
+@pytest.mark.torch
 def test_soft_labels_and_learned_lr_round_trip(tmp_path):
     """A set with soft labels and a learned lr keeps both through npz and DD-Ranking's layout; its `learned` protocol
     trains on them (set_targets), the `hard` one on the class labels."""

@@ -27,13 +27,13 @@ def condense(method: str, ipc: int, *, dataset: str = "cifar10", preset: str = "
     Raises:
       sm_jax.errors.UserError: for a bad field or value, missing data, a workdir holding another run.
     """
+    from sm_jax import repeats
     from sm_jax.config import default_workdir, make_config
-    from sm_jax.experiment import Run
 
     cfg = make_config(method, ipc, preset, dataset, **fields)
     if "workdir" not in fields:
         cfg = cfg.replace(workdir=default_workdir(cfg))
-    return Run(cfg, progress=progress).execute()
+    return repeats.execute(cfg, progress=progress)
 
 
 def evaluate(path: str | Path, *, step: int | None = None, dataset: str | None = None, method: str | None = None,

@@ -162,6 +162,10 @@ class Config:
     tensorboard: bool = _field(True, "write the metrics and the synthetic grid at each evaluation to TensorBoard "
                                "event files in <workdir>/tensorboard (--no-tensorboard: off)", kind=OTHER)
     seed: int = _field(0, "run seed: the partitions, the initial set, every draw")
+    experiments: int = _field(1, "condensations of this configuration, from seeds seed, seed+1, ..., each in "
+                              "<workdir>/exp<i>, results.json aggregating all their networks (the papers report 5: "
+                              "num_exp = 5 in the official DC / DSA / DM codes; 1 = the plain run in <workdir>)",
+                              kind=OTHER, low=1)
     data_dir: str | None = _field(None, "TFDS data dir, image-folder archive/directory, or the dataset's official "
                                   "archive (or its extracted folder); default: TFDS download", kind=OTHER)
     workdir: str = _field("runs/default", "run directory", kind=OTHER)

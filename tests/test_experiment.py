@@ -227,3 +227,41 @@ def test_bad_input_exits_2_with_one_error_line(env, tmp_path):
     assert_one_line_error(res, "unknown method")
     assert res.stdout == ""
 
+
+
+@pytest.mark.slow
+def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_second(env, tiny_archive, tmp_path):
+    """--experiments 2: seeds 0 and 1 in exp0/ and exp1/, one results.json over 2 x 2 networks; killed without
+    warning in the second experiment, the same command finishes it with the results of a run never stopped."""
+    args = [*TINY, "--data-dir", tiny_archive, "--experiments", 2, "--iterations", 6, "--checkpoint-every", 1,
+            "--eval-models", 2]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = cli(env, *args, "--workdir", whole)
+    assert res.returncode == 0, res.stderr[-3000:]
+    agg = json.loads((whole / "results.json").read_text())
+    rows = [json.loads((whole / f"exp{i}" / "results.json").read_text()) for i in range(2)]
+    assert [r["config"]["seed"] for r in rows] == [0, 1] and rows[0]["accuracies"] != rows[1]["accuracies"]
+    every = rows[0]["accuracies"] + rows[1]["accuracies"]
+    assert agg["accuracies"] == every and len(every) == 4
+    assert agg["accuracy_mean"] == pytest.approx(sum(every) / 4)
+    assert agg["accuracy_std"] == pytest.approx(float(np.std(every)))
+    means = [sum(r["accuracies"]) / 2 for r in rows]
+    assert agg["experiment_mean"] == pytest.approx(sum(means) / 2)
+    assert agg["experiment_std"] == pytest.approx(abs(means[0] - means[1]) / 2)
+    assert [e["seed"] for e in agg["experiments"]] == [0, 1] and (agg["done"], agg["planned"]) == (2, 2)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["accuracies"] == every
+
+    proc = popen(env, *args, "--workdir", killed)
+    wait_for_checkpoint(proc, killed / "exp1", 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert (killed / "exp0" / "results.json").exists() and not (killed / "exp1" / "results.json").exists()
+    assert json.loads((killed / "results.json").read_text())["done"] == 1  # the aggregate of what was done
+    res = cli(env, *args, "--workdir", killed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "already finished" in res.stdout and "resumed" in res.stdout  # exp0 read back, exp1 resumed
+    again = json.loads((killed / "results.json").read_text())
+    assert again["accuracies"] == agg["accuracies"] and again["experiment_mean"] == agg["experiment_mean"]
+    for i in range(2):
+        a, b = np.load(whole / f"exp{i}" / "synthetic.npz"), np.load(killed / f"exp{i}" / "synthetic.npz")
+        np.testing.assert_array_equal(a["images"], b["images"])

@@ -235,3 +235,71 @@ def test_dm_plan_chooses_lambda_on_held_out_data_and_reports(tmp_path):
     np.testing.assert_allclose(its, [dm.SMOOTH, 2 * dm.SMOOTH])
     np.testing.assert_allclose(loss, [(1 + dm.SMOOTH) / 2, (3 * dm.SMOOTH + 1) / 2])
     assert (tmp_path / "dm.png").exists() and (tmp_path / "dm_loss.png").exists()
+
+
+@pytest.mark.slow
+def test_a_pack_carries_a_half_done_study_to_a_new_root_that_finishes_it_as_if_never_stopped(tmp_path, tiny_archive):
+    """A short-lived machine's study: run a (2 experiments) and run b, both stopped after iteration 1 of 2 (a's first
+    experiment finished); packed, unpacked in a new root, continued: the results of a study never stopped."""
+    import shutil
+    import tarfile
+
+    from sm_jax.checkpointing import Checkpointer
+
+    plan = write_plan(tmp_path / "pk.json", [("a", "g", {**TINY, "iterations": 2, "experiments": 2}),
+                                             ("b", "g", {**TINY, "iterations": 2, "seed": 5})])
+    kw = {"export": None, "data_dir": str(tiny_archive), "log": lambda s: None}
+    ref = study.run_plan(plan, root=tmp_path / "ref", **kw)
+    first = tmp_path / "first"
+    study.run_plan(plan, root=first, **kw)
+    latest = {}
+    for wd in (first / "pk" / "a" / "exp1", first / "pk" / "b"):  # as a stop before iteration 2 leaves them
+        ck = Checkpointer(wd)
+        steps = ck.all_steps()
+        for step in steps:
+            if step > 1:
+                shutil.rmtree(wd / "checkpoints" / str(step))
+        ck.close()
+        latest[wd.name] = str(max(s for s in steps if s <= 1))
+        (wd / "results.json").unlink()
+    (first / "pk" / "a" / "results.json").unlink()
+    assert any((first / "pk" / "b" / "tensorboard").iterdir())
+    p = study.pack(first, [plan], tmp_path / "carry" / "study.tar.gz")
+    assert p["runs"] == 4 and p["bytes"] > 0  # a (its aggregate), a/exp0, a/exp1, b
+    with tarfile.open(p["path"]) as tf:
+        names = tf.getnames()
+    assert not [n for n in names if "tensorboard" in n]
+    def packed_steps(run):
+        return {n.split("/checkpoints/")[1].split("/")[0] for n in names if n.startswith(f"pk/{run}/checkpoints/")}
+
+    assert packed_steps("a/exp0") == {"2"}  # the latest checkpoint only
+    assert packed_steps("a/exp1") == {latest["exp1"]} and packed_steps("b") == {latest["b"]}
+    later = tmp_path / "later"
+    assert study.unpack(p["path"], later) == 4
+    with pytest.raises(study.PackError, match="exists: unpack into a root without these runs"):
+        study.unpack(p["path"], later)
+    again = study.run_plan(plan, root=later, **kw)
+    for run in ("a", "b"):
+        assert again[run]["accuracies"] == ref[run]["accuracies"], run
+    assert again["a"]["done"] == 2 and len(again["a"]["accuracies"]) == 4
+    with pytest.raises(study.PackError, match="not a readable pack"):
+        (tmp_path / "bad.tar.gz").write_bytes(b"not a tar")
+        study.unpack(tmp_path / "bad.tar.gz", tmp_path / "x")
+
+
+def test_full_plan_is_table_1_at_the_paper_budget_and_its_report_marks_partial_cells(tmp_path):
+    specs = study.load_plan("full")
+    assert "full" not in study.ALL and set(study.ALL) == set(study.PLANS) - {"full"}
+    assert all(s.flags["preset"] == "paper" and s.flags["experiments"] == 5 for s in specs)
+    ids = [s.id for s in specs]
+    assert ids[:3] == ["dc1_base", "dsa1_base", "dc10_base"]  # cheapest first; no K = 2 at DC / DSA ipc 1
+    assert {"idc1_sm", "dc10_sm", "dsa50_sm", "idc50_base"} <= set(ids) and "dc1_sm" not in ids
+    assert all(s.flags["subset_k"] == (2 if s.id.endswith("_sm") else 1) for s in specs)
+    done = {"accuracy_mean": 0.45, "accuracy_std": 0.005, "accuracies": [0.45] * 100, "done": 5, "planned": 5}
+    part = {"accuracy_mean": 0.5, "accuracy_std": 0.01, "accuracies": [0.5] * 40, "done": 2, "planned": 5}
+    md = study.PLANS["full"].report(specs, {"dc10_base": done, "dc10_sm": part}, {}, tmp_path)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| DC | 10 |"))
+    assert "45.00 ± 0.50 (100 nets)" in row and "44.3 ± 0.5" in row and "44.6 ± 0.6" in row
+    assert "50.00 ± 1.00 (40 nets) (**2/5 experiments so far**)" in row
+    assert "not run" in next(ln for ln in md.splitlines() if ln.startswith("| IDC | 50 |"))
+    assert "28.3" in next(ln for ln in md.splitlines() if ln.startswith("| DC | 1 |"))

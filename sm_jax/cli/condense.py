@@ -52,8 +52,6 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
     args = condense_parser(dataset).parse_args(argv)
 
     def go():
-        from sm_jax.experiment import Run
-
         cfg = config_from_flags(args)
         if args.plan_for:
             from sm_jax.aot import plan
@@ -63,11 +61,13 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
         if args.subset_k is None and cfg.subset_k == 1:
             print(f"note: --subset-k defaults to 1 (the base method) here: K = 2 does not divide the "
                   f"{cfg.syn_per_class} synthetic images per class", file=sys.stderr)
-        run = Run(cfg, progress=not args.no_progress)
-        results = run.execute()
-        summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "iterations",
-                                               "baseline", "difference", "hlr", "ior", "lrs", "ars") if k in results}
-        if run.writer:
+        from sm_jax import distributed, repeats
+
+        results = repeats.execute(cfg, progress=not args.no_progress)
+        summary = {k: results.get(k) for k in ("accuracy_mean", "accuracy_std", "accuracies", "experiment_mean",
+                                               "experiment_std", "iterations", "baseline", "difference", "hlr", "ior",
+                                               "lrs", "ars") if k in results}
+        if distributed.is_writer():
             print(json.dumps({"workdir": cfg.workdir, **summary}))
 
     guard(go, processes_from_flags(args))

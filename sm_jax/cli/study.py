@@ -12,8 +12,8 @@ def study_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.study",
                 description="Run (or resume) a study's runs, then regenerate its tables and figures.")
     p.add_argument("--plan", action="append", required=True,
-                   help=f"built-in plan ({', '.join(study.PLANS)}; 'all' = all of them) or a JSON plan file; "
-                   "repeatable")
+                   help=f"built-in plan ({', '.join(study.PLANS)}; 'all' = the reduced-budget ones, all but full) or a "
+                   "JSON plan file; repeatable")
     p.add_argument("--data-dir", help="passed to every run (see python -m experiments.condense --help)")
     p.add_argument("--root", default=study.ROOT, help=f"run directories: ROOT/PLAN/RUN (default {study.ROOT})")
     p.add_argument("--export", default=study.EXPORT,
@@ -21,6 +21,10 @@ def study_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=study.OUT, help=f"tables (PLAN.md) and figures (default {study.OUT})")
     p.add_argument("--report-only", action="store_true", help="only regenerate tables and figures from EXPORT")
     p.add_argument("--list", action="store_true", help="list the plan's runs and whether each has finished")
+    p.add_argument("--pack", metavar="FILE", help="write the plans' runs under ROOT (results, configs, metrics, sets, "
+                   "latest checkpoints) to the .tar.gz FILE and exit, for a later machine to continue from")
+    p.add_argument("--unpack", metavar="FILE", help="first restore a pack under ROOT (refused over existing runs), "
+                   "then go on as usual")
     return p
 
 
@@ -32,7 +36,13 @@ def study_main(argv=None) -> None:
 
         from sm_jax import study
 
-        plans = [n for p in args.plan for n in (study.PLANS if p == "all" else [p])]
+        plans = [n for p in args.plan for n in (study.ALL if p == "all" else [p])]
+        if args.unpack:
+            print(f"{args.unpack}: {study.unpack(args.unpack, args.root)} runs restored under {args.root}")
+        if args.pack:
+            p = study.pack(args.root, plans, args.pack)
+            print(f"{p['path']}: {p['runs']} runs, {p['bytes'] / 2**20:.1f} MiB")
+            return
         for name in plans:
             specs = study.load_plan(name)
             if args.list:

@@ -8,10 +8,12 @@ Finished runs' `results.json`, `metrics.jsonl` and `config.json` are copied to `
 `report` regenerates every table and figure.
 """
 from sm_jax.study.common import fmt, group_runs, read_run, seed_means, verdict
-from sm_jax.study.plans import PLANS, load_plan, plan_name
+from sm_jax.study.pack import PackError, pack, unpack
+from sm_jax.study.plans import ALL, PLANS, load_plan, plan_name
 from sm_jax.study.reports import OUT, load_exported, report
 from sm_jax.study.runner import EXPORT, ROOT, resolve, run_plan
 from sm_jax.study.spec import SELECT, SELECT_FROM, RunSpec
 
-__all__ = ["EXPORT", "OUT", "PLANS", "ROOT", "SELECT", "SELECT_FROM", "RunSpec", "fmt", "group_runs", "load_exported",
-           "load_plan", "plan_name", "read_run", "report", "resolve", "run_plan", "seed_means", "verdict"]
+__all__ = ["ALL", "EXPORT", "OUT", "PLANS", "ROOT", "SELECT", "SELECT_FROM", "PackError", "RunSpec", "fmt",
+           "group_runs", "load_exported", "load_plan", "pack", "plan_name", "read_run", "report", "resolve", "run_plan",
+           "seed_means", "unpack", "verdict"]

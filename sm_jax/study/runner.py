@@ -63,12 +63,13 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
       root: where run directories live (`<root>/<plan>/<id>`).
       export: where finished runs' small files are copied for reporting (None: no copy).
       data_dir: every run's data_dir.
-      execute: fn(config) -> results; default: `Run(config).execute()` with each dataset loaded once.
+      execute: fn(config) -> results; default: `repeats.execute(config)` (a run, or its --experiments) with each
+        dataset loaded once.
     Raises:
       ConfigError: for a run whose fields do not make a valid config (before it starts).
     """
+    from sm_jax import repeats
     from sm_jax.data import load_dataset
-    from sm_jax.experiment import Run
 
     specs = load_plan(name)
     pname = plan_name(name)
@@ -77,7 +78,7 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
     def default_execute(cfg: Config) -> dict:
         if (cfg.dataset, cfg.data_dir) not in cache:
             cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir)
-        return Run(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log).execute()
+        return repeats.execute(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log)
 
     execute = execute or default_execute
     results: dict[str, dict] = {}

@@ -60,6 +60,14 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+def device_seconds(path: Path) -> float:
+    """Seconds a run spent in its iterations and evaluations, over every sitting, from its metrics.jsonl (what a cell
+    costs on the machine; start-up, data loading and iterations redone after a resume are not counted)."""
+    recs = read_metrics(path)
+    return float(sum(r.get("seconds", 0.0) for r in recs if "eval" not in r)
+                 + sum((r["eval"] or {}).get("eval_seconds") or 0.0 for r in recs if "eval" in r))
+
+
 def save_synthetic(workdir: Path, method, images, class_names, learned: dict | None = None) -> None:
     """synthetic.npz (sets.core.npz_schema: the stored pixels in [0, 1], labels, class names, exactly what networks
     train on, normalised, and the normalisation; IDC also its decoded set in [0, 1]; what the method learned beside

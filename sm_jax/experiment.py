@@ -346,6 +346,7 @@ class Run:
         if ev["accuracy_mean"] is not None:
             self._log_eval(metrics_log, it, ev, last.images)
         results = {**ev, "iterations": it, "learned": learned, "condense_seconds_this_sitting": condense_seconds,
+                   "device_seconds": artifacts.device_seconds(self.workdir / "metrics.jsonl"),
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
                    "processes": jax.process_count(),

@@ -34,8 +34,8 @@ def aggregate(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
       accuracies: every network of every experiment (experiments x eval_models), with their mean and std (the
         papers' figure); experiment_mean / experiment_std: the mean and std of the per-experiment means; experiments:
-        one row per experiment (seed, workdir, its mean, std and accuracies); done / planned; iterations (each
-        experiment's, once all are done).
+        one row per experiment (seed, workdir, its mean, std, accuracies and device seconds); done / planned;
+        iterations (each experiment's, once all are done); device_seconds (summed over the experiments done).
     """
     accs = [a for r in rows for a in (r.get("accuracies") or [])]
     means = [r["accuracy_mean"] for r in rows if r.get("accuracy_mean") is not None]
@@ -47,9 +47,11 @@ def aggregate(cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "experiment_std": float(np.std(means)) if means else None,
         "experiments": [{"experiment": i, "seed": r["config"]["seed"], "workdir": r["config"]["workdir"],
                          "accuracy_mean": r.get("accuracy_mean"), "accuracy_std": r.get("accuracy_std"),
-                         "accuracies": r.get("accuracies"), "iterations": r.get("iterations")}
+                         "accuracies": r.get("accuracies"), "iterations": r.get("iterations"),
+                         "device_seconds": r.get("device_seconds")}
                         for i, r in enumerate(rows)],
         "done": len(rows), "planned": cfg.experiments,
+        "device_seconds": float(sum(r.get("device_seconds") or 0.0 for r in rows)),
         # a finished whole has the run's iterations, as a finished run does (what a study checks); else None
         "iterations": min(r.get("iterations") or 0 for r in rows) if len(rows) == cfg.experiments else None,
         "config": json.loads(cfg.to_json()),

@@ -262,3 +262,27 @@ def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: dc ipc 1 K 1 does not fit tiny-gpu: even one class per "
                                                "program needs"), err
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("aot_gpu")
+@needs_compilers
+def test_a_study_forecast_plans_each_run_and_counts_its_experiments(tmp_path, capsys):
+    from sm_jax.cli.study import study_main
+    from sm_jax.study.forecast import forecast
+
+    flags = {"method": "dc", "ipc": 1, "preset": "cpu", "width": 8, "depth": 1, "batch_real": 4, "outer_loop": 1,
+             "inner_loop": 1, "eval_epochs": 1, "eval_models": 1}
+    plan = tmp_path / "two.json"
+    plan.write_text(json.dumps([{"id": "one", "flags": flags},
+                                {"id": "three", "flags": {**flags, "seed": 4, "experiments": 3}}]))
+    f = forecast(str(plan), "h100", {"iterations": 7}, log=lambda _: None)
+    one, three = f["runs"]
+    assert one["run_seconds"]["condense"] == pytest.approx(7 * one["iteration_seconds"])
+    assert one["run_seconds"]["evaluate"] == pytest.approx(one["evaluation_seconds"])  # 1 network, 1 evaluation
+    assert one["hours"] == pytest.approx(one["run_seconds"]["total"] / 3600) and one["hours"] > 0
+    assert three["experiments"] == 3 and three["hours"] == pytest.approx(3 * one["hours"])  # same shapes
+    assert f["hours"] == pytest.approx(one["hours"] + three["hours"])
+    study_main(["--plan", str(plan), "--plan-for", "h100"])
+    out = capsys.readouterr().out
+    assert "| one | 10 |" in out and "| three | 10 |" in out and "| **total** |" in out

@@ -249,6 +249,11 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     assert agg["experiment_mean"] == pytest.approx(sum(means) / 2)
     assert agg["experiment_std"] == pytest.approx(abs(means[0] - means[1]) / 2)
     assert [e["seed"] for e in agg["experiments"]] == [0, 1] and (agg["done"], agg["planned"]) == (2, 2)
+    for i, r in enumerate(rows):  # device time: the iterations' seconds and the evaluation's, from metrics.jsonl
+        recs = [json.loads(ln) for ln in (whole / f"exp{i}" / "metrics.jsonl").read_text().splitlines()]
+        its = [x["seconds"] for x in recs if "loss_all" in x]
+        assert len(its) == 6 and r["device_seconds"] == pytest.approx(sum(its) + r["eval_seconds"])
+    assert agg["device_seconds"] == pytest.approx(rows[0]["device_seconds"] + rows[1]["device_seconds"])
     assert json.loads(res.stdout.strip().splitlines()[-1])["accuracies"] == every
 
     proc = popen(env, *args, "--workdir", killed)
@@ -265,3 +270,11 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     for i in range(2):
         a, b = np.load(whole / f"exp{i}" / "synthetic.npz"), np.load(killed / f"exp{i}" / "synthetic.npz")
         np.testing.assert_array_equal(a["images"], b["images"])
+    from sm_jax.sets import load_set
+    from sm_jax.sets.export import export_run
+
+    export_run(whole, tmp_path / "sets", "npz")  # the run's N sets, exported like any run's
+    for i in range(2):
+        exported = load_set(tmp_path / "sets" / f"exp{i}")
+        np.testing.assert_array_equal(exported.images, load_set(whole / f"exp{i}" / "synthetic.npz").images)
+        assert json.loads((tmp_path / "sets" / f"exp{i}" / "metadata.json").read_text())["config"]["seed"] == i

@@ -295,11 +295,36 @@ def test_full_plan_is_table_1_at_the_paper_budget_and_its_report_marks_partial_c
     assert ids[:3] == ["dc1_base", "dsa1_base", "dc10_base"]  # cheapest first; no K = 2 at DC / DSA ipc 1
     assert {"idc1_sm", "dc10_sm", "dsa50_sm", "idc50_base"} <= set(ids) and "dc1_sm" not in ids
     assert all(s.flags["subset_k"] == (2 if s.id.endswith("_sm") else 1) for s in specs)
-    done = {"accuracy_mean": 0.45, "accuracy_std": 0.005, "accuracies": [0.45] * 100, "done": 5, "planned": 5}
-    part = {"accuracy_mean": 0.5, "accuracy_std": 0.01, "accuracies": [0.5] * 40, "done": 2, "planned": 5}
+    done = {"accuracy_mean": 0.45, "accuracy_std": 0.005, "accuracies": [0.45] * 100, "done": 5, "planned": 5,
+            "device_seconds": 5400.0}
+    part = {"accuracy_mean": 0.5, "accuracy_std": 0.01, "accuracies": [0.5] * 40, "done": 2, "planned": 5,
+            "device_seconds": 212.4}
     md = study.PLANS["full"].report(specs, {"dc10_base": done, "dc10_sm": part}, {}, tmp_path)
     row = next(ln for ln in md.splitlines() if ln.startswith("| DC | 10 |"))
     assert "45.00 ± 0.50 (100 nets)" in row and "44.3 ± 0.5" in row and "44.6 ± 0.6" in row
-    assert "50.00 ± 1.00 (40 nets) (**2/5 experiments so far**)" in row
+    assert "50.00 ± 1.00 (40 nets) (**2/5 experiments so far**)" in row and row.endswith("| 1.50 h; 212 s |")
     assert "not run" in next(ln for ln in md.splitlines() if ln.startswith("| IDC | 50 |"))
     assert "28.3" in next(ln for ln in md.splitlines() if ln.startswith("| DC | 1 |"))
+
+
+def test_set_overrides_every_run_of_a_plan_and_refuses_a_bad_one(tmp_path, capsys):
+    from sm_jax.cli.study import _override, study_main
+
+    assert _override("eval-models=3") == ("eval_models", 3) and _override("preset=cpu") == ("preset", "cpu")
+    assert _override("subset_lambda=0.5") == ("subset_lambda", 0.5)
+    plan = write_plan(tmp_path / "p.json", [("a", "g", {**TINY, "iterations": 5}), ("b", "g", {**TINY, "seed": 2})])
+    seen = []
+
+    def fake(cfg):
+        seen.append((cfg.iterations, cfg.eval_models, cfg.seed))
+        return {"accuracy_mean": 0.1}
+
+    study.run_plan(plan, tmp_path / "runs", None, log=lambda s: None, execute=fake,
+                   overrides={"iterations": 2, "eval_models": 3})
+    assert seen == [(2, 3, 0), (2, 3, 2)]  # over the plan's own values; the rest kept
+    for bad, msg in ((["--set", "iterations"], "is not FIELD=VALUE"), (["--set", "nonsense=1"], "nonsense")):
+        with pytest.raises(SystemExit) as e:
+            study_main(["--plan", plan, "--root", str(tmp_path / "r2"), "--export", str(tmp_path / "e"), *bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert msg in err[-1] and "Traceback" not in "\n".join(err), err

@@ -20,7 +20,7 @@ from sm_jax.sets.readers import load_set
 
 def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     """Writes the set of the finished run in `workdir` to directory `to` in format `fmt` (FORMATS), with
-    metadata.json.
+    metadata.json; a run of several experiments (`--experiments N`) writes each finished one's to `to/exp<i>/`.
 
     Returns:
       the paths written.
@@ -34,6 +34,13 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
     if not cfg_file.is_file():
         raise SetError(f"{workdir} has no config.json: not a run directory")
     cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+    if cfg.experiments > 1 and not (workdir / "synthetic.npz").exists():  # --experiments N: a set per experiment
+        done = [workdir / f"exp{i}" for i in range(cfg.experiments) if (workdir / f"exp{i}" / "synthetic.npz").exists()]
+        if not done:
+            raise SetError(f"{workdir}: none of its {cfg.experiments} experiments has saved a set yet")
+        if to.exists() and any(to.iterdir()):
+            raise SetError(f"{to} exists and is not empty; export into a new directory")
+        return [p for exp in done for p in export_run(exp, to / exp.name, fmt)]
     s = load_set(workdir / "synthetic.npz")
     with np.load(workdir / "synthetic.npz") as z:
         exact = "train_normalized" in z.files

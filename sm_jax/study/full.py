@@ -57,18 +57,27 @@ def _paper(p) -> str:
     return "-" if p is None or p[0] is None else (f"{p[0]} ± {p[1]}" if p[1] is not None else f"{p[0]}")
 
 
+def _seconds(r: dict | None) -> str:
+    s = (r or {}).get("device_seconds")
+    return "-" if s is None else (f"{s / 3600:.2f} h" if s >= 3600 else f"{s:.0f} s")
+
+
 def report(specs, results, metrics, out: Path) -> str:
     """Table 1's layout: method x ipc, base and + subset matching, mean ± std over all experiments x networks, the
-    paper's number beside each; cells whose experiments are not all done are marked."""
+    paper's number beside each, and the device time the cell's experiments took (`device_seconds`: iterations and
+    evaluations, every sitting); cells whose experiments are not all done are marked."""
     groups = group_runs(results, specs)
     lines = ["Table 1 at the papers' budget (CIFAR-10, ConvNet-3): mean ± std over every network of every "
-             f"condensation ({EXPERIMENTS} x 20 when done); the paper's figure in brackets.", "",
-             "| method | ipc | base (%) | paper | + subset matching (%) | paper |", "|---|---|---|---|---|---|"]
+             f"condensation ({EXPERIMENTS} x 20 when done), the paper's figure beside it, and the device time of the "
+             "experiments done (iterations and evaluations; start-up and data loading left out).", "",
+             "| method | ipc | base (%) | paper | + subset matching (%) | paper | device time (base; + SM) |",
+             "|---|---|---|---|---|---|---|"]
     for method, ipc in CELLS:
         base = groups.get(f"{method}{ipc}/base", [None])[0]
         sm = groups.get(f"{method}{ipc}/sm", [None])[0]
         pb, ps = PAPER[method, ipc]
         pb = pb or OWN_PAPER.get((method, ipc))
         sm_cell = _cell(sm) if _decoded(method, ipc) % 2 == 0 else "K = 2 does not divide ipc 1"
-        lines.append(f"| {method.upper()} | {ipc} | {_cell(base)} | {_paper(pb)} | {sm_cell} | {_paper(ps)} |")
+        lines.append(f"| {method.upper()} | {ipc} | {_cell(base)} | {_paper(pb)} | {sm_cell} | {_paper(ps)} | "
+                     f"{_seconds(base)}; {_seconds(sm)} |")
     return "\n".join(lines)

@@ -55,7 +55,8 @@ def resolve(spec: RunSpec, specs: Sequence[RunSpec], results: dict[str, dict],
 
 def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
              data_dir: str | None = None, log: Callable[[str], None] = print,
-             execute: Callable[[Config], dict] | None = None) -> dict[str, dict]:
+             execute: Callable[[Config], dict] | None = None,
+             overrides: dict[str, Any] | None = None) -> dict[str, dict]:
     """Runs (or resumes) every run of a plan in order, skipping finished ones; returns {id: results}.
 
     Args:
@@ -65,6 +66,7 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
       data_dir: every run's data_dir.
       execute: fn(config) -> results; default: `repeats.execute(config)` (a run, or its --experiments) with each
         dataset loaded once.
+      overrides: Config fields set in every run, over the plan's own (a plan tried at a reduced budget).
     Raises:
       ConfigError: for a run whose fields do not make a valid config (before it starts).
     """
@@ -85,7 +87,7 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
     for i, spec in enumerate(specs):
         run_dir = Path(root) / pname / spec.id
         try:
-            cfg = spec.config(run_dir, data_dir, resolve(spec, specs, results, export))
+            cfg = spec.config(run_dir, data_dir, {**resolve(spec, specs, results, export), **(overrides or {})})
         except ConfigError as e:
             raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
         done = read_run(run_dir)

@@ -2,7 +2,8 @@
 `--class-chunk auto` picks there, flops, bytes, the estimated time of an iteration, of an evaluation and of a run.
 
 python -m benchmarks.aot --target NAME [--chips N] [--methods dc,dsa,idc,dm] [--ipcs 10,50] [--ks 1,2]
-                         [--no-eval] [--preset paper|cpu] [--out FILE]
+                         [--no-eval] [--preset paper|cpu] [--class-chunk auto|C] [--eval-parallel N]
+                         [--conv-impl auto|xla|...] [--out FILE]
 python -m benchmarks.aot --report FILE [FILE ...]     (the docs/gpu.md tables from such lines)
 
 Each configuration prints one JSON line (and appends it to --out): the `paper`-preset condensation iteration and
@@ -20,6 +21,9 @@ import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
+
+from sm_jax.backend import AUTO_CHUNK
+from sm_jax.cli.common import class_chunk
 
 TABLE1 = {"dc": (10, 50), "dsa": (10, 50), "idc": (1, 10, 50), "dm": (10, 50)}
 SEEDS = 3  # Table 1: every cell the mean of 3 condensations
@@ -49,19 +53,20 @@ def emit(record: dict, out: str | None) -> None:
 
 
 def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, evaluate: bool = True,
-            evaluation: dict | None = None, preset: str = "paper") -> dict:
+            evaluation: dict | None = None, preset: str = "paper", **fields) -> dict:
     """One configuration's record (compiled, or the error); `evaluation`: the record of its evaluation program
-    compiled before (it does not depend on K), reused rather than compiled again."""
+    compiled before (it does not depend on K), reused rather than compiled again; `fields`: config fields set on
+    every configuration (class_chunk, eval_parallel, conv_impl: a form as it was measured)."""
     from sm_jax.aot import plan, target
     from sm_jax.aot.plan import run_seconds
     from sm_jax.config import make_config
 
     tgt = target(target_name, chips)
     rec = {"target": tgt.name, "chips": tgt.chips, "platform": tgt.platform, "method": method, "ipc": ipc,
-           "subset_k": k, "preset": preset}
+           "subset_k": k, "preset": preset, **fields}
     t0 = time.perf_counter()
     try:
-        cfg = make_config(method, ipc, preset, subset_k=k, eval_parallel=EVAL_PARALLEL)
+        cfg = make_config(method, ipc, preset, subset_k=k, **{"eval_parallel": EVAL_PARALLEL, **fields})
         rec.update(plan(cfg, tgt.name, evaluate=evaluate and evaluation is None,
                         log=lambda line: print(line, file=sys.stderr)))
         if evaluate and evaluation is not None:
@@ -85,6 +90,11 @@ def main(argv=None) -> list[dict]:
                    "IDC 1, 10 and 50)")
     p.add_argument("--ks", default="1,2")
     p.add_argument("--no-eval", action="store_true", help="the iteration only")
+    p.add_argument("--class-chunk", type=class_chunk, default=AUTO_CHUNK,
+                   help="classes per vmapped program (0 = all; default auto: as a run on the target picks)")
+    p.add_argument("--eval-parallel", type=int, default=EVAL_PARALLEL, help="evaluation networks per call")
+    p.add_argument("--conv-impl", default="auto", help="the convolution form (auto: the target's; xla: the form "
+                   "before the gemm forms, as ../shared/docs/gpu-h200.md measured it)")
     p.add_argument("--preset", default="paper", help="the configurations' preset (cpu: tiny programs, for a smoke run)")
     p.add_argument("--out", help="also append the JSON lines to this file")
     p.add_argument("--report", nargs="+", help="print the tables of these JSON-lines files instead")
@@ -105,7 +115,8 @@ def main(argv=None) -> list[dict]:
     ipcs = [int(i) for i in args.ipcs.split(",")] if args.ipcs else None
     for method, ipc, k in configurations(args.methods.split(","), ipcs, [int(i) for i in args.ks.split(",")]):
         rec = measure(args.target, args.chips, method, ipc, k, not args.no_eval, evaluations.get((method, ipc)),
-                      args.preset)
+                      args.preset, class_chunk=args.class_chunk, eval_parallel=args.eval_parallel,
+                      conv_impl=args.conv_impl)
         if rec.get("evaluation"):
             evaluations[(method, ipc)] = rec["evaluation"]
         rows.append(rec)

@@ -20,6 +20,7 @@ import jax
 
 PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_matmul_precision
 AUTO_CHUNK = -1  # Config.class_chunk 'auto': resolve_class_chunk decides per device
+AUTO_PARALLEL = 0  # Config.eval_parallel 'auto': resolve_eval_parallel
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
 
@@ -77,6 +78,17 @@ def device_peak_bytes(device=None) -> int | None:
     return _memory_stat("peak_bytes_in_use", device)
 
 
+def resolve_eval_parallel(requested: int, mesh=None) -> int:
+    """The evaluation networks trained together per call for `--eval-parallel requested`: a number is kept; `auto`
+    (AUTO_PARALLEL) is one network per device of the mesh (one without a mesh). One at a time is what was measured
+    fastest on an H200 (ConvNet-3, 20 networks: 586 model-epochs/s alone, 510 vmapped) and what sm_jax.aot's
+    calibrated estimate prefers on every GPU target for the vmapped form without grouped convolutions
+    (docs/gpu.md); on CPU it is the form the suite and the CPU figures use."""
+    if requested != AUTO_PARALLEL:
+        return requested
+    return mesh.size if mesh is not None else 1
+
+
 def chunk_candidates(classes: int) -> list[int]:
     """Class chunks to try, largest first: all classes, then halving down to 1."""
     out, c = [], classes
@@ -87,22 +99,23 @@ def chunk_candidates(classes: int) -> list[int]:
 
 
 def resolve_class_chunk(requested: int, classes: int, mesh=None,
-                        bytes_of: Callable[[int], int | None] | None = None, limit: int | None = None,
-                        log: Callable[[str], None] = print) -> int:
+                        cost_of: Callable[[int], tuple[int | None, float | None]] | None = None,
+                        limit: int | None = None, log: Callable[[str], None] = print) -> int:
     """The classes per vmapped program (0 = all at once) for `--class-chunk requested`.
 
     All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
-    measured form (one class per program); on an accelerator, given `bytes_of`, the largest chunk whose program
-    is predicted (XLA's memory analysis) to fit MEMORY_HEADROOM of the device's memory (the fewest sequential
-    programs; the compiled programs land in the persistent compilation cache, so the run's own jit of the chosen
-    chunk does not compile again), and all classes without it.
+    measured form (one class per program); on an accelerator, given `cost_of`, the chunk with the lowest estimated
+    time (sm_jax.aot's calibrated estimate of the compiled program) among those predicted (XLA's memory analysis) to
+    fit MEMORY_HEADROOM of the device's memory, the largest that fits where no time is known (the compiled
+    programs land in the persistent compilation cache, so the run's own jit of the chosen chunk does not compile
+    again); all classes without `cost_of`. Every candidate's memory and time is logged.
 
     Args:
       requested: Config.class_chunk.
       classes: the number of classes.
       mesh: the run's device mesh (None: one device).
-      bytes_of: chunk -> the device bytes of the iteration program with that chunk (`program_bytes` of it
-        compiled; None: unknown).
+      cost_of: chunk -> (device bytes, estimated seconds) of the iteration program with that chunk, each None
+        where unknown.
       limit: device bytes (default: the device's own limit; given, the fit runs on CPU too).
     Returns:
       the chunk (0 <= chunk <= classes; 0 = all).
@@ -113,16 +126,26 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
         return requested
     if jax.default_backend() == "cpu" and limit is None:
         return CPU_CLASS_CHUNK
-    if bytes_of is None:
+    if cost_of is None:
         return 0
     limit = limit if limit is not None else device_memory_bytes()
     if limit is None:
         return 0
+    fits = []
     for chunk in chunk_candidates(classes):
-        need = bytes_of(chunk)
-        if need is None or need <= MEMORY_HEADROOM * limit:
-            log(f"class chunk: {chunk} of {classes} classes per program"
-                + (f" (predicted {need / 2**30:.1f} GiB of {limit / 2**30:.1f} GiB)" if need is not None else ""))
-            return chunk
-    log(f"class chunk: 1 (even one class per program is predicted to exceed {limit / 2**30:.1f} GiB)")
-    return 1
+        need, secs = cost_of(chunk)
+        ok = need is None or need <= MEMORY_HEADROOM * limit
+        mem = f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown"
+        log(f"  class chunk {chunk}: {mem}, " + (f"{secs * 1e3:.3g} ms estimated" if secs is not None else
+                                                   "time unknown") + ("" if ok else " (does not fit)"))
+        if ok:
+            fits.append((chunk, need, secs))
+    if not fits:
+        log(f"class chunk: 1 (even one class per program is predicted to exceed {limit / 2**30:.1f} GiB)")
+        return 1
+    timed = [f for f in fits if f[2] is not None]
+    chunk, need, secs = min(timed, key=lambda f: f[2]) if timed else fits[0]
+    why = "the lowest estimated time" if timed else "the largest"
+    log(f"class chunk: {chunk} of {classes} classes per program ({why} of those that fit "
+        f"{MEMORY_HEADROOM:.0%} of {limit / 2**30:.1f} GiB)")
+    return chunk

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sm_jax.augmentation import DSA_OPS, OPS
-from sm_jax.backend import AUTO_CHUNK, PRECISIONS
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, PRECISIONS
 from sm_jax.data import DATASETS, dataset_info
 from sm_jax.errors import ConfigError
 from sm_jax.evaluation import BASELINES, PROTOCOLS
@@ -131,8 +131,9 @@ class Config:
                           "held-out training images; '' = none)", kind=RESULT, choices=lambda: ("ddranking",))
     eval_temperature: float = _field(1.0, "temperature of soft targets (the teacher protocol, a set's soft labels)",
                                      kind=RESULT, low=0)
-    eval_parallel: int = _field(1, "evaluation networks trained together (vmapped) per compiled call", kind=OTHER,
-                                low=1)
+    eval_parallel: int = _field(AUTO_PARALLEL, "evaluation networks trained together (vmapped) per compiled call "
+                                "(auto: one per device, the fastest measured and estimated on GPUs, see docs/gpu.md)",
+                                kind=OTHER, low=AUTO_PARALLEL)
     eval_arch: str = _field("", "architectures evaluated: comma-separated names and/or official pools M (MLP, "
                             "ConvNet, LeNet, AlexNet, VGG11, ResNet18), B (the batch-norm ones), W, D, A, P, N ('' = "
                             "the matching network)", kind=RESULT)

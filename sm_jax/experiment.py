@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sm_jax import artifacts, backend, distributed
+from sm_jax.aot.compile import estimate_seconds
 from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, default_cache_dir, load_dataset
@@ -167,7 +168,8 @@ class Run:
         try:
             with backend.precision(cfg.precision):
                 ev = evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
-                                    epochs, cfg.eval_parallel, self.mesh, progress, self.log,
+                                    epochs, backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh), self.mesh,
+                                    progress, self.log,
                                     self.baseline_images(images.shape[1]), learned, cfg.eval_protocol, targets,
                                     lambda arch: self.teacher(arch, stop))
                 if cfg.metrics == "ddranking" and models:
@@ -229,12 +231,12 @@ class Run:
         if not self.method.class_chunked:
             return
 
-        def bytes_of(chunk: int) -> int | None:
+        def cost_of(chunk: int) -> tuple[int | None, float | None]:
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
-            return backend.program_bytes(jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key)
-                                         .compile())
+            compiled = jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
+            return backend.program_bytes(compiled), estimate_seconds(compiled)
 
-        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, bytes_of,
+        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
                                             limit, self.log)
         if chunk != self.method.class_chunk:
             self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)

@@ -132,6 +132,38 @@ def test_hlo_cost_of_a_hand_written_program():
     assert math.isclose(c.seconds, expected)
     loops = {i.name: m.trip_count(i) for comp in m.comps.values() for i in comp if i.op == "while"}
     assert loops == {"loop.gpu": 3, "loop.tpu": 4}
+    assert c.loop_trips == 3 + 4 and c.grouped_flops == 0
+
+
+GROUPED = """HloModule grouped
+
+ENTRY %main (x: f32[2,8,8,6], w: f32[3,3,3,4], g: f32[3,3,6,4], a: f32[6,8,8,2], d: f32[4,8,8,1]) -> f32[2,8,8,4] {
+  %x = f32[2,8,8,6]{3,2,1,0} parameter(0)
+  %w = f32[3,3,3,4]{3,2,1,0} parameter(1)
+  %g = f32[3,3,6,4]{3,2,1,0} parameter(2)
+  %a = f32[6,8,8,2]{3,2,1,0} parameter(3)
+  %d = f32[4,8,8,1]{3,2,1,0} parameter(4)
+  %plain = (f32[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%x, %g), {conv}
+  %grouped = (f32[2,8,8,4]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), {conv}, feature_group_count=2
+  %wgrad = (f32[6,3,3,4]{3,2,1,0}, u8[0]{0}) custom-call(%a, %d), {wide}, feature_group_count=2
+  ROOT %out = f32[2,8,8,4]{3,2,1,0} get-tuple-element(%grouped), index=0
+}
+""".replace("{conv}", PARTS["{conv}"]).replace("{wide}", PARTS["{conv}"].replace("size=3x3", "size=8x8"))
+
+
+def test_grouped_convolutions_are_counted_apart():
+    # two 3x3 SAME convolutions of 6 -> 4 features on 2 images of 8x8; the grouped one (2 groups of 3 inputs) does
+    # half the multiply-adds. Both grouped convolutions are counted as such; only the one over an image-sized
+    # window (8x8: the form of a per-group kernel gradient, 3x3 outputs) is priced apart
+    m = hlo.Module(GROUPED, peak_flops=1e9, bandwidth=1e6)
+    plain = 2 * (2 * 4 * 6) * 22 * 22
+    assert math.isclose(m.flops(m.by_name["plain"]) / 2, m.flops(m.by_name["grouped"])) and plain > 0
+    assert math.isclose(m.flops(m.by_name["plain"]), plain)
+    wgrad = m.flops(m.by_name["wgrad"])
+    c = m.cost()
+    assert wgrad > 0 and math.isclose(c.grouped_flops, wgrad) and math.isclose(c.flops, 1.5 * plain + wgrad)
+    assert hlo.census(GROUPED) == {"__cudnn$convForward": 3, "grouped convolutions": 2}
+    assert hlo.census(HLO)["__cublas$gemm"] == 1 and "grouped convolutions" not in hlo.census(HLO)
 
 
 def test_convolution_flops_by_hand():
@@ -204,7 +236,7 @@ def compile_cases(tgt: Target, cases) -> list:
     for i, (method, ipc, k, extra) in enumerate(cases):
         cfg = make_config(method, ipc, "cpu", subset_k=k, **{**TINY, **extra})
         comp = Compiler(cfg, tgt, data)
-        assert comp.cfg.conv_impl == "xla"  # `auto` resolves for the target, not for this CPU host
+        assert comp.cfg.conv_impl == "xla_gemm"  # `auto` resolves for the target, not for this CPU host
         it = comp.iteration(comp.class_chunk(log=lambda _: None))
         programs.append((cfg, it))
         if i == 0:
@@ -220,8 +252,14 @@ def compile_cases(tgt: Target, cases) -> list:
 @needs_compilers
 def test_the_methods_compile_for_a_gpu_with_cudnn_convolutions():
     for cfg, p in compile_cases(TARGETS["h100"], GPU_CASES):
-        # every convolution is cuDNN's: no XLA convolution left, no CPU form (Winograd einsums, fused RGB layer)
-        assert "__cudnn$conv" in p.text and not re.search(r" convolution\(", p.text), (cfg.method, p.name)
+        # no XLA convolution left, no CPU form (Winograd einsums, fused RGB layer), and no grouped convolution:
+        # the matching's convolutions are cuDNN's with its per-class kernel gradients as gemms, and the 2
+        # evaluation networks trained together are gemms throughout
+        kernels = hlo.census(p.text)
+        assert not re.search(r" convolution\(", p.text), (cfg.method, p.name)
+        assert "grouped convolutions" not in kernels, (cfg.method, p.name, kernels)
+        if p.name == "iteration":
+            assert kernels.get("__cudnn$convForward", 0) + kernels.get("__cudnn$convBiasActivationForward", 0), kernels
 
 
 @pytest.mark.slow
@@ -249,10 +287,16 @@ def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeyp
     condense_main(flags + ["--plan-for", "h100"], dataset="cifar10")
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("plan for h100 (NVIDIA H100 80GB HBM3, 1 chip")
-    assert out[1].startswith("class chunk: 10 of 10 classes per program (predicted")
-    assert out[2].startswith("iteration: compiled in") and "estimated" in out[2]
+    # every candidate's memory and time, then the choice: the lowest estimated time of those that fit
+    candidates = [line for line in out if line.startswith("  class chunk ")]
+    assert [line.split(":")[0] for line in candidates] == [f"  class chunk {c}" for c in (10, 5, 3, 2, 1)]
+    assert all(" GiB, " in line and " ms estimated" in line for line in candidates), candidates
+    chosen = next(line for line in out if line.startswith("class chunk: "))
+    assert "(the lowest estimated time of those that fit" in chosen
+    assert out[out.index(chosen) + 1].startswith("iteration: compiled in") and "estimated" in out[out.index(chosen) + 1]
     record = json.loads(out[-1])
-    assert record["class_chunk"] == 10 and record["iteration"]["memory"]["total"] > 0
+    times = {int(line.split()[2].rstrip(":")): float(line.split(", ")[1].split()[0]) for line in candidates}
+    assert record["class_chunk"] == min(times, key=times.get) and record["iteration"]["memory"]["total"] > 0
     assert record["run_seconds"]["total"] > 0
     tiny = dataclasses.replace(TARGETS["h100"], name="tiny-gpu", memory_bytes=2**20)
     monkeypatch.setitem(TARGETS, "tiny-gpu", tiny)

@@ -34,21 +34,31 @@ def test_chunk_candidates_halve_from_all_classes_to_one():
     assert backend.chunk_candidates(1) == [1]
 
 
-def test_auto_class_chunk_takes_the_largest_chunk_that_fits():
-    # memory grows with the chunk: 1 GiB fixed + 1 GiB per class in the program
+def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
+    # memory grows with the chunk: 1 GiB fixed + 1 GiB per class in the program; time by hand below
     tried = []
+    seconds = {10: 0.9, 5: 0.3, 3: 0.2, 2: 0.25, 1: 0.4}
 
-    def bytes_of(chunk):
+    def cost_of(chunk, timed=True):
         tried.append(chunk)
-        return backend.program_bytes(FakeCompiled(2**30, 0, chunk * 2**30))
+        return backend.program_bytes(FakeCompiled(2**30, 0, chunk * 2**30)), seconds[chunk] if timed else None
 
     logs = []
     auto = backend.AUTO_CHUNK
-    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 8 * 2**30, logs.append) == 5  # 6 <= 6.8 GiB
-    assert tried == [10, 5] and "5 of 10 classes" in logs[0] and "6.0 GiB of 8.0 GiB" in logs[0]
-    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 80 * 2**30, logs.append) == 10
-    assert backend.resolve_class_chunk(auto, 10, None, bytes_of, 2**30, logs.append) == 1  # nothing fits
+    # 10 does not fit 85 % of 8 GiB; of the rest, 3 classes per program is the fastest
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 3
+    assert tried == [10, 5, 3, 2, 1]  # every candidate is costed, each on a line
+    assert logs[0] == "  class chunk 10: 11.00 GiB, 900 ms estimated (does not fit)"
+    assert logs[2] == "  class chunk 3: 4.00 GiB, 200 ms estimated"
+    assert logs[-1] == ("class chunk: 3 of 10 classes per program (the lowest estimated time of those that fit 85% "
+                        "of 8.0 GiB)")
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 1.3 * 2**30, logs.append) == 1  # the only fit
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 2**30, logs.append) == 1  # nothing fits
     assert "exceed" in logs[-1]
+    # no time known: the largest chunk that fits
+    untimed = lambda c: cost_of(c, timed=False)  # noqa: E731
+    assert backend.resolve_class_chunk(auto, 10, None, untimed, 8 * 2**30, logs.append) == 5
+    assert "(the largest of those that fit" in logs[-1]
 
 
 def test_auto_class_chunk_on_cpu_is_the_measured_fastest_without_compiling():
@@ -99,5 +109,8 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
     limit = int((one + both) / 2 / backend.MEMORY_HEADROOM)
     run._resolve_class_chunk(state, ctx, limit=limit)
     assert run.method.class_chunk == 1
-    assert logs == [f"class chunk: 1 of 2 classes per program (predicted {one / 2**30:.1f} GiB of "
+    # on CPU no time is estimated: each candidate's memory, then the largest that fits
+    assert logs == [f"  class chunk 2: {both / 2**30:.2f} GiB, time unknown (does not fit)",
+                    f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
+                    f"class chunk: 1 of 2 classes per program (the largest of those that fit 85% of "
                     f"{limit / 2**30:.1f} GiB)"]

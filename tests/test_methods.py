@@ -157,18 +157,21 @@ def test_k_must_divide_the_synthetic_count():
     assert make_config("idc", 1, "cpu", subset_k=4).syn_per_class == 4
 
 
-# dc: one vmap over all 3 classes (the accelerator form); idc (decode, the image cap, augmentation): a lax.map over
-# chunks of 2 classes plus a remainder of 1, the form of the cpu preset
-@pytest.mark.parametrize("method,chunk", [("dc", 0), pytest.param("idc", 2, marks=pytest.mark.slow)])
-def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, tiny_data):
+# dc: one vmap over all 3 classes on the GPU's form (xla_gemm: the per-class kernel gradients as batched gemms)
+# against XLA's own convolution; idc (decode, the image cap, augmentation): a lax.map over chunks of 2 classes plus
+# a remainder of 1, the form of the cpu preset
+@pytest.mark.parametrize("method,chunk,conv", [("dc", 0, "xla_gemm"),
+                                               pytest.param("idc", 2, "auto", marks=pytest.mark.slow)])
+def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, conv, tiny_data):
     """The fast form (per-class gradients, vmapped over chunks of classes) against grad of the summed loss of all
-    classes computed in one vmap and one jax.grad, from the same random draws (those `match_inputs` made)."""
+    classes computed in one vmap and one jax.grad, from the same random draws (those `match_inputs` made), on
+    XLA's convolution where the fast form runs on xla_gemm."""
     import jax.numpy as jnp
 
     from sm_jax.matching import class_match
 
     cfg = tiny_cfg(method, subset_k=2, max_syn_per_class=6 if method == "idc" else 0)
-    m = make_method(cfg, tiny_data.spec)
+    m = make_method(cfg.replace(conv_impl="xla" if conv != "auto" else "auto"), tiny_data.spec)
     ctx = make_context(cfg, tiny_data)
     images = m.init_images(tiny_data, jax.random.key(1)) + 0.05  # off the init so IDC's clamp does not bind
     params = m.net.init(jax.random.key(2))[0]
@@ -187,7 +190,7 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
         return la.sum() + lam * ls.sum()
 
     want = jax.jit(jax.grad(reference))(images)
-    mc = make_method(cfg.replace(class_chunk=chunk), tiny_data.spec)
+    mc = make_method(cfg.replace(class_chunk=chunk, conv_impl=conv), tiny_data.spec)
     got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
     assert la.shape == (c,) and ls.shape == (c, 2)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))

@@ -54,6 +54,13 @@ def test_options_and_errors():
     with pytest.raises(ValueError, match="unknown conv implementation"):
         build("convnet", conv_impl="fft")
     assert resolve_conv("auto") == "fast"  # the tests run on CPU
+    # a GPU: the matching network's kernel gradients as gemms, networks trained together as gemms throughout, a
+    # network alone on cuDNN's own
+    assert [resolve_conv("auto", p) for p in ("cpu", "cuda", "gpu", "tpu")] == ["fast", "xla_gemm", "xla_gemm", "xla"]
+    assert [resolve_conv("auto", "cuda", v) for v in ("batched", "none")] == ["gemm", "xla"]
+    assert resolve_conv("auto", "cpu", "batched") == "fast" and resolve_conv("patches", "cuda", "none") == "patches"
+    with pytest.raises(ValueError, match="unknown vmap role"):
+        resolve_conv("auto", "cuda", "sometimes")
     with pytest.raises(ConfigError, match="unknown conv implementation 'fft'; choose one of auto, fast"):
         make_config("dc", 10, conv_impl="fft")  # the config's choices are the registry's
     assert make_config("dc", 10, conv_impl="winograd").conv_impl == "winograd" and Config().conv_impl == "auto"

@@ -4,6 +4,7 @@ import numpy as np
 import optax
 
 from sm_jax.config import make_config
+from sm_jax.evaluation import train_network
 from sm_jax.methods import make_method
 from sm_jax.models import FnNet, Net, build
 from sm_jax.training import epoch_batches, lr_at_epoch, reset_momentum, sgd, train_step
@@ -20,6 +21,29 @@ def test_fast_conv_net_equals_xla_conv_net_values_and_grads():
     g_p, g_x = jax.jit(jax.grad(loss(m_p)))(params), jax.jit(jax.grad(loss(m_x)))(params)
     for a, b in zip(jax.tree.leaves(g_p), jax.tree.leaves(g_x)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_networks_trained_together_on_gemms_equal_each_trained_alone_on_xla():
+    """The evaluation's form for N networks under vmap (`gemm`: per-tap matrix products, no grouped convolution)
+    against each network trained alone on XLA's convolution: the same trained parameters and accuracies, up to
+    float rounding (two epochs of SGD with momentum, DSA's augmentation, so the rounding has steps to grow in)."""
+    from sm_jax.evaluation import evaluation_program
+
+    m = make_method(make_config("dsa", 2, "cpu", width=8, depth=2, conv_impl="xla", eval_batch=4, eval_epochs=2))
+    proto = m.eval_protocol(2)
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    y = jnp.repeat(jnp.arange(4), 2)
+    tx, ty = jax.random.normal(jax.random.key(1), (20, 32, 32, 3)), jnp.arange(20) % 10
+    keys = jax.random.split(jax.random.key(2), 3)
+    net = make_method(make_config("dsa", 2, "cpu", width=8, depth=2, conv_impl="gemm")).eval_net(None, 3)
+    assert net.module.conv_impl == "gemm"
+    together = jax.jit(lambda k: jax.vmap(lambda k1: train_network(net, proto, x, y, k1))(k))(keys)
+    alone = jax.jit(lambda k: train_network(m.eval_net(None), proto, x, y, k))
+    for i in range(3):
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda t: t[i], together)), jax.tree.leaves(alone(keys[i]))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    accs = evaluation_program(net, proto)(x, y, keys, tx, ty)
+    np.testing.assert_allclose(accs, evaluation_program(m.eval_net(None), proto)(x, y, keys, tx, ty), atol=0.051)
 
 
 def test_epoch_batches_cover_each_sample_once():

@@ -50,8 +50,9 @@ def test_parameter_counts_equal_the_official_definitions(name):
 @pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 2, 2, 3),
                                               (1, 2, 0, 16)])
 def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
-    # the CPU forms (fast: Winograd for 3x3 stride 1 padding 1, im2col otherwise; patches: im2col throughout)
-    # against XLA's own convolution: the value, the input gradient and the kernel gradient
+    # the CPU forms (fast: Winograd for 3x3 stride 1 padding 1, im2col otherwise; patches: im2col throughout) and the
+    # GPU ones (xla_gemm: kernel gradient as per-tap gemms; gemm: per-tap gemms throughout) against XLA's own
+    # convolution: the value, the input gradient, the kernel gradient and the input gradient of a function of it
     from sm_jax.models.conv_ops import conv_native
 
     x = jax.random.normal(jax.random.key(0), (2, 12, 12, cin))
@@ -59,11 +60,15 @@ def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):
     t = jax.random.normal(jax.random.key(2), conv_native(x, w, stride, pad).shape)
     f = lambda conv: lambda x, w: jnp.sum(jnp.tanh(conv(x, w, stride, pad)) * t)
     want = (conv_native(x, w, stride, pad), *jax.grad(f(conv_native), (0, 1))(x, w))
-    for form in ("fast", "patches"):
+    # the kernel gradient's input gradient: what gradient matching differentiates
+    second = lambda conv: jax.grad(lambda x: jnp.sum(jax.grad(f(conv), 1)(x, w) ** 2))(x)
+    want += (second(conv_native),)
+    for form in ("fast", "patches", "xla_gemm", "gemm"):
         conv = CONVS[form]
-        got = (conv(x, w, stride, pad), *jax.grad(f(conv), (0, 1))(x, w))
-        for g, v in zip(got, want):
-            np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
+        got = (conv(x, w, stride, pad), *jax.grad(f(conv), (0, 1))(x, w), second(conv))
+        for what, g, v in zip(("value", "d/dx", "d/dkernel", "second order"), got, want):
+            np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4 * max(1.0, float(jnp.abs(v).max())),
+                                       err_msg=f"{form} {what}")
     with pytest.raises(ValueError, match="unknown conv implementation 'fft'"):
         make_net("vgg11", 10, conv_impl="fft")
     assert make_net("vgg11", 10, conv_impl="patches").module.conv_impl == "patches"  # the form reaches the zoo

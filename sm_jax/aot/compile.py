@@ -16,15 +16,45 @@ from jax.sharding import SingleDeviceSharding
 
 from sm_jax import backend, sharding
 from sm_jax.aot import hlo
-from sm_jax.aot.targets import Target
+from sm_jax.aot.targets import Target, for_device
 from sm_jax.config import Config
 from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
 from sm_jax.evaluation import evaluation_program
 from sm_jax.methods import METHODS, make_method
 from sm_jax.models import resolve_conv
 
-LAUNCH_GAP = {"cuda": 4e-6, "tpu": 0.0}  # seconds between kernels (a GPU launch; a TPU program is one launch)
 COLLECTIVE_LATENCY = 10e-6  # seconds per collective on the mesh, beside its bytes over the interconnect
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What a roofline cannot see, per platform: fitted to the programs measured on a card
+    (`python -m benchmarks.calibrate`, docs/gpu.md), so that the estimate has met one.
+
+    Attributes:
+      roofline_factor: the roofline's time is multiplied by it (kernels run below the peaks: fp32 convolutions
+        and gemms at these shapes reach a fraction of the card's FP32 rate).
+      launch: seconds per kernel (a launch and the small kernel's own latency, which the roofline puts at ~0).
+      loop_trip: seconds per while-loop iteration (XLA:GPU reads the loop's condition back to the host each time).
+      grouped_rate: FLOP/s of a grouped convolution (cuDNN's grouped kernels at these shapes); None: the roofline.
+      source: the measurements it was fitted to.
+    """
+
+    launch: float
+    roofline_factor: float = 1.0
+    loop_trip: float = 0.0
+    grouped_rate: float | None = None
+    source: str = "not fitted"
+
+
+# CUDA: `python -m benchmarks.calibrate` (benchmarks/results/calibration-h200.json): the six programs measured on
+# an H200 (../shared/docs/gpu-h200.md, jax 0.11.2) compiled here for the h200 target, 4 us per kernel (a prior),
+# the rest fitted: the kernels at 1/1.93 of the roofline's rates, 0.39 ms per while-loop iteration, grouped
+# convolutions over image-sized windows at 5.8 TFLOP/s. Its error per program is in docs/gpu.md (0.40x-1.42x).
+# Other CUDA cards share it, unmeasured. A TPU program is one launch; nothing there was measured.
+CALIBRATION = {"cuda": Calibration(launch=4e-6, roofline_factor=1.93, loop_trip=3.9e-4, grouped_rate=5.8e12,
+                                   source="H200, 2026-12-04"),
+               "tpu": Calibration(launch=0.0)}
 
 
 def shape_dataset(name: str, data_dir: str | None = None) -> Dataset:
@@ -63,22 +93,35 @@ class Program:
     def bytes(self) -> int | None:
         return self.memory and self.memory["total"]
 
-    def seconds(self) -> dict[str, float | None]:
-        """The time estimate per execution: `roofline` (aot.hlo's), `launch` (kernels x the platform's gap),
-        `collectives` (bytes over the interconnect + a latency each), `estimate` (their sum) and, on a TPU, the
-        compiler's own `tpu_compiler` (None where it gives none, or a negative one)."""
+    def seconds(self, calibration: Calibration | None = None) -> dict[str, float | None]:
+        """The time estimate per execution: `roofline` (aot.hlo's), `kernels` (the roofline x the calibrated
+        factor), `launch` (kernels x the calibrated time per kernel), `loops` (while-loop iterations x their host
+        round trip), `grouped` (grouped convolutions over image-sized windows at their calibrated rate, beyond their
+        roofline share), `collectives` (bytes over the interconnect + a latency each), `estimate` (kernels, launch,
+        loops, grouped and collectives) and, on a TPU, the compiler's own `tpu_compiler` (None where it gives none,
+        or a negative one).
+
+        Args:
+          calibration: default the platform's `CALIBRATION`.
+        """
         c, t = self.hlo_cost, self.target
+        cal = calibration or CALIBRATION[t.platform]
         coll = sum(b for _, b in c.collectives.values()) / t.interconnect if c.collectives else 0.0
         coll += COLLECTIVE_LATENCY * sum(n for n, _ in c.collectives.values())
-        launch = c.kernels * LAUNCH_GAP[t.platform]
+        launch = c.kernels * cal.launch
+        loops = c.loop_trips * cal.loop_trip
+        grouped = c.grouped_flops / cal.grouped_rate if cal.grouped_rate else 0.0
         own = self.compiler_cost.get("optimal_seconds")
-        return {"roofline": c.seconds, "launch": launch, "collectives": coll, "estimate": c.seconds + launch + coll,
+        return {"roofline": c.seconds, "kernels": c.seconds * cal.roofline_factor, "launch": launch, "loops": loops,
+                "grouped": grouped, "collectives": coll,
+                "estimate": c.seconds * cal.roofline_factor + launch + loops + grouped + coll,
                 "tpu_compiler": own if own is not None and own > 0 else None}
 
     def record(self) -> dict[str, Any]:
         c = self.hlo_cost
         return {"compile_seconds": round(self.compile_seconds, 2), "memory": self.memory,
-                "flops": c.flops, "bytes": c.bytes, "kernels": c.kernels,
+                "flops": c.flops, "bytes": c.bytes, "kernels": c.kernels, "loop_trips": c.loop_trips,
+                "grouped_flops": c.grouped_flops, "census": hlo.census(self.text),
                 "collectives": {k: {"count": n, "bytes": b} for k, (n, b) in c.collectives.items()},
                 "compiler_cost": {k: v for k, v in self.compiler_cost.items()
                                   if k in ("flops", "bytes accessed", "optimal_seconds", "transcendentals")},
@@ -103,6 +146,17 @@ def _compiler_cost(compiled) -> dict[str, float]:
     return {k: float(v) for k, v in (cost or {}).items() if isinstance(v, (int, float))}
 
 
+def estimate_seconds(compiled, device=None) -> float | None:
+    """The calibrated time estimate of a program compiled for a live device (default the first), from its optimised
+    HLO and the device's target facts: None on CPU or on a device no target describes."""
+    device = device or jax.devices()[0]
+    tgt = for_device(device.device_kind) if device.platform != "cpu" else None
+    if tgt is None:
+        return None
+    cost = hlo.Module(compiled.as_text(), tgt.fp32_flops, tgt.bandwidth).cost()
+    return Program("live", 0.0, None, cost, {}, tgt).seconds()["estimate"]
+
+
 def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
     """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
     shardings) under the run's matmul precision."""
@@ -121,6 +175,7 @@ class Compiler:
 
     def __init__(self, cfg: Config, target: Target, data: Dataset):
         self.target, self.data = target, data
+        self.requested_conv = cfg.conv_impl  # 'auto' resolves per program (resolve_conv's vmap role)
         self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))
         self.devices = target.devices()
         self.mesh = sharding.mesh_of(self.devices) if len(self.devices) > 1 else None
@@ -156,21 +211,42 @@ class Compiler:
                                                       donate_argnums=0)
         return self._iterations[chunk]
 
+    def step(self, chunk: int) -> Program:
+        """One outer matching step (every class's and subset's matching and the image update, as
+        `benchmarks.step` times it) with `chunk` classes per vmapped program (0 = all), for a gradient-matching
+        method."""
+        m, cfg, data = self.method(chunk), self.cfg, self.data
+        key = jax.random.key(0)
+        images = jax.ShapeDtypeStruct((data.num_classes, cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
+        state = jax.eval_shape(m.init_state, images)
+        params = jax.eval_shape(lambda k: m.net.init(k)[0], key)
+        ctx = m.context_shapes(data)
+        args = (*self.abstract((state.images, state.opt_state, params)), self.abstract(ctx),
+                self.abstract(jax.eval_shape(lambda: key)))
+        fn = lambda im, os_, p_, c, k: m.matching_step(im, os_, p_, c, k, 0.5)  # noqa: E731
+        return compile_program("step", fn, args, self.target, cfg.precision, donate_argnums=(0, 1))
+
     def class_chunk(self, log=print) -> int:
         """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target (0
         for a method whose iteration has no class chunk)."""
         if not METHODS[self.cfg.method].class_chunked:
             return 0
-        return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh,
-                                           lambda c: self.iteration(c).bytes, self.target.bytes_limit, log)
+        def cost_of(chunk: int) -> tuple[int | None, float]:
+            it = self.iteration(chunk)
+            return it.bytes, it.seconds()["estimate"]
+
+        return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
+                                           self.target.bytes_limit, log)
 
     def evaluation(self, parallel: int | None = None, arch: str | None = None) -> Program:
         """The evaluation program: `parallel` networks (default the config's eval_parallel) trained together on the
         set's (classes x syn_per_class) images and tested on the test split, split over the mesh where they
         divide, as `evaluation.evaluate_set` runs them."""
         cfg, data = self.cfg, self.data
-        parallel = max(1, min(parallel or cfg.eval_parallel, max(cfg.eval_models, 1)))
-        m = self.method(0)
+        parallel = parallel or backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh)
+        parallel = max(1, min(parallel, max(cfg.eval_models, 1)))
+        conv = resolve_conv(self.requested_conv, self.target.platform, "batched" if parallel > 1 else "none")
+        m = make_method(cfg.replace(class_chunk=0, conv_impl=conv), data.spec, self.mesh)
         n = data.num_classes * cfg.syn_per_class
         shape = data.train_x.shape[1:]
         x = jax.ShapeDtypeStruct((n, *shape), jnp.float32)
@@ -180,5 +256,5 @@ class Compiler:
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), parallel))
         split_keys = self.mesh is not None and parallel % self.mesh.size == 0
         args = (*self.abstract((x, y)), self.abstract(keys, split_keys), *self.abstract((tx, ty)))
-        fn = evaluation_program(m.eval_net(arch), m.eval_protocol(None, arch))
+        fn = evaluation_program(m.eval_net(arch, parallel), m.eval_protocol(None, arch))
         return compile_program("evaluation", fn, args, self.target, cfg.precision)

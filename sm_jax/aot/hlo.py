@@ -73,12 +73,16 @@ class Cost:
     kernels: int = 0
     seconds: float = 0.0
     collectives: dict = dataclasses.field(default_factory=dict)
+    grouped_flops: float = 0.0  # of grouped convolutions over image-sized windows (`is_grouped`, `image_window`)
+    loop_trips: int = 0  # while-loop iterations (each a round trip to the host on a GPU)
 
     def add(self, other: Cost, times: int = 1) -> None:
         self.flops += times * other.flops
         self.bytes += times * other.bytes
         self.kernels += times * other.kernels
         self.seconds += times * other.seconds
+        self.grouped_flops += times * other.grouped_flops
+        self.loop_trips += times * other.loop_trips
         for k, (n, b) in other.collectives.items():
             c = self.collectives.setdefault(k, [0, 0])
             c[0] += times * n
@@ -216,7 +220,10 @@ class Module:
         """(the cost of one execution of `ins`, how many times it runs per execution of its computation)."""
         op = ins.op.removesuffix("-start")
         if op == "while":
-            return self.computation(_called(ins.attrs, "body")[0]), self.trip_count(ins)
+            trips, loop = self.trip_count(ins), Cost()
+            loop.add(self.computation(_called(ins.attrs, "body")[0]), trips)
+            loop.loop_trips += trips
+            return loop, 1
         if op == "conditional":
             branches = _called(ins.attrs, "branch_computations", "true_computation", "false_computation")
             costs = [self.computation(b) for b in branches]
@@ -229,7 +236,10 @@ class Module:
             return Cost(), 1
         flops = self.flops(ins)
         moved = self.moved(ins)
-        return Cost(flops, moved, 1, max(flops / self.peak, moved / self.bandwidth)), 1
+        fused = [i for c in _called(ins.attrs, "calls") for i in self.comps.get(c, [])] if op == "fusion" else [ins]
+        grouped = any(i.op in ("convolution", "custom-call") and is_grouped(i) and image_window(i) for i in fused)
+        return Cost(flops, moved, 1, max(flops / self.peak, moved / self.bandwidth),
+                    grouped_flops=flops if grouped else 0.0), 1
 
     def trip_count(self, ins: Instr) -> int:
         """A while loop's iterations: XLA:GPU's `known_trip_count`; else (XLA:TPU writes none) read off the loop's
@@ -336,3 +346,41 @@ def collectives(hlo: str) -> dict:
     """Per execution of the entry computation: {kind: [count, bytes]} of the collectives of an optimised HLO module,
     while-loop bodies counted `Module.trip_count` times."""
     return {k: v for k, v in Module(hlo).cost().collectives.items() if v[0]}
+
+
+def is_grouped(ins: Instr) -> bool:
+    """Whether a convolution (XLA's op or a cuDNN call) is grouped: feature_group_count or batch_group_count > 1
+    (what vmap makes of a convolution whose input and kernel both carry the vmapped axis)."""
+    return any(int(n) > 1 for n in re.findall(r"\b(?:feature|batch)_group_count=(\d+)", ins.attrs))
+
+
+KERNEL_WINDOW = 7  # the largest kernel of the zoo's convolutions but AlexNet's first; a wider window spans a map
+
+
+def image_window(ins: Instr) -> bool:
+    """Whether a convolution's window spans a feature map rather than a kernel (wider than KERNEL_WINDOW): XLA's
+    form of a kernel gradient (the map of activations convolved with the map of output gradients) and of its
+    derivatives. Grouped, these are what cuDNN runs far below its rate (docs/gpu.md); grouped convolutions over a
+    kernel's window (networks trained together) run near the plain rate."""
+    m = re.search(r"window=\{size=([\dx]+)", ins.attrs)
+    return bool(m) and max(int(v) for v in m.group(1).split("x")) > KERNEL_WINDOW
+
+
+def census(text: str) -> dict[str, int]:
+    """The kernels an optimised HLO module calls, as written (a loop body's once): every library call by its
+    `custom_call_target` (cuDNN's convolutions, cuBLAS's gemms), XLA's own `convolution` and `dot` ops (a TPU's,
+    or those XLA emits itself), fusions, and `grouped convolutions` among the convolutions (`is_grouped`)."""
+    out: dict[str, int] = {}
+    for comp in parse(text)[0].values():
+        for ins in comp:
+            name = None
+            if ins.op == "custom-call":
+                name = (_attr(ins.attrs, "custom_call_target") or "?").strip('"')
+            elif ins.op in ("convolution", "dot", "fusion"):
+                name = ins.op
+            if name is None:
+                continue
+            out[name] = out.get(name, 0) + 1
+            if (ins.op == "convolution" or name.startswith(CONV_TARGETS)) and is_grouped(ins):
+                out["grouped convolutions"] = out.get("grouped convolutions", 0) + 1
+    return dict(sorted(out.items()))

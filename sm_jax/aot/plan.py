@@ -13,6 +13,8 @@ from sm_jax.aot.targets import GIB, target
 from sm_jax.config import Config
 from sm_jax.errors import UserError
 
+ALTERNATIVE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` is weighed against in a plan (the papers' 20)
+
 
 class PlanError(UserError):
     """A run that cannot fit the target (one line, user-facing)."""
@@ -56,10 +58,20 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
                         f"{it.bytes / GIB:.1f} GiB of the {tgt.bytes_limit / GIB:.1f} GiB per chip (a larger "
                         f"target, more chips, or a smaller --batch-real)")
     log(_line("iteration", it))
-    parallel = max(1, min(cfg.eval_parallel, max(cfg.eval_models, 1)))
+    parallel = max(1, min(backend.resolve_eval_parallel(cfg.eval_parallel, comp.mesh), max(cfg.eval_models, 1)))
     ev = comp.evaluation(parallel) if evaluate and cfg.eval_models else None
+    alternative = None
     if ev is not None:
         log(_line(f"evaluation ({parallel} network{'s' * (parallel > 1)} per call)", ev))
+        width = min(ALTERNATIVE_PARALLEL, cfg.eval_models)
+        if cfg.eval_parallel == backend.AUTO_PARALLEL and width != parallel:  # what auto weighed
+            other = comp.evaluation(width)
+            alternative = {"eval_parallel": width, "seconds_per_network": other.seconds()["estimate"] / width,
+                           "bytes": other.bytes}
+            log(f"evaluation: --eval-parallel auto took {parallel} per call, "
+                f"{ev.seconds()['estimate'] / parallel:.3g} s per network estimated; {width} per call would be "
+                f"{alternative['seconds_per_network']:.3g} s per network"
+                + (f" in {other.bytes / GIB:.2f} GiB" if other.bytes is not None else ""))
     secs = run_seconds(cfg, it.seconds()["estimate"], ev.seconds()["estimate"] if ev is not None else None,
                        parallel)
     log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "
@@ -67,7 +79,8 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
         f"({tgt.chips} chip{'s' * (tgt.chips > 1)})")
     return {"target": tgt.name, "chips": tgt.chips, "classes": comp.data.num_classes, "class_chunk": chunk,
             "iteration": it.record(),
-            "evaluation": ev.record() if ev is not None else None, "eval_parallel": parallel, "run_seconds": secs}
+            "evaluation": ev.record() if ev is not None else None, "eval_parallel": parallel,
+            "eval_parallel_alternative": alternative, "run_seconds": secs}
 
 
 def _line(what: str, p: Program) -> str:

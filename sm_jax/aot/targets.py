@@ -157,6 +157,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # H200 (the card benchmarks/gpu.sh meets): H100's chip with 141 GB HBM3e at 4.8 TB/s
     Target("h200", "cuda", 1, 143771 * 2**20, 66.9e12, 4.8e12, "NVIDIA H200", 0.75,
            gpu=((9, 0), 132, 128, 1.98, 50 * 2**20, 233472, 232448), interconnect=450e9),
+    # L4 24 GB (the 24 GB class of card, as an RTX 4090's memory): sm_89, 58 SMs x 128 FP32 lanes at 2.04 GHz
+    # (30.3 TFLOP/s FP32), GDDR6 300 GB/s, 48 MB L2, 100 KB shared memory per SM; PCIe only
+    Target("l4", "cuda", 1, 23034 * 2**20, 30.3e12, 300e9, "NVIDIA L4", 0.75,
+           gpu=((8, 9), 58, 128, 2.04, 48 * 2**20, 102400, 101376), interconnect=32e9),
     _v5e(1, 1),
     _v5e(2, 2),
     _v5e(4, 4),
@@ -182,3 +186,8 @@ def target(name: str, chips: int | None = None) -> Target:
         if u.chips == chips:
             return u
     raise TargetError(f"{name}: no target of {chips} chips; {', '.join(f'{u.name} ({u.chips})' for u in family)}")
+
+
+def for_device(kind: str) -> Target | None:
+    """The one-chip target of a live device by its `device_kind` ('NVIDIA H200'), or None for one not described."""
+    return next((t for t in TARGETS.values() if t.chips == 1 and t.description == kind), None)

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from sm_jax.backend import AUTO_CHUNK
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL
 from sm_jax.config import Config
 
 
@@ -17,18 +17,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
-def class_chunk(text: str) -> int:
-    """argparse type of --class-chunk: 'auto' or an integer."""
-    if text == "auto":
-        return AUTO_CHUNK
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
+def auto_or_int(auto: int):
+    """An argparse type: 'auto' (-> `auto`) or an integer."""
+    def parse(text: str) -> int:
+        if text == "auto":
+            return auto
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
+    return parse
 
+
+class_chunk = auto_or_int(AUTO_CHUNK)  # argparse type of --class-chunk
+eval_parallel = auto_or_int(AUTO_PARALLEL)  # argparse type of --eval-parallel
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str, "int | None": int}
-_SPECIAL_TYPES = {"class_chunk": class_chunk}
+_SPECIAL_TYPES = {"class_chunk": class_chunk, "eval_parallel": eval_parallel}
 
 
 def add_config_flags(p: argparse.ArgumentParser, names=None, required=(), cls=Config) -> None:

@@ -106,7 +106,8 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     x = images.reshape(-1, *images.shape[2:])
     y = set_targets(method, images, protocol, targets)
     parallel = max(1, min(parallel, models))
-    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch), mesh, teacher)
+    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch, parallel),
+                                         mesh, teacher)
     if mesh is not None:  # replicated: every device trains its networks on the whole set
         x, y = sharding.put((sharding.host(x), np.asarray(y)), mesh, shard_leading=False)
     accs = []
@@ -198,8 +199,9 @@ def evaluate_archs(method, images: jax.Array, test_x: np.ndarray, test_y: np.nda
         res = []
         proto = protocols.train_protocol(protocol, method, epochs, arch, learned)
         t = teacher(arch) if protocols.uses_teacher(protocol, method) else None
-        fn = make_evaluator(method, proto, test_x, test_y, max(1, min(parallel, models)),
-                            method.eval_net(arch), mesh, t)  # one program for the set and the baseline
+        width = max(1, min(parallel, models))
+        fn = make_evaluator(method, proto, test_x, test_y, width, method.eval_net(arch, width), mesh,
+                            t)  # one program for the set and the baseline
         for b, x in enumerate(sets):
             done = (lambda n, i=a * len(sets) + b: progress(i * models + n)) if progress is not None else None
             res.append(evaluate_set(method, x, test_x, test_y, jax.random.fold_in(key, a) if a else key, models,

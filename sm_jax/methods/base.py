@@ -23,7 +23,7 @@ from sm_jax.matching import lambda_schedule
 from sm_jax.methods.context import CondenseState, make_context
 from sm_jax.methods.inits import INITS
 from sm_jax.methods.run_config import RunConfig
-from sm_jax.models import denormalize, make_net, normalize
+from sm_jax.models import denormalize, make_net, normalize, resolve_conv
 from sm_jax.training import TrainProtocol
 
 PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, dataset)
@@ -104,12 +104,16 @@ class Method:
         return jax.eval_shape(lambda: self.context(data, None))
 
     # --- the synthetic set ----------------------------------------------------------------------------------
-    def eval_net(self, arch: str | None = None):
-        """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the method's own."""
-        if arch is None or arch == self.net.name:
-            return self.net
+    def eval_net(self, arch: str | None = None, parallel: int = 1):
+        """The network the evaluation trains: architecture `arch` (models.ARCHS), by default the method's own, on the
+        convolution form for `parallel` networks trained together (`resolve_conv`'s vmap role: batched when > 1,
+        else none)."""
         cfg = self.cfg
-        return make_net(arch, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm, cfg.conv_impl)
+        impl = resolve_conv(cfg.conv_impl, vmap="batched" if parallel > 1 else "none")
+        if (arch is None or arch == self.net.name) and impl == resolve_conv(cfg.conv_impl):
+            return self.net
+        return make_net(arch or cfg.model, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm,
+                        impl)
 
     def normalize(self, x01: jax.Array) -> jax.Array:
         """[0, 1] pixels -> the networks' input space, with the dataset's statistics."""

@@ -250,6 +250,83 @@ def conv_native(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int =
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _taps(x: jax.Array, k: int, stride: int, padding: int, ho: int, wo: int) -> list:
+    """The k * k shifted (strided) views of the zero-padded input that meet the kernel's taps, (i, j) order: each
+    (N, Ho, Wo, Cin)."""
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
+                                             xp.shape[3]), (1, stride, stride, 1))
+            for i in range(k) for j in range(k)]
+
+
+def _out_size(x: jax.Array, k: int, stride: int, padding: int) -> tuple[int, int]:
+    return (x.shape[1] + 2 * padding - k) // stride + 1, (x.shape[2] + 2 * padding - k) // stride + 1
+
+
+def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """Any k x k convolution as a sum over its k * k taps of (N Ho Wo, Cin) x (Cin, Cout) matrix products, and so are
+    its gradients at every order (the autodiff of a slice and a product).
+
+    Where the kernel is batched (N networks trained together under vmap), each product becomes one batched GEMM over
+    the networks, where XLA's convolution becomes a grouped convolution (feature_group_count = N), which cuDNN runs
+    slowly at these sizes. No k*k-fold copy of the input is made (unlike `conv_im2col`): one tap's view at a time.
+    Args:
+      x: (N, H, W, Cin); kernel: (k, k, Cin, Cout) (HWIO).
+    Returns:
+      (N, Ho, Wo, Cout).
+    """
+    k = kernel.shape[0]
+    views = _taps(x, k, stride, padding, *_out_size(x, k, stride, padding))
+    return functools.reduce(jnp.add, [v @ kernel[t // k, t % k] for t, v in enumerate(views)])
+
+
+def kernel_grad_gemm(x: jax.Array, g: jax.Array, k: int, stride: int = 1, padding: int = 0) -> jax.Array:
+    """d(sum(conv(x, w) * g)) / dw as k * k matrix products contracting (N, Ho, Wo): (k, k, Cin, Cout).
+
+    Under vmap over classes (x and g batched, w shared) these are batched GEMMs over the classes; XLA's own kernel
+    gradient there is a convolution grouped by the class count. Its derivatives (what the image update
+    differentiates) are products with the per-class cotangent kernel: batched GEMMs again.
+    Args:
+      x: (N, H, W, Cin) the input; g: (N, Ho, Wo, Cout) the output's cotangent.
+    """
+    views = _taps(x, k, stride, padding, g.shape[1], g.shape[2])
+    dw = [jnp.einsum("nhwc,nhwo->co", v, g) for v in views]
+    return jnp.stack(dw).reshape(k, k, x.shape[-1], g.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_xla_gemm(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
+    """XLA's convolution forward and for the input gradient, the kernel gradient as per-tap GEMMs
+    (`kernel_grad_gemm`). The form for a network whose weights are shared across a vmapped axis (gradient matching:
+    one network, every class's images): the forward and input-gradient convolutions fold the classes into the batch
+    (plain cuDNN convolutions), and only the per-class kernel gradient, which needs the classes apart, becomes
+    batched GEMMs instead of grouped convolutions. Twice differentiable (the rules are plain JAX).
+    Args:
+      x: (N, H, W, Cin); kernel: (k, k, Cin, Cout) (HWIO).
+    Returns:
+      (N, Ho, Wo, Cout).
+    """
+    return conv_native(x, kernel, stride, padding)
+
+
+def _xla_gemm_fwd(x, kernel, stride, padding):
+    return conv_native(x, kernel, stride, padding), (x, kernel)
+
+
+def _xla_gemm_bwd(stride, padding, res, g):
+    x, kernel = res
+    dx = jax.vjp(lambda x_: conv_native(x_, kernel, stride, padding), x)[1](g)[0]
+    return dx, kernel_grad_gemm(x, g, kernel.shape[0], stride, padding)
+
+
+conv_xla_gemm.defvjp(_xla_gemm_fwd, _xla_gemm_bwd)
+
+
+def conv3x3_xla_gemm(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`conv_xla_gemm` for a 3x3 SAME stride-1 layer."""
+    return conv_xla_gemm(x, kernel, 1, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvForm:
     """One form of the convolution: `conv3x3(x, kernel)` for 3x3 stride-1 SAME layers (ConvNet's, VGG's, the
@@ -267,24 +344,47 @@ class ConvForm:
 # The interchangeable convolutions (same parameters, same function up to float rounding), by name (--conv-impl).
 # On CPU, XLA's native convolution runs tens of times slower inside the training scans (measured: two AlexNet steps
 # in a `lax.scan`, 175 s, against 2.7 s unrolled), so the CPU forms use slices and matmuls; on GPU/TPU XLA's own is
-# served by the convolution libraries. Their speed on CPU: `python -m benchmarks.evaluate --conv-impl`.
+# served by the convolution libraries, except where a vmapped axis would make it a grouped convolution (the per-class
+# kernel gradient of gradient matching: `xla_gemm`; networks trained together: `gemm`). Their speed on CPU:
+# `python -m benchmarks.evaluate --conv-impl`; the kernels they compile to on a GPU: docs/gpu.md.
 CONVS: dict[str, ConvForm] = {
     "fast": ConvForm(conv3x3_fast, conv_im2col),
     "patches": ConvForm(conv3x3_patches, conv_im2col),
     "winograd": ConvForm(conv3x3_winograd, conv_im2col),
     "xla": ConvForm(conv3x3_xla, conv_native),
+    "xla_gemm": ConvForm(conv3x3_xla_gemm, conv_xla_gemm),
+    "gemm": ConvForm(lambda x, kernel: conv_gemm(x, kernel, 1, 1), conv_gemm),
 }
 
 
-def resolve_conv(name: str = "auto", platform: str | None = None) -> str:
-    """'auto' -> 'fast' on CPU, 'xla' on GPU/TPU; else unchanged. Raises ValueError for an unknown name.
+VMAP_ROLES = ("shared", "batched", "none")  # how a network's convolutions meet vmap (resolve_conv)
 
+
+def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "shared") -> str:
+    """'auto' -> the form for the platform and the network's place under vmap; any other name unchanged.
+
+    'auto' is 'fast' on CPU and 'xla' on a TPU (whose compiler writes the vmapped axes into its own convolutions).
+    On a GPU it depends on `vmap`: 'shared' (one network's weights shared across a vmapped axis of inputs: the
+    matching, vmapped over classes and subsets) -> 'xla_gemm', whose per-class kernel gradients are batched gemms;
+    'batched' (several networks trained together under vmap, each its own weights) -> 'gemm'; 'none' (one network
+    alone: an evaluation network trained by itself) -> 'xla', cuDNN's own kernel gradient. No grouped convolution
+    in any of them (docs/gpu.md).
     Args:
       platform: the platform the program is compiled for (default: JAX's default backend; a program compiled here
-        for an accelerator that is not here, sm_jax.aot, names its own).
+        for an accelerator that is not here, sm_jax.aot, names its own: 'cpu', 'gpu' or 'cuda', 'tpu').
+      vmap: one of VMAP_ROLES.
+    Raises:
+      ValueError: for an unknown name or role.
     """
+    if vmap not in VMAP_ROLES:
+        raise ValueError(f"unknown vmap role {vmap!r}; choose one of {', '.join(VMAP_ROLES)}")
     if name == "auto":
-        return "fast" if (platform or jax.default_backend()) == "cpu" else "xla"
+        platform = platform or jax.default_backend()
+        if platform == "cpu":
+            return "fast"
+        if platform in ("gpu", "cuda", "rocm"):
+            return {"shared": "xla_gemm", "batched": "gemm", "none": "xla"}[vmap]
+        return "xla"
     if name not in CONVS:
         raise ValueError(f"unknown conv implementation {name!r}; choose auto or one of {', '.join(CONVS)}")
     return name

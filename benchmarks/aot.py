@@ -7,7 +7,7 @@ python -m benchmarks.aot --target NAME [--chips N] [--methods dc,dsa,idc,dm] [--
 python -m benchmarks.aot --report FILE [FILE ...]     (the docs/gpu.md tables from such lines)
 
 Each configuration prints one JSON line (and appends it to --out): the `paper`-preset condensation iteration and
-evaluation program (20 networks per call, as benchmarks/gpu.sh runs them) compiled by the target's own compiler
+evaluation program (--eval-parallel networks per call; auto as a run picks) compiled by the target's own compiler
 through the code a run uses (sm_jax.aot), or the error. The configurations: Table 1 of the paper (DC and DSA at
 ipc 10 and 50, IDC at ipc 1, 10 and 50; K 1 and 2) and DM at ipc 10 and 50; `--methods/--ipcs/--ks` select among
 them. Targets: sm_jax.aot.TARGETS (`--chips` picks a target's several-chip form).
@@ -22,12 +22,11 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from sm_jax.backend import AUTO_CHUNK
-from sm_jax.cli.common import class_chunk
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL
+from sm_jax.cli.common import class_chunk, eval_parallel
 
 TABLE1 = {"dc": (10, 50), "dsa": (10, 50), "idc": (1, 10, 50), "dm": (10, 50)}
 SEEDS = 3  # Table 1: every cell the mean of 3 condensations
-EVAL_PARALLEL = 20
 
 
 def configurations(methods, ipcs, ks) -> list[tuple[str, int, int]]:
@@ -66,7 +65,7 @@ def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, 
            "subset_k": k, "preset": preset, **fields}
     t0 = time.perf_counter()
     try:
-        cfg = make_config(method, ipc, preset, subset_k=k, **{"eval_parallel": EVAL_PARALLEL, **fields})
+        cfg = make_config(method, ipc, preset, subset_k=k, **fields)
         rec.update(plan(cfg, tgt.name, evaluate=evaluate and evaluation is None,
                         log=lambda line: print(line, file=sys.stderr)))
         if evaluate and evaluation is not None:
@@ -92,7 +91,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--no-eval", action="store_true", help="the iteration only")
     p.add_argument("--class-chunk", type=class_chunk, default=AUTO_CHUNK,
                    help="classes per vmapped program (0 = all; default auto: as a run on the target picks)")
-    p.add_argument("--eval-parallel", type=int, default=EVAL_PARALLEL, help="evaluation networks per call")
+    p.add_argument("--eval-parallel", type=eval_parallel, default=AUTO_PARALLEL,
+                   help="evaluation networks per call (default auto: as a run picks, one per chip)")
     p.add_argument("--conv-impl", default="auto", help="the convolution form (auto: the target's; xla: the form "
                    "before the gemm forms, as ../shared/docs/gpu-h200.md measured it)")
     p.add_argument("--preset", default="paper", help="the configurations' preset (cpu: tiny programs, for a smoke run)")

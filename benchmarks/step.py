@@ -4,6 +4,7 @@ python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1]
                           [--compare] [--conv-impl auto|fast|patches|winograd|xla] [--class-chunk auto|C]
                           [--precision float32|tensorfloat32] [--torch-device cpu|cuda]
                           [--classes 10] [--per-class 5000] [--width 128] [--depth 3]   (the last four: smoke shapes)
+                          [--plan-for TARGET]   (the step's estimate on a GPU or TPU that is not here: a prediction)
 
 Prints one JSON line. --compare also runs the PyTorch baseline (benchmarks/torch_step.py, in a subprocess so the
 two never share a thread pool) on the same config and adds its timing and `torch_seconds_over_jax_seconds`.
@@ -22,7 +23,9 @@ import time
 import jax
 import numpy as np
 
-from sm_jax.backend import precision, program_bytes
+from sm_jax.aot import hlo
+from sm_jax.aot.compile import estimate_seconds
+from sm_jax.backend import device_peak_bytes, precision, program_bytes
 from sm_jax.cli.common import class_chunk
 from sm_jax.config import make_config
 from sm_jax.data import Dataset, load_dataset
@@ -38,8 +41,47 @@ def synthetic_cifar(n_per_class: int = 5000, classes: int = 10) -> Dataset:
 
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
+    if args.plan_for:
+        return plan(args)
     with precision(args.precision):
         return measure(args)
+
+
+def config(args):
+    return make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
+                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, precision=args.precision,
+                       width=args.width, depth=args.depth)
+
+
+def plan(args) -> dict:
+    """The step this command would time, compiled for a target that is not here: its estimate (sm_jax.aot's,
+    calibrated), memory and kernels, as one JSON line (a prediction, not a measurement)."""
+    from sm_jax.aot import Compiler, target
+    from sm_jax.cli.common import guard
+
+    def compile_step():
+        cfg = config(args)
+        tgt = target(args.plan_for)
+        small = synthetic_cifar(1, args.classes)  # shapes only: the real batches come from --per-class rows
+        data = Dataset(np.broadcast_to(small.train_x[:1], (args.per_class * args.classes, *small.train_x.shape[1:])),
+                       np.repeat(np.arange(args.classes), args.per_class).astype(np.int32), small.test_x,
+                       small.test_y, small.class_names, "shapes")
+        comp = Compiler(cfg, tgt, data)
+        chunk = comp.class_chunk(log=lambda line: print(line, file=sys.stderr))
+        return cfg, tgt, comp, chunk, comp.step(chunk)
+
+    cfg, tgt, comp, chunk, prog = guard(compile_step)
+    s = prog.seconds()
+    out = {"target": tgt.name, "estimated_step_seconds": s["estimate"], "estimate_parts": s,
+           "predicted_device_mb": prog.bytes / 2**20 if prog.bytes is not None else None,
+           "flops_per_step": prog.hlo_cost.flops, "kernels": hlo.census(prog.text),
+           "compile_seconds": prog.compile_seconds, "prediction": True,
+           "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
+                      "subset_batch_real": cfg.subset_real, "classes": args.classes,
+                      "conv_impl": comp.cfg.conv_impl, "class_chunk": chunk, "width": cfg.width,
+                      "depth": cfg.depth}}
+    print(json.dumps(out))
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,15 +101,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=5000, help="random real images per class")
     p.add_argument("--width", type=int, default=128, help="ConvNet width (128 = the papers')")
     p.add_argument("--depth", type=int, default=3, help="ConvNet depth (3 = the papers')")
-    p.add_argument("--conv-impl", default="auto", help="ConvNet convolution: auto (default), fast, patches, "
-                   "winograd or xla")
+    p.add_argument("--plan-for", metavar="TARGET", help="print the estimate of this step on a target that is not here "
+                   "(sm_jax.aot.TARGETS) instead of timing it")
+    p.add_argument("--conv-impl", default="auto", help="the convolution form: auto (default) or a name of "
+                   "models.CONVS (xla: the GPU form before xla_gemm)")
     return p
 
 
 def measure(args) -> dict:
-    cfg = make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
-                      class_chunk=args.class_chunk, conv_impl=args.conv_impl, precision=args.precision,
-                      width=args.width, depth=args.depth)
+    cfg = config(args)
     torch_out = None
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
@@ -90,16 +132,15 @@ def measure(args) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state.images, state.opt_state, params, key).compile()
     compile_s = time.perf_counter() - t0
+    peak_after_compile = device_peak_bytes()  # compilation's autotuning allocates too
     predicted = program_bytes(compiled)
-    flops_compiled = compiled
-    if method.class_chunk:  # XLA counts a loop body once: count the flops on the all-classes program (same math)
-        full = make_method(cfg.replace(class_chunk=0), data.spec)
-        flops_compiled = jax.jit(lambda im, os_, p_, k: full.matching_step(im, os_, p_, ctx, k, 0.5)).lower(
-            state.images, state.opt_state, params, key).compile()
-    cost = flops_compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    del flops_compiled
+    # the flops of the program itself, loop bodies through their trip counts (sm_jax.aot.hlo): XLA's own cost
+    # analysis counts a loop body once, and on a GPU it undercounts convolutions by far (16.5 GFLOP for DC ipc 10
+    # against the 752 the kernels execute)
+    text = compiled.as_text()
+    kernels = hlo.census(text)
+    flops = hlo.Module(text).cost().flops
+    estimate = estimate_seconds(compiled)
     images, opt_state = state.images, state.opt_state
     images, opt_state, m = compiled(images, opt_state, params, key)  # warm-up
     jax.block_until_ready(images)
@@ -112,6 +153,7 @@ def measure(args) -> dict:
     med = float(np.median(times))
     out = {"step_seconds_median": med, "step_seconds_min": float(min(times)), "compile_seconds": compile_s,
            "flops_per_step": flops, "gflops_per_second": flops / med / 1e9 if flops else None,
+           "estimated_seconds": estimate, "kernels": kernels,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "predicted_device_mb": predicted / 2**20 if predicted is not None else None,
            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
@@ -120,9 +162,10 @@ def measure(args) -> dict:
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
                       "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk, "width": cfg.width,
                       "depth": cfg.depth}}
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    peak = device_peak_bytes()
+    if peak is not None:
+        out["peak_device_mb"] = peak / 2**20
+        out["peak_device_mb_after_compile"] = peak_after_compile / 2**20
     if torch_out is not None:
         out["torch"] = torch_out
         out["torch_seconds_over_jax_seconds"] = torch_out["step_seconds_median"] / med

@@ -104,11 +104,12 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     """The classes per vmapped program (0 = all at once) for `--class-chunk requested`.
 
     All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
-    measured form (one class per program); on an accelerator, given `cost_of`, the chunk with the lowest estimated
-    time (sm_jax.aot's calibrated estimate of the compiled program) among those predicted (XLA's memory analysis) to
-    fit MEMORY_HEADROOM of the device's memory, the largest that fits where no time is known (the compiled
-    programs land in the persistent compilation cache, so the run's own jit of the chosen chunk does not compile
-    again); all classes without `cost_of`. Every candidate's memory and time is logged.
+    measured form (one class per program); on an accelerator, given `cost_of`, of the largest chunk predicted (XLA's
+    memory analysis) to fit MEMORY_HEADROOM of the device's memory and of one class per program, the one with the
+    lower estimated time (sm_jax.aot's calibrated estimate of the compiled program; the chunks between are not
+    compiled: each costs a compilation), the largest where no time is known (the compiled programs land in the
+    persistent compilation cache, so the run's own jit of the chosen chunk does not compile again); all classes
+    without `cost_of`. Every candidate's memory and time is logged.
 
     Args:
       requested: Config.class_chunk.
@@ -133,6 +134,8 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
         return 0
     fits = []
     for chunk in chunk_candidates(classes):
+        if fits and chunk != 1:  # between the largest that fits and one class per program: not costed
+            continue
         need, secs = cost_of(chunk)
         ok = need is None or need <= MEMORY_HEADROOM * limit
         mem = f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown"

@@ -45,13 +45,15 @@ def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
 
     logs = []
     auto = backend.AUTO_CHUNK
-    # 10 does not fit 85 % of 8 GiB; of the rest, 3 classes per program is the fastest
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 3
-    assert tried == [10, 5, 3, 2, 1]  # every candidate is costed, each on a line
+    # 10 does not fit 85 % of 8 GiB; of the largest that fits (5) and one class per program, 5 is the faster
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 5
+    assert tried == [10, 5, 1]  # each costed on a line; 3 and 2 are not compiled
     assert logs[0] == "  class chunk 10: 11.00 GiB, 900 ms estimated (does not fit)"
-    assert logs[2] == "  class chunk 3: 4.00 GiB, 200 ms estimated"
-    assert logs[-1] == ("class chunk: 3 of 10 classes per program (the lowest estimated time of those that fit 85% "
+    assert logs[2] == "  class chunk 1: 2.00 GiB, 400 ms estimated"
+    assert logs[-1] == ("class chunk: 5 of 10 classes per program (the lowest estimated time of those that fit 85% "
                         "of 8.0 GiB)")
+    seconds[1] = 0.1  # one class per program faster
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 1
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 1.3 * 2**30, logs.append) == 1  # the only fit
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 2**30, logs.append) == 1  # nothing fits
     assert "exceed" in logs[-1]

@@ -22,6 +22,7 @@ from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
 from sm_jax.evaluation import evaluation_program
 from sm_jax.methods import METHODS, make_method
 from sm_jax.models import resolve_conv
+from sm_jax.models.conv_ops import compiling_for
 
 COLLECTIVE_LATENCY = 10e-6  # seconds per collective on the mesh, beside its bytes over the interconnect
 
@@ -175,8 +176,8 @@ class Compiler:
 
     def __init__(self, cfg: Config, target: Target, data: Dataset):
         self.target, self.data = target, data
-        self.requested_conv = cfg.conv_impl  # 'auto' resolves per program (resolve_conv's vmap role)
-        self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))
+        self.requested = cfg  # `auto` forms resolve per network role, for the target (conv_ops.compiling_for)
+        self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))  # the matching's form
         self.devices = target.devices()
         self.mesh = sharding.mesh_of(self.devices) if len(self.devices) > 1 else None
         self._iterations: dict[int, Program] = {}
@@ -194,7 +195,8 @@ class Compiler:
         return jax.tree.map(one, tree, splits)
 
     def method(self, chunk: int):
-        return make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
+        with compiling_for(self.target.platform):
+            return make_method(self.requested.replace(class_chunk=chunk), self.data.spec, self.mesh)
 
     def iteration(self, chunk: int) -> Program:
         """The condensation iteration with `chunk` classes per vmapped program (0 = all), compiled once."""
@@ -245,8 +247,7 @@ class Compiler:
         cfg, data = self.cfg, self.data
         parallel = parallel or backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh)
         parallel = max(1, min(parallel, max(cfg.eval_models, 1)))
-        conv = resolve_conv(self.requested_conv, self.target.platform, "batched" if parallel > 1 else "none")
-        m = make_method(cfg.replace(class_chunk=0, conv_impl=conv), data.spec, self.mesh)
+        m = self.method(0)
         n = data.num_classes * cfg.syn_per_class
         shape = data.train_x.shape[1:]
         x = jax.ShapeDtypeStruct((n, *shape), jnp.float32)
@@ -256,5 +257,6 @@ class Compiler:
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), parallel))
         split_keys = self.mesh is not None and parallel % self.mesh.size == 0
         args = (*self.abstract((x, y)), self.abstract(keys, split_keys), *self.abstract((tx, ty)))
-        fn = evaluation_program(m.eval_net(arch, parallel), m.eval_protocol(None, arch))
+        with compiling_for(self.target.platform):
+            fn = evaluation_program(m.eval_net(arch, parallel), m.eval_protocol(None, arch))
         return compile_program("evaluation", fn, args, self.target, cfg.precision)

@@ -15,6 +15,11 @@ from sm_jax import sharding
 from sm_jax.evaluation import protocols
 from sm_jax.training import TrainProtocol, accuracy, train_on_set
 
+# Test images per step of the accuracy pass, over all the networks of a call: P networks trained together test
+# TEST_BATCH // P images each per step, so that the pass's activations do not grow with P (20 networks at 500
+# images each held 10,000 images' activations at once).
+TEST_BATCH = 500
+
 
 def train_network(net, proto: TrainProtocol, x: jax.Array, y: jax.Array, key: jax.Array, lr=None, teacher=None):
     """One fresh network (initialised from `key`) trained on a set with the evaluation protocol.
@@ -71,9 +76,10 @@ def evaluation_program(net, proto: TrainProtocol, teacher_net=None) -> Callable:
     """
     def run(x, y, keys, tx, ty, lrs=None, teacher=None):
         t = None if teacher_net is None else (teacher_net, *teacher)
+        chunk = max(1, TEST_BATCH // keys.shape[0])  # the test images one step passes through all P networks
 
         def one(k, lr):
-            return accuracy(net, *train_network(net, proto, x, y, k, lr, t), tx, ty)
+            return accuracy(net, *train_network(net, proto, x, y, k, lr, t), tx, ty, chunk)
         return jax.vmap(one)(keys, lrs) if lrs is not None else jax.vmap(lambda k: one(k, None))(keys)
 
     return run

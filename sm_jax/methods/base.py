@@ -73,9 +73,16 @@ class Method:
         self.num_classes = spec.num_classes
         self.mesh = mesh
         self.class_chunk = resolve_class_chunk(cfg.class_chunk, self.num_classes, mesh)
-        # the method's network (the official --model; ConvNet-3 by default)
+        # the method's network (the official --model; ConvNet-3 by default), on the convolution form of a network
+        # matched across vmapped classes and subsets, and the same network (the same parameters) on the form of one
+        # trained alone (gradient matching's inner loop, IDC's network training, the experts)
+        # (one class per program without subsets leaves no vmapped axis in the matching: the form of one alone)
+        alone_in_matching = self.class_chunk == 1 and not cfg.use_subsets
         self.net = make_net(cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm,
-                            cfg.conv_impl)
+                            resolve_conv(cfg.conv_impl, vmap="none" if alone_in_matching else "shared"))
+        alone = resolve_conv(cfg.conv_impl, vmap="none")
+        self.net_alone = self.net if getattr(self.net.module, "conv_impl", alone) == alone else make_net(
+            cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm, alone)
         self.batch_norm = self.net.has_state
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.eval_policy = drop_ops(type(self).eval_policy, cfg.aug_drop_ops)
@@ -110,8 +117,10 @@ class Method:
         else none)."""
         cfg = self.cfg
         impl = resolve_conv(cfg.conv_impl, vmap="batched" if parallel > 1 else "none")
-        if (arch is None or arch == self.net.name) and impl == resolve_conv(cfg.conv_impl):
-            return self.net
+        if arch is None or arch == self.net.name:
+            for net in (self.net_alone, self.net):
+                if getattr(net.module, "conv_impl", impl) == impl:
+                    return net
         return make_net(arch or cfg.model, self.num_classes, self.spec.image_shape, cfg.width, cfg.depth, cfg.norm,
                         impl)
 

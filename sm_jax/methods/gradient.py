@@ -162,7 +162,7 @@ class GradientMatching(Method):
         syn = jax.lax.stop_gradient(self.decode(images))
         x = syn.reshape(-1, *syn.shape[2:])
         y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
-        params, bn = train_on_set(self.net, params, bn, x, y, key, self.net_protocol())
+        params, bn = train_on_set(self.net_alone, params, bn, x, y, key, self.net_protocol())
         return params, (bn, opt)
 
     def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam, apply_fn=None):

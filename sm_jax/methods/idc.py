@@ -133,7 +133,7 @@ class IDC(GradientMatching):
             k_idx, k_step = jax.random.split(jax.random.fold_in(key, s))
             idx = jax.random.randint(k_idx, (cfg.batch_train,), 0, n)
             x, y = real_batch(ctx, idx, self.spec), ctx.train_y[idx]
-            params, bn, opt_state, _ = train_step(self.net, tx, params, bn, opt_state, x, y,
+            params, bn, opt_state, _ = train_step(self.net_alone, tx, params, bn, opt_state, x, y,
                                                   jnp.ones((cfg.batch_train,)), k_step, cfg.lr_net, self.net_policy,
                                                   cfg.cutmix_prob)
             return (params, bn, opt_state), None

@@ -6,6 +6,7 @@ Every model's convolutions run on one form of `CONVS`, named by the run's `conv_
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable
@@ -358,6 +359,19 @@ CONVS: dict[str, ConvForm] = {
 
 
 VMAP_ROLES = ("shared", "batched", "none")  # how a network's convolutions meet vmap (resolve_conv)
+_PLATFORM: list[str] = []  # the platform `auto` resolves for inside `compiling_for` (innermost last)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Within this context `resolve_conv` resolves 'auto' for `platform` rather than JAX's default backend: the
+    networks of a program compiled here for an accelerator that is not here (sm_jax.aot) get that accelerator's
+    forms for each of their roles."""
+    _PLATFORM.append(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM.pop()
 
 
 def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "shared") -> str:
@@ -370,8 +384,8 @@ def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "s
     alone: an evaluation network trained by itself) -> 'xla', cuDNN's own kernel gradient. No grouped convolution
     in any of them (docs/gpu.md).
     Args:
-      platform: the platform the program is compiled for (default: JAX's default backend; a program compiled here
-        for an accelerator that is not here, sm_jax.aot, names its own: 'cpu', 'gpu' or 'cuda', 'tpu').
+      platform: the platform the program is compiled for (default: that of `compiling_for`, else JAX's default
+        backend): 'cpu', 'gpu' or 'cuda', 'tpu'.
       vmap: one of VMAP_ROLES.
     Raises:
       ValueError: for an unknown name or role.
@@ -379,7 +393,7 @@ def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "s
     if vmap not in VMAP_ROLES:
         raise ValueError(f"unknown vmap role {vmap!r}; choose one of {', '.join(VMAP_ROLES)}")
     if name == "auto":
-        platform = platform or jax.default_backend()
+        platform = platform or (_PLATFORM[-1] if _PLATFORM else jax.default_backend())
         if platform == "cpu":
             return "fast"
         if platform in ("gpu", "cuda", "rocm"):

@@ -23,6 +23,7 @@ AUTO_CHUNK = -1  # Config.class_chunk 'auto': resolve_class_chunk decides per de
 AUTO_PARALLEL = 0  # Config.eval_parallel 'auto': resolve_eval_parallel
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
+TIME_MARGIN = 0.10  # class chunk `auto`: a larger program must be estimated this much faster to be preferred
 
 
 def precision(name: str) -> contextlib.AbstractContextManager:
@@ -106,8 +107,9 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
     measured form (one class per program); on an accelerator, given `cost_of`, of the largest chunk predicted (XLA's
     memory analysis) to fit MEMORY_HEADROOM of the device's memory and of one class per program, the one with the
-    lower estimated time (sm_jax.aot's calibrated estimate of the compiled program; the chunks between are not
-    compiled: each costs a compilation), the largest where no time is known (the compiled programs land in the
+    lower estimated time (sm_jax.aot's calibrated estimate of the compiled program), or the smaller one where their
+    estimates are within TIME_MARGIN (the chunks between are not compiled: each costs a compilation), the largest
+    where no time is known (the compiled programs land in the
     persistent compilation cache, so the run's own jit of the chosen chunk does not compile again); all classes
     without `cost_of`. Every candidate's memory and time is logged.
 
@@ -147,8 +149,15 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
         log(f"class chunk: 1 (even one class per program is predicted to exceed {limit / 2**30:.1f} GiB)")
         return 1
     timed = [f for f in fits if f[2] is not None]
-    chunk, need, secs = min(timed, key=lambda f: f[2]) if timed else fits[0]
-    why = "the lowest estimated time" if timed else "the largest"
+    if timed:  # the smaller program unless the larger is estimated clearly faster (the estimate's error is larger)
+        best = min(f[2] for f in timed)
+        near = [f for f in timed if f[2] <= (1 + TIME_MARGIN) * best]
+        chunk, need, secs = min(near, key=lambda f: (f[1] if f[1] is not None else float("inf"), f[2]))
+        why = ("the lowest estimated time" if secs == best else
+               f"the least memory within {TIME_MARGIN:.0%} of the lowest estimated time")
+    else:
+        chunk, need, secs = fits[0]
+        why = "the largest"
     log(f"class chunk: {chunk} of {classes} classes per program ({why} of those that fit "
         f"{MEMORY_HEADROOM:.0%} of {limit / 2**30:.1f} GiB)")
     return chunk

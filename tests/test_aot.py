@@ -293,11 +293,11 @@ def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeyp
     assert [line.split(":")[0] for line in candidates] == [f"  class chunk {c}" for c in (10, 1)]
     assert all(" GiB, " in line and " ms estimated" in line for line in candidates), candidates
     chosen = next(line for line in out if line.startswith("class chunk: "))
-    assert "(the lowest estimated time of those that fit" in chosen
+    assert "estimated time of those that fit" in chosen
     assert out[out.index(chosen) + 1].startswith("iteration: compiled in") and "estimated" in out[out.index(chosen) + 1]
     record = json.loads(out[-1])
     times = {int(line.split()[2].rstrip(":")): float(line.split(", ")[1].split()[0]) for line in candidates}
-    assert record["class_chunk"] == min(times, key=times.get) and record["iteration"]["memory"]["total"] > 0
+    assert times[record["class_chunk"]] <= 1.1 * min(times.values()) and record["iteration"]["memory"]["total"] > 0
     assert record["run_seconds"]["total"] > 0
     tiny = dataclasses.replace(TARGETS["h100"], name="tiny-gpu", memory_bytes=2**20)
     monkeypatch.setitem(TARGETS, "tiny-gpu", tiny)

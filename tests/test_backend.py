@@ -54,6 +54,12 @@ def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
                         "of 8.0 GiB)")
     seconds[1] = 0.1  # one class per program faster
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 1
+    seconds[1] = 0.32  # within 10 % of the faster: the smaller program
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 1
+    assert logs[-1].endswith("(the least memory within 10% of the lowest estimated time of those that fit 85% of "
+                             "8.0 GiB)")
+    seconds[1] = 0.34  # more than 10 % slower
+    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 5
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 1.3 * 2**30, logs.append) == 1  # the only fit
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 2**30, logs.append) == 1  # nothing fits
     assert "exceed" in logs[-1]
@@ -116,3 +122,25 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
                     f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
                     f"class chunk: 1 of 2 classes per program (the largest of those that fit 85% of "
                     f"{limit / 2**30:.1f} GiB)"]
+
+
+def test_no_device_buffer_outlives_its_iteration(tiny_data, tmp_path, monkeypatch):
+    """The run's loop keeps the state and one host copy, nothing per iteration: the device arrays alive after each
+    iteration (counted where the loop copies the state to the host) are the same in number and bytes from the
+    second on (DC with subsets, the state as every method keeps it)."""
+    from sm_jax import experiment
+
+    live = []
+
+    def counting_host(tree):
+        arrays = jax.live_arrays()
+        live.append((len(arrays), sum(a.nbytes for a in arrays)))
+        return experiment_host(tree)
+
+    experiment_host = experiment.host
+    monkeypatch.setattr(experiment, "host", counting_host)
+    cfg = make_config("dc", 2, "cpu", width=8, depth=1, batch_real=4, subset_k=2, subset_batch_real=3, outer_loop=2,
+                      inner_loop=1, iterations=5, eval_models=0, checkpoint_every=0, workdir=str(tmp_path / "w"))
+    experiment.Run(cfg, data=tiny_data, progress=False, log=lambda _: None).execute()
+    assert len(live) == 2 + 5  # the fresh state's copies before the loop, then one per iteration
+    assert len(set(live[2:])) == 1, live  # every iteration leaves the same arrays alive

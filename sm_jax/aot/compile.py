@@ -89,6 +89,7 @@ class Program:
     compiler_cost: dict[str, float]  # the target compiler's cost analysis (TPU: flops, bytes accessed, seconds)
     target: Target
     text: str = dataclasses.field(repr=False, default="")
+    compiler_options: dict = dataclasses.field(default_factory=dict)  # beyond the defaults (NO_TRITON_GEMM)
 
     @property
     def bytes(self) -> int | None:
@@ -123,6 +124,7 @@ class Program:
         return {"compile_seconds": round(self.compile_seconds, 2), "memory": self.memory,
                 "flops": c.flops, "bytes": c.bytes, "kernels": c.kernels, "loop_trips": c.loop_trips,
                 "grouped_flops": c.grouped_flops, "census": hlo.census(self.text),
+                "compiler_options": self.compiler_options,
                 "collectives": {k: {"count": n, "bytes": b} for k, (n, b) in c.collectives.items()},
                 "compiler_cost": {k: v for k, v in self.compiler_cost.items()
                                   if k in ("flops", "bytes accessed", "optimal_seconds", "transcendentals")},
@@ -158,16 +160,31 @@ def estimate_seconds(compiled, device=None) -> float | None:
     return Program("live", 0.0, None, cost, {}, tgt).seconds()["estimate"]
 
 
+# XLA:GPU, compiling without the card (no autotuning), can fail to tile a Triton gemm for some targets (seen for the
+# L4's sm_89: "Couldn't find output tile sizes"); such a program is compiled again with its gemms on cuBLAS, which
+# the card's autotuner may also choose. The program's `compiler_options` record it.
+TRITON_TILING_FAILURE = "Couldn't find output tile sizes"
+NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
+
+
 def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
     """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
     shardings) under the run's matmul precision."""
     t0 = time.perf_counter()
+    options: dict = {}
     with backend.precision(precision):
-        compiled = jax.jit(fn, **jit).lower(*args).compile()
+        lowered = jax.jit(fn, **jit).lower(*args)
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - XLA's runtime error type is not part of jax's public API
+            if target.platform != "cuda" or TRITON_TILING_FAILURE not in str(e):
+                raise
+            options = NO_TRITON_GEMM
+            compiled = lowered.compile(compiler_options=options)
     seconds = time.perf_counter() - t0
     text = compiled.as_text()
     cost = hlo.Module(text, target.fp32_flops, target.bandwidth).cost()
-    return Program(name, seconds, _memory(compiled), cost, _compiler_cost(compiled), target, text)
+    return Program(name, seconds, _memory(compiled), cost, _compiler_cost(compiled), target, text, options)
 
 
 class Compiler:

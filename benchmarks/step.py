@@ -78,7 +78,7 @@ def plan(args) -> dict:
            "compile_seconds": prog.compile_seconds, "prediction": True,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": args.classes,
-                      "conv_impl": comp.cfg.conv_impl, "class_chunk": chunk, "width": cfg.width,
+                      "conv_impl": comp.method(chunk).net.module.conv_impl, "class_chunk": chunk, "width": cfg.width,
                       "depth": cfg.depth}}
     print(json.dumps(out))
     return out

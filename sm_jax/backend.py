@@ -141,7 +141,7 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
         need, secs = cost_of(chunk)
         ok = need is None or need <= MEMORY_HEADROOM * limit
         mem = f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown"
-        log(f"  class chunk {chunk}: {mem}, " + (f"{secs * 1e3:.3g} ms estimated" if secs is not None else
+        log(f"  class chunk {chunk}: {mem}, " + (f"{secs:.3g} s estimated" if secs is not None else
                                                    "time unknown") + ("" if ok else " (does not fit)"))
         if ok:
             fits.append((chunk, need, secs))

@@ -48,8 +48,8 @@ def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
     # 10 does not fit 85 % of 8 GiB; of the largest that fits (5) and one class per program, 5 is the faster
     assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 5
     assert tried == [10, 5, 1]  # each costed on a line; 3 and 2 are not compiled
-    assert logs[0] == "  class chunk 10: 11.00 GiB, 900 ms estimated (does not fit)"
-    assert logs[2] == "  class chunk 1: 2.00 GiB, 400 ms estimated"
+    assert logs[0] == "  class chunk 10: 11.00 GiB, 0.9 s estimated (does not fit)"
+    assert logs[2] == "  class chunk 1: 2.00 GiB, 0.4 s estimated"
     assert logs[-1] == ("class chunk: 5 of 10 classes per program (the lowest estimated time of those that fit 85% "
                         "of 8.0 GiB)")
     seconds[1] = 0.1  # one class per program faster
@@ -77,6 +77,21 @@ def test_auto_class_chunk_on_cpu_is_the_measured_fastest_without_compiling():
     assert make_config("dc", 10).class_chunk == backend.AUTO_CHUNK  # auto by default
     assert make_method(make_config("dc", 10)).class_chunk == 1
     assert make_method(make_config("dc", 10, class_chunk=0)).class_chunk == 0
+
+
+def test_eval_parallel_auto_is_one_network_per_device():
+    from types import SimpleNamespace
+
+    from sm_jax.cli.condense import condense_parser, config_from_flags
+
+    assert make_config("dc", 10).eval_parallel == backend.AUTO_PARALLEL  # auto by default
+    assert backend.resolve_eval_parallel(backend.AUTO_PARALLEL) == 1
+    assert backend.resolve_eval_parallel(backend.AUTO_PARALLEL, SimpleNamespace(size=4)) == 4  # a mesh of 4
+    assert backend.resolve_eval_parallel(3, SimpleNamespace(size=4)) == 3  # a number is kept
+    argv = ["--method", "dc", "--ipc", "1", "--preset", "cpu"]
+    parse = lambda *more: config_from_flags(condense_parser("cifar10").parse_args([*argv, *more]))  # noqa: E731
+    assert parse("--eval-parallel", "auto").eval_parallel == backend.AUTO_PARALLEL
+    assert parse("--eval-parallel", "5").eval_parallel == 5
 
 
 def test_precision_option_sets_jax_default_matmul_precision_within_its_context():

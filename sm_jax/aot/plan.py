@@ -89,9 +89,11 @@ def _line(what: str, p: Program) -> str:
            f"{m['temp'] / GIB:.2f}, outputs {m['output'] / GIB:.2f}, donated {m['alias'] / GIB:.2f})"
            if m else "no memory analysis")
     tpu = f"; the TPU compiler's own estimate {s['tpu_compiler']:.3g} s" if s["tpu_compiler"] else ""
-    return (f"{what}: compiled in {p.compile_seconds:.0f} s; {mem}; estimated {s['estimate']:.3g} s each (roofline "
-            f"{s['roofline']:.3g} s over {p.hlo_cost.flops / 1e12:.3g} TFLOP and {p.hlo_cost.bytes / 1e9:.3g} GB, "
-            f"launches {s['launch']:.3g} s, collectives {s['collectives']:.3g} s){tpu}")
+    grouped = f", grouped convolutions {s['grouped']:.3g} s" if s["grouped"] else ""
+    return (f"{what}: compiled in {p.compile_seconds:.0f} s; {mem}; estimated {s['estimate']:.3g} s each (kernels "
+            f"{s['kernels']:.3g} s, the roofline {s['roofline']:.3g} s over {p.hlo_cost.flops / 1e12:.3g} TFLOP and "
+            f"{p.hlo_cost.bytes / 1e9:.3g} GB at the calibrated rate; launches {s['launch']:.3g} s, loop trips "
+            f"{s['loops']:.3g} s{grouped}, collectives {s['collectives']:.3g} s){tpu}")
 
 
 def _duration(seconds: float) -> str:

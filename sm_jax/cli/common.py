@@ -70,11 +70,12 @@ def processes_from_flags(args: argparse.Namespace):
     return Processes(**{k: v for k, v in vars(args).items() if k in names and v is not None})
 
 
-def guard(fn, processes=None):
+def guard(fn, processes=None, compile_cache: bool = True):
     """Runs fn() with the exit codes of `sm_jax.lifecycle`: user errors and divergence become one `error:` line
     (2, 3); a stop on SIGINT / SIGTERM exits 130 / 143 after the run saved its checkpoint. With `processes`
     (distributed.Processes), joins a multi-process run first, and a Watchdog ends this process (4) when another
-    is lost."""
+    is lost. `compile_cache`: the persistent compilation cache (off for a command that only compiles for a device
+    that is not here: such programs can be neither stored nor read back)."""
     from sm_jax import backend, distributed, lifecycle
     from sm_jax.data import default_cache_dir
     from sm_jax.errors import UserError
@@ -99,7 +100,8 @@ def guard(fn, processes=None):
     try:
         if processes is not None and distributed.initialize(processes):
             watchdog = distributed.Watchdog(processes.peer_timeout)
-        backend.enable_compilation_cache(default_cache_dir() / "xla")
+        if compile_cache:
+            backend.enable_compilation_cache(default_cache_dir() / "xla")
         out = fn()
         if watchdog is not None:
             watchdog.close(finished=True)

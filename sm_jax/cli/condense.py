@@ -70,7 +70,7 @@ def condense_main(argv=None, dataset: str | None = None) -> None:
         if distributed.is_writer():
             print(json.dumps({"workdir": cfg.workdir, **summary}))
 
-    guard(go, processes_from_flags(args))
+    guard(go, processes_from_flags(args), compile_cache=not args.plan_for)
 
 
 def experts_main(argv=None) -> None:

@@ -83,4 +83,4 @@ def study_main(argv=None) -> None:
                 study.run_plan(name, args.root, args.export, args.data_dir, overrides=dict(args.set))
             print(study.report(name, args.export, args.out))
 
-    guard(go)
+    guard(go, compile_cache=not args.plan_for)

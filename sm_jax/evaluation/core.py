@@ -112,8 +112,8 @@ def evaluate_set(method, images: jax.Array, test_x: np.ndarray, test_y: np.ndarr
     x = images.reshape(-1, *images.shape[2:])
     y = set_targets(method, images, protocol, targets)
     parallel = max(1, min(parallel, models))
-    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch, parallel),
-                                         mesh, teacher)
+    fn = evaluator or make_evaluator(method, proto, test_x, test_y, parallel, method.eval_net(arch, parallel), mesh,
+                                     teacher)
     if mesh is not None:  # replicated: every device trains its networks on the whole set
         x, y = sharding.put((sharding.host(x), np.asarray(y)), mesh, shard_leading=False)
     accs = []

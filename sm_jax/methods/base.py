@@ -73,10 +73,10 @@ class Method:
         self.num_classes = spec.num_classes
         self.mesh = mesh
         self.class_chunk = resolve_class_chunk(cfg.class_chunk, self.num_classes, mesh)
-        # the method's network (the official --model; ConvNet-3 by default), on the convolution form of a network
-        # matched across vmapped classes and subsets, and the same network (the same parameters) on the form of one
-        # trained alone (gradient matching's inner loop, IDC's network training, the experts)
-        # (one class per program without subsets leaves no vmapped axis in the matching: the form of one alone)
+        # the method's network (the official --model; ConvNet-3 by default) on the convolution form of a network
+        # matched across vmapped classes and subsets (one class per program without subsets leaves no vmapped axis:
+        # then the form of one alone), and the same network, same parameters, on the form of one trained alone
+        # (gradient matching's inner loop, IDC's network training)
         alone_in_matching = self.class_chunk == 1 and not cfg.use_subsets
         self.net = make_net(cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm,
                             resolve_conv(cfg.conv_impl, vmap="none" if alone_in_matching else "shared"))

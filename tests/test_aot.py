@@ -317,7 +317,7 @@ def test_a_study_forecast_plans_each_run_and_counts_its_experiments(tmp_path, ca
     from sm_jax.study.forecast import forecast
 
     flags = {"method": "dc", "ipc": 1, "preset": "cpu", "width": 8, "depth": 1, "batch_real": 4, "outer_loop": 1,
-             "inner_loop": 1, "eval_epochs": 1, "eval_models": 1}
+             "inner_loop": 1, "eval_epochs": 1, "eval_models": 1, "class_chunk": 0}  # `auto`'s choice: tested above
     plan = tmp_path / "two.json"
     plan.write_text(json.dumps([{"id": "one", "flags": flags},
                                 {"id": "three", "flags": {**flags, "seed": 4, "experiments": 3}}]))
@@ -330,4 +330,4 @@ def test_a_study_forecast_plans_each_run_and_counts_its_experiments(tmp_path, ca
     assert f["hours"] == pytest.approx(one["hours"] + three["hours"])
     study_main(["--plan", str(plan), "--plan-for", "h100"])
     out = capsys.readouterr().out
-    assert "| one | 10 |" in out and "| three | 10 |" in out and "| **total** |" in out
+    assert "| one | 0 |" in out and "| three | 0 |" in out and "| **total** |" in out  # chunk 0: all classes

@@ -5,7 +5,6 @@ costs (`aot.hlo`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -168,24 +167,12 @@ TRITON_TILING_FAILURE = "Couldn't find output tile sizes"
 NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 
-@contextlib.contextmanager
-def _no_persistent_cache():
-    """The persistent compilation cache off: a program compiled for a device that is not here can be neither stored
-    nor read back (jax warns on each attempt), and a run's cache is for the programs it runs."""
-    before = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", before)
-
-
 def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
     """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
     shardings) under the run's matmul precision."""
     t0 = time.perf_counter()
     options: dict = {}
-    with backend.precision(precision), _no_persistent_cache():
+    with backend.precision(precision):
         lowered = jax.jit(fn, **jit).lower(*args)
         try:
             compiled = lowered.compile()

@@ -109,9 +109,9 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     memory analysis) to fit MEMORY_HEADROOM of the device's memory and of one class per program, the one with the
     lower estimated time (sm_jax.aot's calibrated estimate of the compiled program), or the smaller one where their
     estimates are within TIME_MARGIN (the chunks between are not compiled: each costs a compilation), the largest
-    where no time is known (the compiled programs land in the
-    persistent compilation cache, so the run's own jit of the chosen chunk does not compile again); all classes
-    without `cost_of`. Every candidate's memory and time is logged.
+    where no time is known (the compiled programs land in the persistent compilation cache, so the run's own jit of
+    the chosen chunk does not compile again); all classes without `cost_of`. Every candidate's memory and time is
+    logged.
 
     Args:
       requested: Config.class_chunk.

@@ -236,12 +236,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int =
       (N, (H + 2p - k) // s + 1, (W + 2p - k) // s + 1, Cout).
     """
     k = kernel.shape[0]
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    ho = (xp.shape[1] - k) // stride + 1
-    wo = (xp.shape[2] - k) // stride + 1
-    cols = [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
-                                              xp.shape[3]), (1, stride, stride, 1))
-            for i in range(k) for j in range(k)]
+    cols = _taps(x, k, stride, padding, *_out_size(x, k, stride, padding))
     return jnp.concatenate(cols, axis=-1) @ kernel.reshape(k * k * x.shape[-1], -1)
 
 

@@ -215,35 +215,35 @@ class Compiler:
         with compiling_for(self.target.platform):
             return make_method(self.requested.replace(class_chunk=chunk), self.data.spec, self.mesh)
 
+    def _shapes(self, m):
+        """The shapes a method's programs take: (condensation state, context, key), from shapes alone."""
+        # every method stores (classes, ipc, H, W, C) images: their shape, not an init that reads the data
+        images = jax.ShapeDtypeStruct((self.data.num_classes, self.cfg.ipc, *self.data.train_x.shape[1:]),
+                                      jnp.float32)
+        return jax.eval_shape(m.init_state, images), m.context_shapes(self.data), jax.eval_shape(
+            lambda: jax.random.key(0))
+
     def iteration(self, chunk: int) -> Program:
         """The condensation iteration with `chunk` classes per vmapped program (0 = all), compiled once."""
         if chunk not in self._iterations:
-            m, cfg, data = self.method(chunk), self.cfg, self.data
-            key = jax.random.key(0)
-            # every method stores (classes, ipc, H, W, C) images: their shape, not an init that reads the data
-            images = jax.ShapeDtypeStruct((data.num_classes, cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
-            state = jax.eval_shape(m.init_state, images)
-            ctx = m.context_shapes(data)
+            m = self.method(chunk)
+            state, ctx, key = self._shapes(m)
             split = sharding.state_split(state, self.mesh, m.class_axis(state)) if self.mesh is not None else False
-            args = (self.abstract(state, split), self.abstract(ctx), self.abstract(jax.eval_shape(lambda: key)))
-            self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target, cfg.precision,
-                                                      donate_argnums=0)
+            args = (self.abstract(state, split), self.abstract(ctx), self.abstract(key))
+            self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target,
+                                                      self.cfg.precision, donate_argnums=0)
         return self._iterations[chunk]
 
     def step(self, chunk: int) -> Program:
         """One outer matching step (every class's and subset's matching and the image update, as
         `benchmarks.step` times it) with `chunk` classes per vmapped program (0 = all), for a gradient-matching
         method."""
-        m, cfg, data = self.method(chunk), self.cfg, self.data
-        key = jax.random.key(0)
-        images = jax.ShapeDtypeStruct((data.num_classes, cfg.ipc, *data.train_x.shape[1:]), jnp.float32)
-        state = jax.eval_shape(m.init_state, images)
-        params = jax.eval_shape(lambda k: m.net.init(k)[0], key)
-        ctx = m.context_shapes(data)
-        args = (*self.abstract((state.images, state.opt_state, params)), self.abstract(ctx),
-                self.abstract(jax.eval_shape(lambda: key)))
+        m = self.method(chunk)
+        state, ctx, key = self._shapes(m)
+        params = jax.eval_shape(lambda: m.net.init(jax.random.key(0))[0])
+        args = (*self.abstract((state.images, state.opt_state, params)), self.abstract(ctx), self.abstract(key))
         fn = lambda im, os_, p_, c, k: m.matching_step(im, os_, p_, c, k, 0.5)  # noqa: E731
-        return compile_program("step", fn, args, self.target, cfg.precision, donate_argnums=(0, 1))
+        return compile_program("step", fn, args, self.target, self.cfg.precision, donate_argnums=(0, 1))
 
     def class_chunk(self, log=print) -> int:
         """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target (0

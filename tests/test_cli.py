@@ -351,7 +351,7 @@ def test_the_pytorch_example_trains_on_an_exported_folder(finished, tiny_archive
 
 def test_launcher_flags_and_process_environment(capsys, monkeypatch):
     from sm_jax import distributed
-    from sm_jax.cli.condense import launch_main
+    from sm_jax.cli.launch import launch_main
     from sm_jax.launch import process_env
 
     assert_one_line_error(run(launch_main, ["--processes", 2, "--", "--method", "dc", "--process-id", 1], capsys),

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sm_jax
+
 ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs this module: its tests share the `finished` run
 pytestmark = [pytest.mark.xdist_group("cli"), pytest.mark.slow]
@@ -63,8 +65,6 @@ def finished(env, tiny_archive, tmp_path_factory):
             "--eval-models", 2, "--eval-every", 6]
     res = cli(env, *args)
     assert res.returncode == 0, res.stderr[-3000:]
-    again = cli(env, *args)  # the same command on a finished run does no work
-    assert again.returncode == 0 and "already finished" in again.stdout
     return wd, json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -90,34 +90,6 @@ def test_artifacts(finished):
     assert evals == [6, 12]
 
 
-def test_sigint_and_sigkill_resume_bit_identical(env, tiny_archive, finished, tmp_path):
-    ref, _ = finished
-    wd = tmp_path / "resumed"
-    args = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
-            "--eval-models", 0]
-    proc = popen(env, *args)  # Ctrl-C after the first periodic checkpoint: saves, exits 130
-    wait_for_checkpoint(proc, wd, 3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "stopped by SIGINT: saved a checkpoint at iteration" in out
-    saved = int(out.split("saved a checkpoint at iteration")[1].split()[0])
-    assert (wd / "checkpoints" / str(saved)).is_dir()
-    proc = popen(env, *args)  # resumes, then is killed without warning after a later checkpoint
-    wait_for_checkpoint(proc, wd, max(saved + 1, 6))
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert not (wd / "results.json").exists()
-    res = cli(env, *args)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "resumed" in res.stdout
-    a, b = np.load(ref / "synthetic.npz"), np.load(wd / "synthetic.npz")
-    np.testing.assert_array_equal(a["images"], b["images"])  # bit-identical to the uninterrupted run
-    its = [json.loads(ln)["iteration"] for ln in (wd / "metrics.jsonl").read_text().splitlines()
-           if "loss_all" in ln]
-    assert its == list(range(1, 13))  # no duplicated or lost metric lines
-
-
 def read_until(proc, pattern, timeout=300):
     """Lines of proc's stdout up to the first holding `pattern`, read while the process runs."""
     import selectors
@@ -134,20 +106,36 @@ def read_until(proc, pattern, timeout=300):
     raise AssertionError(f"no line with {pattern!r} within {timeout} s: {lines}")
 
 
+def saved_at(out):
+    """The iteration a stopped run's message says it saved (0 without one)."""
+    return int(out.split("saved a checkpoint at iteration")[1].split()[0]) if "saved a checkpoint" in out else 0
+
+
+def checkpoints(wd):
+    return sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def metric_iterations(wd):
     path = wd / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     return [json.loads(ln)["iteration"] for ln in lines if "loss_all" in ln]
 
 
-def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env, tiny_archive, finished, tmp_path):
-    """A batch job: output to a pipe shows progress lines as the run goes; SIGTERM to the job script (SLURM's
-    --signal=B:TERM) makes the run save and exit 143, and the script requeue the job; the rerun ends bit-identical."""
-    ref, _ = finished
-    wd = tmp_path / "slurm"
-    bin_dir = tmp_path / "bin"
+@pytest.fixture(scope="module")
+def interrupted(env, tiny_archive, tmp_path_factory):
+    """The `finished` run's command stopped three ways, each resuming the last, then run to the end (4 processes):
+
+    1. as a batch job: output to a pipe shows progress lines as the run goes; SIGTERM to the job script (SLURM's
+       --signal=B:TERM) makes the run save and exit 143, and the script requeue the job;
+    2. the requeued job (the same command) resumes and gets Ctrl-C after its next checkpoint: saves, exits 130;
+    3. resumed again, killed without warning after a later checkpoint;
+    4. the same command finishes it.
+    Returns (its workdir, what each phase showed).
+    """
+    tmp = tmp_path_factory.mktemp("interrupted")
+    wd, bin_dir, seen = tmp / "run", tmp / "bin", {}
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp / "scontrol.args"}\n')
     (bin_dir / "scontrol").chmod(0o755)
     job_env = {**env, "PATH": f"{bin_dir}:{env['PATH']}", "SLURM_JOB_ID": "4242", "PYTHON": sys.executable}
     args = [a for a in TINY if a != "--no-progress"] + [
@@ -155,20 +143,55 @@ def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env
         "--log-every", 0]
     proc = subprocess.Popen(["bash", "experiments/slurm.sbatch", *map(str, args)], cwd=ROOT, env=job_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = read_until(proc, "iteration 4/12")  # progress reaches the pipe while the run is going
-    assert any(ln.startswith("dc ipc2 iteration 1/12 | loss_all ") and "elapsed" in ln for ln in seen), seen
-    assert any("s/it" in ln and "ETA" in ln for ln in seen), seen
+    seen["progress"] = read_until(proc, "iteration 4/12")  # progress reaches the pipe while the run is going
     proc.send_signal(signal.SIGTERM)  # to the job script only, as --signal=B:TERM does
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    requeue = tmp / "scontrol.args"
+    seen["term"] = (proc.returncode, out, err, requeue.exists() and requeue.read_text().split(),
+                    metric_iterations(wd), checkpoints(wd))
+
+    for stop, signum in (("int", signal.SIGINT), ("kill", signal.SIGKILL)):  # the requeued job: the same command
+        proc = popen(env, *args)
+        wait_for_checkpoint(proc, wd, saved_at(out) + 1)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+        seen[stop] = proc.returncode, out, err, checkpoints(wd)
+    seen["kill_results"] = (wd / "results.json").exists()
+
+    res = cli(env, *args)
+    seen["last"] = res.returncode, res.stdout, res.stderr
+    return wd, seen
+
+
+def test_sigterm_through_the_slurm_script_saves_and_requeues(interrupted):
+    wd, seen = interrupted
+    code, out, err, scontrol, its, kept = seen["term"]
+    assert any(ln.startswith("dc ipc2 iteration 1/12 | loss_all ") and "elapsed" in ln for ln in seen["progress"])
+    assert any("s/it" in ln and "ETA" in ln for ln in seen["progress"]), seen["progress"]
+    assert code == 143, err[-2000:]
     assert "stopped by SIGTERM: saved a checkpoint at iteration" in out, out
-    saved = int(out.split("saved a checkpoint at iteration")[1].split()[0])
-    assert saved >= 4 and (wd / "checkpoints" / str(saved)).is_dir()
-    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
-    assert metric_iterations(wd) == list(range(1, saved + 1))
-    res = cli(env, *args)  # the requeued job: the same command
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resumed {wd} at iteration {saved}" in res.stdout
+    assert saved_at(out) >= 4 and saved_at(out) in kept
+    assert scontrol == ["requeue", "4242"]
+    assert its == list(range(1, saved_at(out) + 1))
+
+
+def test_the_requeued_job_resumes_and_saves_on_ctrl_c(interrupted):
+    wd, seen = interrupted
+    code, out, err, kept = seen["int"]
+    assert code == 130, err[-2000:]
+    assert f"resumed {wd} at iteration {saved_at(seen['term'][1])}" in out
+    assert "stopped by SIGINT: saved a checkpoint at iteration" in out
+    assert saved_at(out) > saved_at(seen["term"][1]) and saved_at(out) in kept
+
+
+def test_resumed_after_sigterm_ctrl_c_and_sigkill_the_set_is_bit_identical(interrupted, finished):
+    wd, seen = interrupted
+    code, out, err = seen["last"]
+    assert seen["kill"][0] == -signal.SIGKILL
+    assert not seen["kill_results"]
+    assert code == 0, err[-3000:]
+    assert "resumed" in out
+    ref, _ = finished
     np.testing.assert_array_equal(np.load(ref / "synthetic.npz")["images"], np.load(wd / "synthetic.npz")["images"])
     assert metric_iterations(wd) == list(range(1, 13))  # no metrics line lost or doubled
 
@@ -176,7 +199,7 @@ def test_sigterm_through_the_slurm_script_requeues_and_resumes_bit_identical(env
 def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tiny_archive, tmp_path):
     """With iterations longer than --stop-grace, a stop saves the last finished iteration without waiting for the
     one in flight; resuming still gives the uninterrupted run's set."""
-    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 60, "--iterations", 3, "--checkpoint-every", 10,
+    args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 60, "--iterations", 2, "--checkpoint-every", 10,
             "--eval-models", 0, "--stop-grace", 0]
     ref = cli(env, *args, "--workdir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -199,10 +222,11 @@ def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tin
     assert res.returncode == 0, res.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "ref" / "synthetic.npz")["images"],
                                   np.load(wd / "synthetic.npz")["images"])
-    assert metric_iterations(wd) == [1, 2, 3]
+    assert metric_iterations(wd) == [1, 2]
 
 
-def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint(env, tiny_archive, tmp_path):
+def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint(env, tiny_archive, tmp_path,
+                                                                                  monkeypatch):
     wd = tmp_path / "diverged"
     res = cli(env, *TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 6, "--checkpoint-every", 1,
               "--lr-img", 1e30)  # finite, but the next forward pass overflows
@@ -211,14 +235,14 @@ def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "diverged at iteration" in err[0] and "not finite" not in err[0], res.stderr
     bad = int(err[0].split("diverged at iteration")[1].split(":")[0])
-    good = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    good = checkpoints(wd)
     assert good and max(good) == bad - 1, (good, bad)  # every finished iteration was good and saved
     assert f"the last good checkpoint is iteration {bad - 1}" in err[0]
     assert metric_iterations(wd) == list(range(1, bad))  # the diverged iteration is not logged
-    ev = cli(env, "--workdir", wd, "--eval-models", 1, "--eval-epochs", 1, "--no-progress",
-             module="experiments.evaluate")
-    assert ev.returncode == 0, ev.stderr[-2000:]  # the kept checkpoint restores
-    assert json.loads(ev.stdout.strip().splitlines()[-1])["step"] == bad - 1
+    for name in ("SM_JAX_CACHE", "SM_JAX_OFFLINE"):
+        monkeypatch.setenv(name, env[name])
+    ev = sm_jax.evaluate(wd, eval_models=1, eval_epochs=1, progress=False)  # the kept checkpoint restores
+    assert ev["step"] == bad - 1
 
 
 def test_bad_input_exits_2_with_one_error_line(env, tmp_path):
@@ -228,12 +252,10 @@ def test_bad_input_exits_2_with_one_error_line(env, tmp_path):
     assert res.stdout == ""
 
 
-
-@pytest.mark.slow
 def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_second(env, tiny_archive, tmp_path):
     """--experiments 2: seeds 0 and 1 in exp0/ and exp1/, one results.json over 2 x 2 networks; killed without
     warning in the second experiment, the same command finishes it with the results of a run never stopped."""
-    args = [*TINY, "--data-dir", tiny_archive, "--experiments", 2, "--iterations", 6, "--checkpoint-every", 1,
+    args = [*TINY, "--data-dir", tiny_archive, "--experiments", 2, "--iterations", 3, "--checkpoint-every", 1,
             "--eval-models", 2]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     res = cli(env, *args, "--workdir", whole)
@@ -252,7 +274,7 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     for i, r in enumerate(rows):  # device time: the iterations' seconds and the evaluation's, from metrics.jsonl
         recs = [json.loads(ln) for ln in (whole / f"exp{i}" / "metrics.jsonl").read_text().splitlines()]
         its = [x["seconds"] for x in recs if "loss_all" in x]
-        assert len(its) == 6 and r["device_seconds"] == pytest.approx(sum(its) + r["eval_seconds"])
+        assert len(its) == 3 and r["device_seconds"] == pytest.approx(sum(its) + r["eval_seconds"])
     assert agg["device_seconds"] == pytest.approx(rows[0]["device_seconds"] + rows[1]["device_seconds"])
     assert json.loads(res.stdout.strip().splitlines()[-1])["accuracies"] == every
 

@@ -67,6 +67,44 @@ def test_the_library_never_imports_the_command_line(graph):
     assert [m for m, deps in graph.items() if not cli(m) and any(cli(d) for d in deps)] == []
 
 
+def test_the_launcher_imports_no_jax():
+    """experiments.launch only starts, watches and signals the processes of a run: nothing it runs imports JAX (a
+    second or two of start and hundreds of MB on every host, for nothing). Followed: every import of the launcher's
+    module, functions included (launch_main runs them), and the module-level imports of what those reach."""
+    files = {module_name(p, PACKAGE): p for p in PACKAGE.rglob("*.py")}
+    reached, todo = set(), [("sm_jax.cli.launch", True)]
+    while todo:
+        m, whole = todo.pop()
+        if m in reached:
+            continue
+        reached.add(m)
+        found = imported(files[m], whole)
+        parents = {".".join(d.split(".")[:i]) for d in found | {m} for i in range(1, d.count(".") + 1)}
+        todo += [(d, False) for d in found | parents if d in files]
+        assert not {d.split(".")[0] for d in found} & {"jax", "jaxlib", "flax"}, m
+    assert {"sm_jax.launch", "sm_jax.cli.parser", "sm_jax.errors", "sm_jax"} <= reached
+
+
+def imported(path: Path, whole: bool) -> set[str]:
+    """The modules a file imports (`from a import b`: a.b and a): all of them, or (not `whole`) those its body runs
+    on import, outside functions."""
+    tree, out = ast.parse(path.read_text()), set()
+    nodes = list(ast.walk(tree)) if whole else list(_outside_functions(tree))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return out
+
+
+def _outside_functions(node):
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield child
+            yield from _outside_functions(child)
+
+
 def test_no_import_cycle(graph):
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)

@@ -100,10 +100,11 @@ BIG = {"vgg11", "resnet18bn_ap"}  # resnet10_ap covers the residual blocks in th
 def test_training_steps_lower_the_loss(name):
     net = make_net(name, 10, width=8, conv_impl="xla")
     params, state = net.init(jax.random.key(0))
-    x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-    y = jnp.arange(8) % 10
+    n = 2 if name in BIG else 8  # VGG and ResNet-18 keep their full widths: a fixed pair to fit is enough
+    x = jax.random.normal(jax.random.key(1), (n, 32, 32, 3))
+    y = jnp.arange(n) % 10
     tx = sgd(0.9)
-    step = jax.jit(lambda p, s, o: train_step(net, tx, p, s, o, x, y, jnp.ones(8), jax.random.key(2), 0.01))
+    step = jax.jit(lambda p, s, o: train_step(net, tx, p, s, o, x, y, jnp.ones(n), jax.random.key(2), 0.01))
     opt = tx.init(params)
     losses = []
     for _ in range(3):

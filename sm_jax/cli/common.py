@@ -12,11 +12,6 @@ from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL
 from sm_jax.config import Config
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like the other user errors
-        self.exit(2, f"error: {message}\n")
-
-
 def auto_or_int(auto: int):
     """An argparse type: 'auto' (-> `auto`) or an integer."""
     def parse(text: str) -> int:

@@ -5,7 +5,8 @@ import argparse
 import json
 import os
 
-from sm_jax.cli.common import Parser, add_config_flags, add_process_flags, guard, processes_from_flags
+from sm_jax.cli.common import add_config_flags, add_process_flags, guard, processes_from_flags
+from sm_jax.cli.parser import Parser
 
 # the fields experiments.evaluate may change (the protocol and where the data is; never the set)
 EVALUATE_FIELDS = ("eval_models", "eval_epochs", "eval_arch", "eval_aug", "eval_protocol", "eval_temperature",

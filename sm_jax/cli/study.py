@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from sm_jax.cli.common import Parser, guard
+from sm_jax.cli.common import guard
+from sm_jax.cli.parser import Parser
 
 
 def study_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@ statistics; empty for every other network) travel separately, because only param
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -27,8 +28,7 @@ class Net:
     name: str = ""
 
     def init(self, key: jax.Array) -> tuple[Any, State]:
-        v = self.module.init(key, jnp.zeros((1, *self.image_shape), jnp.float32), train=False)
-        return v["params"], dict(v.get("batch_stats", {}))
+        return _init(self, key)
 
     @property
     def has_state(self) -> bool:
@@ -64,6 +64,14 @@ class Net:
     def num_params(self) -> int:
         params, _ = jax.eval_shape(self.init, jax.random.key(0))
         return sum(int(jnp.prod(jnp.asarray(p.shape))) for p in jax.tree.leaves(params))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(net: Net, key: jax.Array) -> tuple[Any, State]:
+    # one compiled program per architecture and shape: run eagerly, Flax's init traces a forward pass whose every
+    # operation is dispatched (and, the first time, compiled) on its own
+    v = net.module.init(key, jnp.zeros((1, *net.image_shape), jnp.float32), train=False)
+    return v["params"], dict(v.get("batch_stats", {}))
 
 
 @dataclasses.dataclass(frozen=True)

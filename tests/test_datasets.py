@@ -174,32 +174,28 @@ TINY_RUN = dict(width=8, depth=1, batch_real=2, subset_batch_real=1, outer_loop=
 
 
 @pytest.mark.slow
-def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path):
-    """28x28x1 through IDC (factor-2 decoding at 28, the l1 distance, no flip/cutout/CutMix) from the CLI."""
+def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path, monkeypatch, capsys):
+    """28x28x1 through IDC (factor-2 decoding at 28, the l1 distance, no flip/cutout/CutMix) from the command line's
+    main, in this process (the process itself: test_experiment.py)."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+
+    from sm_jax.cli.condense import condense_main
 
     s = _splits(np.random.default_rng(3), (28, 28, 1), 10, n=40)  # IDC's init takes 4 images per class
     write_idx(tmp_path / "mnist.tar.gz", s)
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, SM_JAX_CACHE=str(tmp_path / "cache"), SM_JAX_OFFLINE="1", PYTHONPATH=str(root))
+    monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SM_JAX_OFFLINE", "1")
     wd = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "experiments.condense", "--dataset", "mnist", "--method", "idc",
-                          "--ipc", "1", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "2",
-                          "--outer-loop", "2", "--inner-loop", "1", "--iterations", "2", "--eval-epochs", "1",
-                          "--eval-models", "1", "--subset-k", "2", "--data-dir", tmp_path / "mnist.tar.gz",
-                          "--workdir", wd, "--no-progress"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    condense_main(["--dataset", "mnist", "--method", "idc", "--ipc", "1", "--preset", "cpu", "--width", "8",
+                   "--depth", "1", "--batch-real", "2", "--outer-loop", "2", "--inner-loop", "1", "--iterations", "2",
+                   "--eval-epochs", "1", "--eval-models", "1", "--subset-k", "2", "--data-dir",
+                   str(tmp_path / "mnist.tar.gz"), "--workdir", str(wd), "--no-progress"])
     cfg = json.loads((wd / "config.json").read_text())
     assert (cfg["dataset"], cfg["distance"], cfg["aug_drop"], cfg["cutmix_prob"]) == ("mnist", "l1", "flip,cutout", 0)
     assert cfg["lr_img"] == pytest.approx(1e-5)  # IDC's MNIST lr_img 1e-4 at ipc 10, scaled by ipc / 10
     syn = np.load(wd / "synthetic.npz")
     assert syn["images"].shape == (10, 28, 28, 1) and syn["decoded_images"].shape == (40, 28, 28, 1)
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= out["accuracy_mean"] <= 1
     from PIL import Image
 

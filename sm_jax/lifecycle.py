@@ -16,8 +16,6 @@ import signal
 import time
 from typing import Any
 
-import jax
-
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PEER_LOST = 4
@@ -113,6 +111,8 @@ class Waiter:
     def wait(self, tree: Any, stop: StopSignals, grace: float) -> bool:
         """Blocks until every array of `tree` is computed; returns False instead when a stop was requested and its
         deadline (`grace` seconds after the signal) passed first."""
+        import jax  # here, not at the top: the exit codes and signals above serve the launcher, which has no JAX
+
         future = self._pool.submit(jax.block_until_ready, tree)
         while True:
             try:

@@ -34,11 +34,12 @@ def launch_main(argv=None) -> None:
 
     from sm_jax.errors import UserError
     from sm_jax.launch import launch
+    from sm_jax.lifecycle import EXIT_USER_ERROR
 
     sys.stdout.reconfigure(line_buffering=True)
     try:
         code = launch(args.processes, args.devices_per_process, argv[cut + 1:], args.module, args.grace)
-    except UserError as e:
+    except UserError as e:  # as guard does (cli.common), which needs JAX
         print(f"error: {e}", file=sys.stderr)
-        code = 2  # as guard's user errors (sm_jax.lifecycle.EXIT_USER_ERROR, which needs JAX)
+        code = EXIT_USER_ERROR
     sys.exit(code)

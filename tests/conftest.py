@@ -95,6 +95,12 @@ def cifar_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+def checkpoint_steps(workdir) -> list[int]:
+    """The iterations a run directory holds checkpoints of, in order ([] before the first)."""
+    ck = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
+
+
 def write_image_folder_archive(path: Path, data: Dataset, fmt: str = "PNG") -> Path:
     """Writes `data` as an image-folder .tar.gz ({train,test}/{class}/NNNN.png) under one top folder."""
     import io

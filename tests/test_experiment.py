@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import checkpoint_steps
 
 import sm_jax
 
@@ -42,9 +43,9 @@ def popen(env, *args):
 def wait_for_checkpoint(proc, workdir, min_step, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= min_step:
-            return max(steps)
+        steps = checkpoint_steps(workdir)
+        if steps and steps[-1] >= min_step:
+            return steps[-1]
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
     raise AssertionError("no checkpoint appeared")
@@ -111,10 +112,6 @@ def saved_at(out):
     return int(out.split("saved a checkpoint at iteration")[1].split()[0]) if "saved a checkpoint" in out else 0
 
 
-def checkpoints(wd):
-    return sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
-
-
 def metric_iterations(wd):
     path = wd / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -148,14 +145,14 @@ def interrupted(env, tiny_archive, tmp_path_factory):
     out, err = proc.communicate(timeout=120)
     requeue = tmp / "scontrol.args"
     seen["term"] = (proc.returncode, out, err, requeue.exists() and requeue.read_text().split(),
-                    metric_iterations(wd), checkpoints(wd))
+                    metric_iterations(wd), checkpoint_steps(wd))
 
     for stop, signum in (("int", signal.SIGINT), ("kill", signal.SIGKILL)):  # the requeued job: the same command
         proc = popen(env, *args)
         wait_for_checkpoint(proc, wd, saved_at(out) + 1)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
-        seen[stop] = proc.returncode, out, err, checkpoints(wd)
+        seen[stop] = proc.returncode, out, err, checkpoint_steps(wd)
     seen["kill_results"] = (wd / "results.json").exists()
 
     res = cli(env, *args)
@@ -235,7 +232,7 @@ def test_divergence_stops_with_one_error_line_and_keeps_the_last_good_checkpoint
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "diverged at iteration" in err[0] and "not finite" not in err[0], res.stderr
     bad = int(err[0].split("diverged at iteration")[1].split(":")[0])
-    good = checkpoints(wd)
+    good = checkpoint_steps(wd)
     assert good and max(good) == bad - 1, (good, bad)  # every finished iteration was good and saved
     assert f"the last good checkpoint is iteration {bad - 1}" in err[0]
     assert metric_iterations(wd) == list(range(1, bad))  # the diverged iteration is not logged

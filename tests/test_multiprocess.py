@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU_FLAGS, write_image_folder_archive
+from conftest import CPU_FLAGS, checkpoint_steps, write_image_folder_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs the module: its 2-process runs never overlap (on 2 cores that costs both workers time)
@@ -84,15 +84,10 @@ def start_by_hand(env, args, slurm=False):
     return procs
 
 
-def steps(wd):
-    ck = Path(wd) / "checkpoints"
-    return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
-
-
 def wait_for_checkpoint(procs, wd, at_least, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if steps(wd) and steps(wd)[-1] >= at_least:
+        if checkpoint_steps(wd) and checkpoint_steps(wd)[-1] >= at_least:
             return
         for p in procs:
             assert p.poll() is None, p.communicate()
@@ -140,7 +135,7 @@ def idc(env, archives, tmp_path_factory):
     time.sleep(0.3)
     procs[1].send_signal(signal.SIGTERM)
     seen["term"] = [(p.communicate(timeout=120), p.returncode) for p in procs]
-    seen["term_steps"] = steps(wd)
+    seen["term_steps"] = checkpoint_steps(wd)
 
     procs = start_by_hand(env, args, slurm=True)  # resumes; then process 1 is killed without warning
     wait_for_checkpoint(procs, wd, seen["term_steps"][-1] + 1)

@@ -10,12 +10,15 @@ import hashlib
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from sm_jax.data.imagenet import IMAGENET_LAYOUT, SOURCES, TINY_LAYOUT, detect_streamed
 from sm_jax.data.readers import READERS, DataError, check_labels, detect
 from sm_jax.data.registry import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, DATASETS, DatasetInfo, dataset_info
+from sm_jax.data.store import build_streamed, check_cache, read_cache, write_cache
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "DataError", "DataSpec", "Dataset", "DatasetInfo", "dataset_info",
            "default_cache_dir", "first_per_class", "load_dataset"]
@@ -101,17 +104,22 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+                 cache_dir: str | os.PathLike | None = None, res: int = 0, progress: bool = True,
+                 log=None) -> Dataset:
     """Loads dataset `name` of DATASETS.
 
     Args:
       name: a DATASETS name (`folder`: any image folder, given by data_dir).
       data_dir: None for TFDS's default location; a TFDS data dir; an image-folder directory or archive
-        ({train,test}/{class}/*.png|jpg); or one of the dataset's official archives (or its extracted folder).
+        ({train,test}/{class}/*.png|jpg); or one of the dataset's official forms (or its extracted folder).
       cache_dir: where decoded arrays are cached (default $SM_JAX_CACHE or ~/.cache/sm_jax).
+      res: the image side to resize to when the cache is built (0: the dataset's own); only datasets read from
+        ImageNet-sized images (DatasetInfo.resize) take another.
+      progress: show the progress of a long decoding (TinyImageNet, ImageNet folders).
+      log: where the one line about a damaged cache goes (default stderr).
     Returns:
       A Dataset whose images have the registry's shape and whose statistics are the registry's (for `folder`:
-      computed from the training split).
+      computed from the training split). A cached training split is memory-mapped.
     Raises:
       DataError: with a one-line explanation for an unknown name, a missing, corrupt, mislabelled or
         unrecognised source, or no network.
@@ -120,32 +128,57 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
         info = dataset_info(name)
     except ValueError as e:
         raise DataError(str(e)) from None
+    if res:
+        if not info.resize:
+            raise DataError(f"--res {res}: {info.name}'s images keep their size "
+                            f"({info.shape[1]}x{info.shape[0]}); only ImageNet subsets are resized")
+        info = dataclasses.replace(info, shape=(res, res, info.shape[2]))
     if data_dir is None:
         if info.tfds_name is None:
-            raise DataError(f"--dataset {info.name} needs --data-dir (an image folder or .tar.gz)")
+            raise DataError(f"--dataset {info.name} needs --data-dir (its layout: {_forms(info)}; get it from "
+                            f"{info.download or 'your own images'})")
         return _load_tfds(info, None)
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
-    kind = detect(path, info.tfds_name)
+    kind = detect_streamed(path) or detect(path, info.tfds_name)
     if kind == "tfds":
         return _load_tfds(info, path)
-    if kind != "folder" and kind not in info.archives:
-        forms = ", ".join(("image folder", *info.archives))
-        raise DataError(f"{path} is a {kind} archive, not one of {info.name}'s forms ({forms})")
+    if kind not in info.archives and (kind != "folder" or set(info.archives) & set(SOURCES)):
+        raise DataError(f"{path} is a {kind} source, not one of {info.name}'s forms ({_forms(info)})")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     st = path.stat()
-    tag = hashlib.sha1(f"v2|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{kind}".encode()).hexdigest()[:16]
+    tag = hashlib.sha1(f"v2|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{kind}|{res}".encode()).hexdigest()[:16]
     cached = cache / f"{info.name}-{tag}"
-    if (cached / "done").exists():
-        arrays = {n: np.load(cached / f"{n}.npy") for n in ("train_x", "train_y", "test_x", "test_y")}
-        meta = json.loads((cached / "meta.json").read_text())
-    else:
-        arrays, names = READERS[kind](path, info)
-        meta = _check(arrays, names, info, f"{path}", folder=kind == "folder")
-        _write_cache(cached, arrays, meta)
+    damage = check_cache(cached)
+    if damage and damage != "incomplete":
+        print(f"the cache {cached} is damaged ({damage}): decoding {path} again", file=log or sys.stderr)
+        for f in cached.glob("*"):
+            if f.is_file():
+                f.unlink()
+        damage = "incomplete"
+    if damage:
+        if kind in SOURCES:
+            source = SOURCES[kind](path, info, info.shape[:2], info.resize)
+            meta = {"class_names": list(source.names), "mean": list(info.mean), "std": list(info.std)}
+            build_streamed(cached, len(source.wnids), source.read, meta, progress, f"{info.name}: decoding")
+        else:
+            arrays, names = READERS[kind](path, info)
+            meta = _check(arrays, names, info, f"{path}", folder=kind == "folder")
+            write_cache(cached, arrays, meta)
+            if check_cache(cached):  # an unwritable cache: use what was decoded
+                return Dataset(**arrays, class_names=tuple(meta["class_names"]), source=f"{kind}:{path}",
+                               mean=tuple(meta["mean"]), std=tuple(meta["std"]), name=info.name)
+    arrays, meta = read_cache(cached)
     return Dataset(**arrays, class_names=tuple(meta["class_names"]), source=f"{kind}:{path}",
                    mean=tuple(meta["mean"]), std=tuple(meta["std"]), name=info.name)
+
+
+def _forms(info: DatasetInfo) -> str:
+    """The forms a --data-dir of `info` may take (a streamed dataset's layout is its only one)."""
+    layouts = {"tinyimagenet": TINY_LAYOUT, "imagenet-folder": IMAGENET_LAYOUT}
+    folder = () if set(info.archives) & set(SOURCES) else ("image folder",)
+    return ", ".join((*folder, *(layouts.get(a, a) for a in info.archives)))
 
 
 def _check(arrays: dict, names, info: DatasetInfo, where: str, folder: bool = False) -> dict:
@@ -174,19 +207,6 @@ def _check(arrays: dict, names, info: DatasetInfo, where: str, folder: bool = Fa
         x = arrays["train_x"].reshape(-1, shape[-1]).astype(np.float64) / 255.0
         mean, std = x.mean(0).round(4).tolist(), np.maximum(x.std(0), 1e-3).round(4).tolist()
     return {"class_names": list(names), "mean": list(mean), "std": list(std)}
-
-
-def _write_cache(cached: Path, arrays: dict, meta: dict) -> None:
-    try:
-        cached.mkdir(parents=True, exist_ok=True)
-        for n, a in arrays.items():
-            tmp = cached / f"{n}.{os.getpid()}.tmp.npy"  # processes of one run may decode at once
-            np.save(tmp, a)
-            os.replace(tmp, cached / f"{n}.npy")
-        (cached / "meta.json").write_text(json.dumps(meta))
-        (cached / "done").touch()  # written last: a half-written cache is never read
-    except OSError:
-        pass  # an unwritable cache only costs decoding time
 
 
 def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:

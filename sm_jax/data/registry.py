@@ -13,6 +13,23 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot")
 DIGITS = tuple(str(d) for d in range(10))
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # TinyImageNet's and the subsets'
+
+# MTT's ImageNet subsets (`utils.Config`: indices into the sorted ILSVRC-2012 wnids), as wnids in label order
+MTT_SUBSETS = {
+    "imagenette": ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
+                   "n03425413", "n03445777", "n03888257"),
+    "imagewoof": ("n02096294", "n02093754", "n02111889", "n02088364", "n02086240", "n02089973", "n02087394",
+                  "n02115641", "n02099601", "n02105641"),
+    "imagemeow": ("n02123045", "n02123159", "n02123394", "n02123597", "n02124075", "n02129165", "n02129604",
+                  "n02128925", "n02128757", "n02127052"),
+    "imagesquawk": ("n01806143", "n02007558", "n01818515", "n02051845", "n02056570", "n01614925", "n01843383",
+                    "n01518878", "n01860187", "n01819313"),
+    "imagefruit": ("n07753275", "n07753592", "n07745940", "n07747607", "n07749582", "n07768694", "n07753113",
+                   "n07720875", "n07718472", "n07742313"),
+    "imageyellow": ("n02206856", "n12057211", "n07753592", "n07749582", "n12144580", "n04146614", "n03530642",
+                    "n02129165", "n01773157", "n01531178"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +47,9 @@ class DatasetInfo:
       class_names: default names where the archive holds none.
       train_counts: images per class of the standard training split, and test_size the test split's (for planning
         a run's programs from shapes alone: `experiments.cifar10 --plan-for`); () / 0 where the data decides.
+      classes: the wnids an ImageNet subset reads from an ILSVRC folder, in label order (() = the source's own).
+      resize: how a source's images reach `shape` when the cache is built (imagenet.decode): '' none (they must
+        have it), 'squash' or 'crop'; `--res` then chooses another size.
     """
 
     name: str
@@ -43,6 +63,8 @@ class DatasetInfo:
     download: str = ""  # where a user with internet gets the official archive
     train_counts: tuple[int, ...] = ()
     test_size: int = 0
+    classes: tuple[str, ...] = ()
+    resize: str = ""
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -62,9 +84,19 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100, CIFAR_MEAN, CIFAR_STD, "cifar100",
                             ("cifar100-binary", "cifar100-python"), (),
                             "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", (500,) * 100, 10000),
+    "tinyimagenet": DatasetInfo("tinyimagenet", (64, 64, 3), 200, IMAGENET_MEAN, IMAGENET_STD, None,
+                                ("tinyimagenet",), (), "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                                (500,) * 200, 10000),
+    # MTT: ImageNet train/val, `Resize(im_size)` with im_size (128, 128): every image squashed to 128x128.
+    # ~1300 training images per class (ILSVRC's count varies by class), 50 validation images each.
+    **{name: DatasetInfo(name, (128, 128, 3), 10, IMAGENET_MEAN, IMAGENET_STD, None, ("imagenet-folder",), (),
+                         "https://image-net.org/download (ILSVRC-2012 train and val)", (1300,) * 10, 500, wnids,
+                         "squash")
+       for name, wnids in MTT_SUBSETS.items()},
     "folder": DatasetInfo("folder", None, 0, None, None, None, ()),
 }
-ALIASES = {"fashion": "fashion_mnist", "fashionmnist": "fashion_mnist", "svhn_cropped": "svhn"}
+ALIASES = {"fashion": "fashion_mnist", "fashionmnist": "fashion_mnist", "svhn_cropped": "svhn", "tiny": "tinyimagenet",
+           "tiny_imagenet": "tinyimagenet"}
 
 
 def dataset_info(name: str) -> DatasetInfo:

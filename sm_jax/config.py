@@ -169,6 +169,12 @@ class Config:
                               kind=OTHER, low=1)
     data_dir: str | None = _field(None, "TFDS data dir, image-folder archive/directory, or the dataset's official "
                                   "archive (or its extracted folder); default: TFDS download", kind=OTHER)
+    res: int = _field(0, "image side an ImageNet subset is resized to when its cache is built (0 = the dataset's "
+                      "own: 128 for MTT's subsets)", low=0)
+    data_on: str = _field("auto", "where the real training images stay while condensing: device (the whole split "
+                          "on the device), host (each program gathers the rows it draws, so the device holds only "
+                          "batches), auto (host when the split is over 2 GiB or 1/8 of the device's memory); the same "
+                          "result either way", kind=OTHER, choices=lambda: ("auto", "device", "host"))
     workdir: str = _field("runs/default", "run directory", kind=OTHER)
     preset: str = _field("paper", "budget preset", kind=OTHER, choices=lambda: PRESETS)
 
@@ -255,6 +261,7 @@ def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "ci
         raise ConfigError(f"unknown config field {unknown[0]!r}")
     dataset = _dataset_name(dataset)
     out = dict(METHODS[method].preset(preset, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
+    out.setdefault("depth", default_depth(dataset, fields.get("res") or 0))
     out.update({k: v for k, v in fields.items() if v is not None})
     if isinstance(out.get("model"), str):
         out["model"] = out["model"].lower()  # official names are CamelCase: ConvNetBN = convnetbn
@@ -262,6 +269,15 @@ def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "ci
     cfg = Config(**out)
     validate(cfg)
     return cfg
+
+
+def default_depth(dataset: str, res: int = 0) -> int:
+    """ConvNet's depth for the dataset's image side, as the official codes choose it: 3 up to 32 pixels (a 4x4 map
+    before the classifier; MNIST's 28 is padded to 32), 4 at 64 (ConvNetD4: TinyImageNet), 5 at 128 (ConvNetD5: the
+    ImageNet subsets), one more per doubling."""
+    shape = dataset_info(dataset).shape
+    side = res or (shape[0] if shape else 32)
+    return max(3, round(math.log2(side)) - 2)
 
 
 def validate(cfg: Config) -> None:
@@ -278,6 +294,9 @@ def validate(cfg: Config) -> None:
         if meta["choices"] is not None and v != "" and v not in meta["choices"]():
             raise ConfigError(f"unknown {meta['label'] or f.name} {v!r}; choose one of {', '.join(meta['choices']())}")
     _dataset_name(cfg.dataset)
+    if cfg.res and not dataset_info(cfg.dataset).resize:
+        raise ConfigError(f"--res applies to the ImageNet subsets (resized when their cache is built), not to "
+                          f"{cfg.dataset}")
     if not (cfg.lr_img > 0 and math.isfinite(cfg.lr_img)):
         raise ConfigError(f"--lr-img must be a positive finite number, got {cfg.lr_img}")
     METHODS[cfg.method].check(cfg)

@@ -80,7 +80,7 @@ class Run:
         self.writer = distributed.is_writer()
         self.log = log if self.writer else (lambda *a, **k: None)
         self.progress = progress and self.writer
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
         if cfg.holdout:
             self.data = self.data.holdout(cfg.holdout)
         if cfg.eval_test_per_class:

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from sm_jax.augmentation import DSA_POLICY
 from sm_jax.data import Dataset
+from sm_jax.data.host import place_train
 from sm_jax.data.zca import data_fingerprint
 from sm_jax.errors import UserError
 from sm_jax.lifecycle import Stopped
@@ -145,7 +146,7 @@ class ExpertStore:
         bytes_per = (epochs + 1) * sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params0)) * 4
         log(f"experts: {len(rows)} x {epochs} epochs in {self.dir} ({bytes_per / 2**20:.1f} MiB each); "
             f"{done} epochs on disk")
-        train_x, train_y = jnp.asarray(data.train_x), jnp.asarray(data.train_y)
+        train_x, train_y = place_train(data, cfg.data_on), jnp.asarray(data.train_y)
         groups = {}  # rows of one size train in one vmapped program
         for r, idx in enumerate(rows):
             groups.setdefault(len(idx), []).append(r)

@@ -67,7 +67,8 @@ def execute(cfg: Config, data: Dataset | None = None, progress: bool = True, log
     if cfg.experiments == 1:
         return Run(cfg, data=data, progress=progress, log=log).execute()
     workdir, rows = Path(cfg.workdir), []
-    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)  # read once for all experiments
+    # read once for all experiments
+    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
     for i in range(cfg.experiments):
         run = Run(experiment_config(cfg, i), data=data, progress=progress, log=log)
         log(f"experiment {i + 1}/{cfg.experiments} (seed {cfg.seed + i}): {run.workdir}")

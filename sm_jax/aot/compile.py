@@ -58,9 +58,10 @@ CALIBRATION = {"cuda": Calibration(launch=4e-6, roofline_factor=1.93, loop_trip=
                "tpu": Calibration(launch=0.0)}
 
 
-def shape_dataset(name: str, data_dir: str | None = None) -> Dataset:
+def shape_dataset(name: str, data_dir: str | None = None, res: int = 0) -> Dataset:
     """A dataset of the registry's sizes whose images take no memory (zeros broadcast over the split): what a
-    program's shapes need. A dataset whose sizes the data decides (`folder`) is read from `data_dir`.
+    program's shapes need. A dataset whose sizes the data decides (`folder`) is read from `data_dir`; `res`: an
+    ImageNet subset's side (0: its own).
 
     Raises:
       DataError: for `folder` without a --data-dir.
@@ -69,11 +70,12 @@ def shape_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if not info.train_counts:
         if data_dir is None:
             raise DataError(f"--dataset {info.name}: its sizes come from the data; pass --data-dir")
-        return load_dataset(name, data_dir)
+        return load_dataset(name, data_dir, res=res)
     y = np.repeat(np.arange(len(info.train_counts)), info.train_counts).astype(np.int32)
     ty = np.arange(info.test_size, dtype=np.int32) % info.num_classes
-    zeros = np.zeros((1, *info.shape), np.uint8)
-    return Dataset(np.broadcast_to(zeros, (len(y), *info.shape)), y, np.broadcast_to(zeros, (len(ty), *info.shape)),
+    shape = (res, res, info.shape[2]) if res else info.shape
+    zeros = np.zeros((1, *shape), np.uint8)
+    return Dataset(np.broadcast_to(zeros, (len(y), *shape)), y, np.broadcast_to(zeros, (len(ty), *shape)),
                    ty, info.class_names or tuple(str(c) for c in range(info.num_classes)), f"shapes:{info.name}",
                    info.mean, info.std, info.name)
 

@@ -49,7 +49,7 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
     log(f"plan for {tgt.name} ({tgt.description}, {tgt.chips} chip{'s' * (tgt.chips > 1)}, "
         f"{tgt.bytes_limit / GIB:.1f} GiB usable per chip): {cfg.method} ipc {cfg.ipc} K {cfg.subset_k}, "
         f"{cfg.preset} preset, {cfg.dataset}")
-    comp = Compiler(cfg, tgt, shape_dataset(cfg.dataset, data_dir))
+    comp = Compiler(cfg, tgt, shape_dataset(cfg.dataset, data_dir, cfg.res))
     chunk = comp.class_chunk(log)
     it = comp.iteration(chunk)
     if it.bytes is not None and it.bytes > backend.MEMORY_HEADROOM * tgt.bytes_limit:

@@ -3,6 +3,7 @@ host callback, so the device holds the batches, never the split."""
 from __future__ import annotations
 
 import os
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ class HostStore:
         if isinstance(images, np.memmap) and filename and images.flags.c_contiguous:
             self._fd, self._offset = os.open(filename, os.O_RDONLY), int(images.offset)
             self._images = None  # do not keep the mapping: its touched pages would count as this process's memory
+            weakref.finalize(self, os.close, self._fd)
 
     @property
     def nbytes(self) -> int:
@@ -46,10 +48,6 @@ class HostStore:
                 raise UserError(f"training image {r} could not be read from the store ({n} bytes)")
         return out.view(self.dtype).reshape(*idx.shape, *self.shape[1:])
 
-    def __del__(self):
-        if self._fd is not None:
-            os.close(self._fd)
-
     def __getitem__(self, idx):
         """`store[idx]` inside a program: the rows through a host callback (vmapped: the indices stay batched)."""
         idx = jnp.asarray(idx, jnp.int32)
@@ -58,3 +56,23 @@ class HostStore:
 
 
 jax.tree_util.register_static(HostStore)
+
+
+HOST_ABOVE = 2 << 30  # `--data-on auto`: a training split larger than this stays on the host
+
+
+def data_on(where: str, nbytes: int) -> str:
+    """'device' or 'host' for `--data-on where` and a training split of `nbytes`: auto keeps a split on the device
+    when it is at most 2 GiB and at most 1/8 of the device's memory (where the device reports it)."""
+    if where != "auto":
+        return where
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = min(HOST_ABOVE, stats.get("bytes_limit", HOST_ABOVE * 8) // 8)
+    return "host" if nbytes > limit else "device"
+
+
+def place_train(data, where: str = "auto") -> jax.Array | HostStore:
+    """The training images where `--data-on` puts them: one device array, or a HostStore that programs index."""
+    if data_on(where, data.train_x.nbytes) == "host":
+        return HostStore(data.train_x)
+    return jnp.asarray(data.train_x)

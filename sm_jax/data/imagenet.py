@@ -80,8 +80,8 @@ def decode(blob: bytes, where: str, size: tuple[int, int], resize: str) -> np.nd
     Args:
       size: (H, W) of the dataset's images.
       resize: '' (the image must already have that size), 'squash' (bilinear to exactly (H, W), as MTT's
-        `Resize(im_size)` with a tuple), 'crop' (the shorter side bilinearly to H * 8 / 7, then the central H x W,
-        as torchvision's `Resize(256)` + `CenterCrop(224)` scaled to the size).
+        `Resize(im_size)` with a tuple), 'crop' (the shorter side bilinearly to H, then the central H x W: IDC's
+        `Resize(size)` + `CenterCrop(size)`).
     """
     from PIL import Image
 
@@ -96,7 +96,7 @@ def decode(blob: bytes, where: str, size: tuple[int, int], resize: str) -> np.nd
     if resize == "squash":
         img = img.resize((w, h), Image.BILINEAR)
     elif resize == "crop":
-        short = round(h * 8 / 7)
+        short = h
         scale = short / min(img.size)
         img = img.resize((max(short, round(img.size[0] * scale)), max(short, round(img.size[1] * scale))),
                          Image.BILINEAR)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sm_jax.data import Dataset, DataSpec
+from sm_jax.data.host import HostStore, place_train
 from sm_jax.errors import ConfigError
 from sm_jax.matching import make_partition
 from sm_jax.methods.run_config import RunConfig
@@ -18,7 +19,7 @@ from sm_jax.models import normalize
 class Context(NamedTuple):
     """Device-resident constants of a run (the dataset and the fixed subset partitions)."""
 
-    train_x: jax.Array  # (N, H, W, C) uint8
+    train_x: jax.Array | HostStore  # (N, H, W, C) uint8, on the device or gathered from the host (--data-on)
     train_y: jax.Array  # (N,) int32
     class_idx: jax.Array  # (C, M) int32 indices into train_x, -1 padded
     real_part: jax.Array  # (C, K, M/K) int32 indices into train_x, -1 padded
@@ -56,7 +57,7 @@ def make_context(cfg: RunConfig, data: Dataset, partitions=None) -> Context:
     if cfg.use_subsets and (real_part >= 0).sum(-1).min() < cfg.subset_real:
         raise ConfigError(f"real subsets hold {(real_part >= 0).sum(-1).min()} images, fewer than the "
                          f"{cfg.subset_real} drawn per subset term")
-    return Context(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.asarray(class_idx),
+    return Context(place_train(data, cfg.data_on), jnp.asarray(data.train_y), jnp.asarray(class_idx),
                    jnp.asarray(real_part), jnp.asarray(syn_part))
 
 

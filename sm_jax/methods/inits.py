@@ -44,7 +44,8 @@ def _init_noise(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize)
 def _init_real(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize) -> jax.Array:
     picks = [jax.random.choice(k, row[row >= 0], (ipc,), replace=False)
              for k, row in zip(jax.random.split(key, data.num_classes), data.class_indices())]
-    return normalize(jnp.asarray(data.train_x)[jnp.stack(picks)].astype(jnp.float32) / 255.0)
+    rows = data.train_x[np.asarray(jnp.stack(picks))]  # (classes, ipc, H, W, C): read on the host, not the split
+    return normalize(jnp.asarray(rows).astype(jnp.float32) / 255.0)
 
 
 def _init_idc(data: Dataset, key: jax.Array, ipc: int, factor: int, normalize) -> jax.Array:

@@ -60,7 +60,7 @@ def export_run(workdir: str | Path, to: str | Path, fmt: str) -> list[Path]:
         from sm_jax.data import default_cache_dir, load_dataset
         from sm_jax.data.zca import EPS, cached_zca
 
-        data = load_dataset(cfg.dataset, cfg.data_dir)
+        data = load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
         zca = cached_zca(data.train_x, default_cache_dir(), f"{data.name} train split ({data.source})")
         meta["zca"] = {"file": "zca.npz", "eps": EPS, "fitted_on": zca.source,
                        "apply": "whitened = (pixels01.reshape(N, H*W*C) - zca_mean) @ zca_transform, images (N, H, W, "

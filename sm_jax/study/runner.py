@@ -79,7 +79,7 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
 
     def default_execute(cfg: Config) -> dict:
         if (cfg.dataset, cfg.data_dir) not in cache:
-            cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir)
+            cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
         return repeats.execute(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log)
 
     execute = execute or default_execute

@@ -47,6 +47,29 @@ def test_parameter_counts_equal_the_official_definitions(name):
     assert net.has_state == ("bn" in name or name == "resnet10_ap")
 
 
+# Beyond 32 pixels (the official definitions at the sizes their papers use; 10 classes unless stated):
+#   ConvNetD4 at 64x64 with 200 classes (TinyImageNet): 3,584 + 3 x 147,584 + 4 x 256 + Linear(128*4*4, 200) 409,800
+#     = 857,160; ConvNetD5 at 128x128 (the ImageNet subsets): 3,584 + 4 x 147,584 + 5 x 256 + Linear(2048, 10) 20,490
+#     = 615,690.
+#   IDC's ImageNet ResNetAP-10 (widths 64-512, GroupNorm(C, C) as instance norm, no conv biases): stages 73,728
+#     + 512; 73,728 + 147,456 + 8,192 + 768; 294,912 + 589,824 + 32,768 + 1,536; 1,179,648 + 2,359,296 + 131,072
+#     + 3,072; Linear(512, 10) 5,130; its stem: 3x3 at up to 128 pixels (1,728 + 128) = 4,903,242 in all, 7x7 at 224
+#     (9,408 + 128) = 4,910,922.
+LARGE = {("convnetd4", 64, 200): 857_160, ("convnetd5", 128, 10): 615_690,
+         ("resnet10_ap_imagenet", 64, 10): 4_903_242, ("resnet10_ap_imagenet", 128, 10): 4_903_242,
+         ("resnet10_ap_imagenet", 224, 10): 4_910_922}
+
+
+def test_parameter_counts_beyond_32_pixels():
+    for (name, side, classes), count in LARGE.items():
+        depth = int(name[-1]) if name.startswith("convnetd") else 3
+        net = make_net("convnet" if depth != 3 else name, classes, (side, side, 3), depth=depth, conv_impl="xla")
+        assert net.num_params() == count, (name, side)
+        params, state = jax.eval_shape(net.init, jax.random.key(0))
+        out = jax.eval_shape(lambda p, s, x: net.apply(p, s, x)[0], params, state, jnp.zeros((2, side, side, 3)))
+        assert out.shape == (2, classes)
+
+
 @pytest.mark.parametrize("k,stride,pad,cin", [(3, 1, 1, 16), (3, 1, 1, 3), (3, 2, 1, 16), (5, 2, 2, 3),
                                               (1, 2, 0, 16)])
 def test_zoo_convolution_equals_xla_forward_and_backward(k, stride, pad, cin):

@@ -34,8 +34,9 @@ ARCHS: dict[str, tuple[str, dict]] = {
     "resnet18": ("resnet18", {}), "resnet18bn": ("resnet18", {"norm": "batchnorm"}),
     "resnet18bn_ap": ("resnet18", {"norm": "batchnorm", "avgpool_down": True}),
     "resnet10_ap": ("resnet10_ap", {}), "resnet10_ap_in": ("resnet10_ap", {"norm": "instancenorm"}),
+    "resnet10_ap_imagenet": ("resnet10_ap", {"imagenet": True, "norm": "instancenorm"}),  # IDC on ImageNet
     **{f"convnetw{w}": ("convnet", {"width": w}) for w in (32, 64, 128, 256)},
-    **{f"convnetd{d}": ("convnet", {"depth": d}) for d in (1, 2, 3, 4)},
+    **{f"convnetd{d}": ("convnet", {"depth": d}) for d in range(1, 9)},
     "convnetas": ("convnet", {"act": "sigmoid"}), "convnetar": ("convnet", {"act": "relu"}),
     "convnetal": ("convnet", {"act": "leakyrelu"}), "convnetasw": ("convnet", {"act": "swish"}),
     "convnetnn": ("convnet", {"norm": "none"}), "convnetbn": ("convnet", {"norm": "batchnorm"}),
@@ -101,6 +102,8 @@ def make_net(name: str, num_classes: int, image_shape=(32, 32, 3), width: int = 
     options: dict = {}
     if "conv_impl" in inspect.signature(MODELS[family]).parameters:  # every family with a convolution
         options["conv_impl"] = conv_impl
+    if "side" in inspect.signature(MODELS[family]).parameters:  # a form chosen by the image size
+        options["side"] = image_shape[0]
     if key == "convnet":
         options.update(width=width, depth=depth, norm=norm)
     return Net(build(key, num_classes, **options), tuple(image_shape), key)

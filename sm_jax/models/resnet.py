@@ -1,5 +1,6 @@
 """ResNets: the DC/DSA code's ResNet-18 (`networks.ResNet18`, `ResNet18BN`, `ResNet18BN_AP`) and IDC's ResNet-10
-with average-pool downsampling (`models/resnet_ap.py`, its CIFAR form: widths 32-256).
+with average-pool downsampling (`models/resnet_ap.py`: its CIFAR form, widths 32-256, and its ImageNet form, widths
+64-512 with a stem by image size).
 
 `avgpool_down` ('AP'): a strided block convolves at stride 1 and average-pools 2x2 after its first activation, and
 its shortcut is a 1x1 convolution, 2x2 average pooling, then the norm (instead of strided convolutions).
@@ -68,13 +69,19 @@ class ResNet(nn.Module):
     head: str = "avg4"
     he_init: bool = False
     conv_impl: str = "fast"  # a name of conv_ops.CONVS (resolved)
+    stem: str = "small"  # IDC's IntroBlock: small conv3x3; mid conv3x3 + 2x2 avg pool; large conv7x7 + 4x4 avg pool
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         # x: (batch, H, W, C) normalised images -> (batch, num_classes) logits
-        init = _he_normal(3, self.widths[0]) if self.he_init else None
-        x = conv(self.widths[0], 3, x.shape[-1], 1, "stem", self.conv_impl, bias=False, kernel_init=init)(x)
+        k = 7 if self.stem == "large" else 3
+        init = _he_normal(k, self.widths[0]) if self.he_init else None
+        x = conv(self.widths[0], k, x.shape[-1], k // 2, "stem", self.conv_impl, bias=False, kernel_init=init)(x)
         x = nn.relu(apply_norm(make_norm(self.norm, "stem_norm"), x, train))
+        if self.stem == "large":
+            x = nn.avg_pool(x, (4, 4), (4, 4))
+        elif self.stem == "mid":
+            x = avg_pool2(x)
         for s, (n, planes) in enumerate(zip(self.blocks, self.widths)):
             for b in range(n):
                 x = BasicBlock(planes, (1 if s == 0 else 2) if b == 0 else 1, self.norm, self.avgpool_down,
@@ -95,8 +102,18 @@ def make_resnet18(num_classes: int = 10, norm: str = "instancenorm", avgpool_dow
                   head="flatten" if avgpool_down else "avg4", conv_impl=resolve_conv(conv_impl))
 
 
-def make_resnet10_ap(num_classes: int = 10, norm: str = "batchnorm", conv_impl: str = "auto") -> ResNet:
-    """IDC's ResNet-10 with average-pool downsampling for 32x32 inputs (one block per stage, widths 32-256)."""
+def make_resnet10_ap(num_classes: int = 10, norm: str = "batchnorm", conv_impl: str = "auto", imagenet: bool = False,
+                     side: int = 32) -> ResNet:
+    """IDC's ResNet-10 with average-pool downsampling (`models/resnet_ap.py`, one block per stage).
+
+    Args:
+      imagenet: False: its CIFAR form (widths 32-256, a 3x3 stem); True: its ImageNet form (widths 64-512), whose
+        stem depends on the image side: 3x3 up to 64 pixels, 3x3 + 2x2 average pooling up to 128, else 7x7 + 4x4.
+      side: the image side (the ImageNet form's stem).
+    """
     make_norm(norm, "check")
-    return ResNet(num_classes=num_classes, blocks=(1, 1, 1, 1), widths=(32, 64, 128, 256), norm=norm,
-                  avgpool_down=True, head="global", he_init=True, conv_impl=resolve_conv(conv_impl))
+    widths, stem = (32, 64, 128, 256), "small"
+    if imagenet:
+        widths, stem = (64, 128, 256, 512), "small" if side <= 64 else "mid" if side <= 128 else "large"
+    return ResNet(num_classes=num_classes, blocks=(1, 1, 1, 1), widths=widths, norm=norm, avgpool_down=True,
+                  head="global", he_init=True, conv_impl=resolve_conv(conv_impl), stem=stem)

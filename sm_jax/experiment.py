@@ -21,6 +21,7 @@ from sm_jax.aot.compile import estimate_seconds
 from sm_jax.checkpointing import Checkpointer, CheckpointError
 from sm_jax.config import Config, run_differences, validate
 from sm_jax.data import DataError, Dataset, default_cache_dir, load_dataset
+from sm_jax.data.host import data_on
 from sm_jax.errors import UserError
 from sm_jax.evaluation import evaluate_archs, per_arch, random_subset, reference
 from sm_jax.evaluation.ddranking import ddranking
@@ -66,6 +67,22 @@ def _check_finite(it: int, metrics: dict, names, last_saved: int | None, workdir
         raise Diverged(f"diverged at iteration {it}: {what}; {kept} (a smaller --lr-img may help)")
 
 
+def fit_batches(cfg: Config, data: Dataset, log=print) -> Config:
+    """`cfg` with its real batches capped at the smallest class (and the smallest real subset), as the official
+    codes' `get_images` returns a whole class smaller than the batch; the cap is logged and recorded in the config."""
+    smallest = int(np.bincount(data.train_y, minlength=data.num_classes).min())
+    changes = {}
+    if cfg.batch_real > smallest:
+        changes["batch_real"] = smallest
+    if cfg.use_subsets and cfg.subset_real > smallest // cfg.subset_k:
+        changes["subset_batch_real"] = max(1, smallest // cfg.subset_k)
+    if changes:
+        log(f"the smallest class has {smallest} training images: " + ", ".join(
+            f"--{k.replace('_', '-')} {getattr(cfg, k) or cfg.batch_real} -> {v}" for k, v in changes.items()))
+        cfg = cfg.replace(**changes)
+    return cfg
+
+
 class Run:
     """One condensation run in a workdir. `Run(cfg).execute()` condenses (resuming if possible) and evaluates.
 
@@ -87,6 +104,7 @@ class Run:
             self.data = self.data.test_subset(cfg.eval_test_per_class)
         if self.data.num_classes < 2:
             raise DataError("the dataset needs at least 2 classes")
+        self.cfg = cfg = fit_batches(cfg, self.data, self.log)
         self.mesh = make_mesh(cfg.devices)
         self.method = make_method(cfg, self.data.spec, self.mesh)
         self.method.attach(self.data)
@@ -349,7 +367,9 @@ class Run:
             self._log_eval(metrics_log, it, ev, last.images)
         results = {**ev, "iterations": it, "learned": learned, "condense_seconds_this_sitting": condense_seconds,
                    "device_seconds": artifacts.device_seconds(self.workdir / "metrics.jsonl"),
-                   "config": json.loads(cfg.to_json()), "data_source": self.data.source, "versions": versions(),
+                   "config": json.loads(cfg.to_json()), "data_source": self.data.source,
+                   "num_classes": self.data.num_classes, "image_shape": list(self.data.spec.image_shape),
+                   "data_on": data_on(cfg.data_on, self.data.train_x.nbytes), "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
                    "processes": jax.process_count(),
                    "devices": self.mesh.size if self.mesh is not None else 1, "budget": {

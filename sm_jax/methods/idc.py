@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from sm_jax.augmentation import Policy
+from sm_jax.data.registry import DATASETS as DATASET_INFO
 from sm_jax.methods.context import real_batch
 from sm_jax.methods.gradient import GradientMatching
 from sm_jax.training import TrainProtocol, sgd, train_step
@@ -25,7 +26,26 @@ DATASETS: dict[str, dict[str, Any]] = {
     "svhn": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop="flip"),
     "mnist": dict(distance="l1", lr_img=1e-4, n_data=500, aug_drop="flip"),
     "fashion_mnist": dict(distance="l1", lr_img=1e-4 * (28 / 32) ** 2, n_data=500, aug_drop=""),
+    # ImageNet (misc/reproduce.py, argument.py): ResNetAP-10, factor 3, 500 iterations, CutMix always (mix_p 1);
+    # 100 classes: lr 0.1, weight decay 1e-4, batches of 128
+    "imagenet10": dict(distance="l1", lr_img=3e-3, n_data=500, aug_drop="",
+                       extra=dict(model="resnet10_ap_imagenet", factor=3, iterations=500, cutmix_prob=1.0)),
+    "imagenet100": dict(distance="l1", lr_img=1e-3, n_data=500, aug_drop="",
+                        extra=dict(model="resnet10_ap_imagenet", factor=3, iterations=500, cutmix_prob=1.0,
+                                   lr_net=0.1, weight_decay_net=1e-4, batch_real=128, batch_train=128,
+                                   eval_batch=128)),
 }
+
+
+def idc_eval_epochs(ipc: int, factor: int, num_classes: int) -> int:
+    """IDC's evaluation epochs (`argument.py`'s ipc_epoch) by the decoded images per class; 2/3 of them, to a
+    multiple of 100, at 100 classes and more."""
+    n = ipc * factor ** 2
+    epochs = next(e for limit, e in ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500)) if n <= limit) \
+        if n <= 500 else 300
+    if num_classes >= 100:
+        epochs = int(2 / 3 * epochs) // 100 * 100
+    return epochs
 
 
 def idc_decode(images: jax.Array, factor: int = 2) -> jax.Array:
@@ -84,6 +104,9 @@ class IDC(GradientMatching):
                  cutmix_prob=0.5)
         if dataset == "mnist":  # factor 2 > 1: "cutmix or cutout is not much effective" (reproduce.py)
             p.update(aug_drop="flip,cutout", cutmix_prob=0.0)
+        if "extra" in d:  # ImageNet: its own network, factor, budget and evaluation epochs
+            p.update(d["extra"])
+            p["eval_epochs"] = idc_eval_epochs(ipc, p["factor"], DATASET_INFO[dataset].num_classes)
         return p
 
     @classmethod

@@ -140,7 +140,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
-    kind = detect_streamed(path) or detect(path, info.tfds_name)
+    kind = detect_streamed(path)
+    if kind is None and set(info.archives) & set(SOURCES):
+        raise DataError(f"{path}: not laid out as {info.name}'s source; expected {_forms(info)}")
+    kind = kind or detect(path, info.tfds_name)
     if kind == "tfds":
         return _load_tfds(info, path)
     if kind not in info.archives and (kind != "folder" or set(info.archives) & set(SOURCES)):

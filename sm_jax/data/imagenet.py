@@ -40,7 +40,7 @@ class FileTree:
         self._zip = self._tar = None
         try:
             if path.is_dir():
-                names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+                names = [p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()]
             elif zipfile.is_zipfile(path):
                 self._zip = zipfile.ZipFile(path)
                 names = [n for n in self._zip.namelist() if not n.endswith("/")]

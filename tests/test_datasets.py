@@ -100,7 +100,10 @@ def test_official_archives_load_with_the_registry_shape_and_statistics(form, tmp
 
 
 def test_every_registry_entry_has_a_tested_offline_form():
-    tested = {v[0] for v in FORMS.values()} | {"cifar10", "folder"}  # cifar10: test_data.py
+    from sm_jax.data.registry import MTT_SUBSETS
+
+    imagenet = {"tinyimagenet", "imagenet10", "imagenet100", *MTT_SUBSETS}  # test_imagenet.py
+    tested = {v[0] for v in FORMS.values()} | {"cifar10", "folder"} | imagenet  # cifar10: test_data.py
     assert tested == set(DATASETS)
 
 

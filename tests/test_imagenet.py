@@ -116,6 +116,21 @@ def test_imagenet_subsets_from_an_ilsvrc_folder_in_the_official_label_order(tmp_
     np.testing.assert_array_equal(d.train_x[0], scaled[:, 10:90])
 
 
+@pytest.mark.parametrize("name", ["imagenet10", "imagenet100", *MTT_SUBSETS])
+def test_every_imagenet_subset_takes_its_classes_in_its_list_order(name, tmp_path):
+    from sm_jax.data.registry import DATASETS
+
+    wnids = DATASETS[name].classes
+    root = write_imagenet(tmp_path / "ilsvrc", sorted(set(wnids)), per_class=1, size=(12, 16))
+    d = load_dataset(name, root, cache_dir=tmp_path / "c", progress=False, res=8)
+    assert d.class_names == wnids and d.train_x.shape == (len(wnids), 8, 8, 3)
+    squash = DATASETS[name].resize == "squash"  # MTT's; IDC's: the shorter side to 8 (12x16 -> 8x11), centre 8
+    for c, w in enumerate(wnids):  # class c's image is the one in its wnid's folder
+        src = Image.fromarray(decoded((root / "train" / w / f"{w}_0.JPEG").read_bytes()))
+        want = np.asarray(src.resize((8, 8) if squash else (11, 8), Image.BILINEAR))
+        np.testing.assert_array_equal(d.train_x[c], want if squash else want[:, 1:9])
+
+
 def test_bad_sources_stop_with_one_line_naming_the_file_and_leave_no_partial_cache(tmp_path):
     cache = tmp_path / "c"
 

@@ -66,7 +66,10 @@ def data_on(where: str, nbytes: int) -> str:
     when it is at most 2 GiB and at most 1/8 of the device's memory (where the device reports it)."""
     if where != "auto":
         return where
-    stats = jax.devices()[0].memory_stats() or {}
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except jax.errors.JaxRuntimeError:  # a backend that keeps no statistics
+        stats = {}
     limit = min(HOST_ABOVE, stats.get("bytes_limit", HOST_ABOVE * 8) // 8)
     return "host" if nbytes > limit else "device"
 

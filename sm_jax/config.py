@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from sm_jax.augmentation import DSA_OPS, OPS
 from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, PRECISIONS
 from sm_jax.data import DATASETS, dataset_info
@@ -268,6 +270,22 @@ def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "ci
     out.setdefault("subset_k", default_subset_k(ipc * out.get("factor", 1) ** 2))
     cfg = Config(**out)
     validate(cfg)
+    return cfg
+
+
+def fit_batches(cfg: Config, data, log=print) -> Config:
+    """`cfg` with its real batches capped at the smallest class (and the smallest real subset), as the official
+    codes' `get_images` returns a whole class smaller than the batch; the cap is logged and recorded in the config."""
+    smallest = int(np.bincount(data.train_y, minlength=data.num_classes).min())
+    changes = {}
+    if cfg.batch_real > smallest:
+        changes["batch_real"] = smallest
+    if cfg.use_subsets and cfg.subset_real > smallest // cfg.subset_k:
+        changes["subset_batch_real"] = max(1, smallest // cfg.subset_k)
+    if changes:
+        log(f"the smallest class has {smallest} training images: " + ", ".join(
+            f"--{k.replace('_', '-')} {getattr(cfg, k) or cfg.batch_real} -> {v}" for k, v in changes.items()))
+        cfg = cfg.replace(**changes)
     return cfg
 
 

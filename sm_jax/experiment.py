@@ -19,7 +19,7 @@ import numpy as np
 from sm_jax import artifacts, backend, distributed
 from sm_jax.aot.compile import estimate_seconds
 from sm_jax.checkpointing import Checkpointer, CheckpointError
-from sm_jax.config import Config, run_differences, validate
+from sm_jax.config import Config, fit_batches, run_differences, validate
 from sm_jax.data import DataError, Dataset, default_cache_dir, load_dataset
 from sm_jax.data.host import data_on
 from sm_jax.errors import UserError
@@ -65,22 +65,6 @@ def _check_finite(it: int, metrics: dict, names, last_saved: int | None, workdir
         kept = f"the last good checkpoint is iteration {last_saved} in {workdir}" if last_saved is not None else \
             "no checkpoint was kept"
         raise Diverged(f"diverged at iteration {it}: {what}; {kept} (a smaller --lr-img may help)")
-
-
-def fit_batches(cfg: Config, data: Dataset, log=print) -> Config:
-    """`cfg` with its real batches capped at the smallest class (and the smallest real subset), as the official
-    codes' `get_images` returns a whole class smaller than the batch; the cap is logged and recorded in the config."""
-    smallest = int(np.bincount(data.train_y, minlength=data.num_classes).min())
-    changes = {}
-    if cfg.batch_real > smallest:
-        changes["batch_real"] = smallest
-    if cfg.use_subsets and cfg.subset_real > smallest // cfg.subset_k:
-        changes["subset_batch_real"] = max(1, smallest // cfg.subset_k)
-    if changes:
-        log(f"the smallest class has {smallest} training images: " + ", ".join(
-            f"--{k.replace('_', '-')} {getattr(cfg, k) or cfg.batch_real} -> {v}" for k, v in changes.items()))
-        cfg = cfg.replace(**changes)
-    return cfg
 
 
 class Run:

@@ -19,6 +19,7 @@ from sm_jax.aot import hlo
 from sm_jax.aot.targets import Target, for_device
 from sm_jax.config import Config
 from sm_jax.data import DataError, Dataset, dataset_info, load_dataset
+from sm_jax.errors import UserError
 from sm_jax.evaluation import evaluation_program
 from sm_jax.methods import METHODS, make_method
 from sm_jax.models import resolve_conv
@@ -169,6 +170,10 @@ TRITON_TILING_FAILURE = "Couldn't find output tile sizes"
 NO_TRITON_GEMM = {"xla_gpu_enable_triton_gemm": False}
 
 
+class PlanError(UserError):
+    """A run that cannot fit the target (one line, user-facing)."""
+
+
 def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
     """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
     shardings) under the run's matmul precision."""
@@ -179,6 +184,8 @@ def compile_program(name: str, fn, args, target: Target, precision: str, **jit) 
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XLA's runtime error type is not part of jax's public API
+            if "RESOURCE_EXHAUSTED" in str(e):  # the TPU compiler refuses a program larger than the chip
+                raise PlanError(f"{name} does not fit {target.name}: {str(e).strip().splitlines()[0]}") from None
             if target.platform != "cuda" or TRITON_TILING_FAILURE not in str(e):
                 raise
             options = NO_TRITON_GEMM

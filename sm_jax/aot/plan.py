@@ -8,16 +8,11 @@ import math
 from typing import Any
 
 from sm_jax import backend
-from sm_jax.aot.compile import Compiler, Program, shape_dataset
+from sm_jax.aot.compile import Compiler, PlanError, Program, shape_dataset
 from sm_jax.aot.targets import GIB, target
-from sm_jax.config import Config
-from sm_jax.errors import UserError
+from sm_jax.config import Config, fit_batches
 
 ALTERNATIVE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` is weighed against in a plan (the papers' 20)
-
-
-class PlanError(UserError):
-    """A run that cannot fit the target (one line, user-facing)."""
 
 
 def evaluations(cfg: Config) -> int:
@@ -49,7 +44,9 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
     log(f"plan for {tgt.name} ({tgt.description}, {tgt.chips} chip{'s' * (tgt.chips > 1)}, "
         f"{tgt.bytes_limit / GIB:.1f} GiB usable per chip): {cfg.method} ipc {cfg.ipc} K {cfg.subset_k}, "
         f"{cfg.preset} preset, {cfg.dataset}")
-    comp = Compiler(cfg, tgt, shape_dataset(cfg.dataset, data_dir, cfg.res))
+    data = shape_dataset(cfg.dataset, data_dir, cfg.res)
+    cfg = fit_batches(cfg, data, log)
+    comp = Compiler(cfg, tgt, data)
     chunk = comp.class_chunk(log)
     it = comp.iteration(chunk)
     if it.bytes is not None and it.bytes > backend.MEMORY_HEADROOM * tgt.bytes_limit:

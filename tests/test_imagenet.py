@@ -270,3 +270,23 @@ def test_generated_tinyimagenet_and_imagenette_condense_from_the_command_line(na
     syn = np.load(wd / "synthetic.npz")
     assert syn["images"].shape == (classes, side, side, 3)
     assert "the smallest class has 2 training images" in capsys.readouterr().out
+
+
+@pytest.mark.torch
+def test_dc_preprocessed_tinyimagenet_pt(tmp_path):
+    """DC's `tinyimagenet.pt` (uint8 NCHW tensors and the class names), as a file or in its folder."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (400, 3, 64, 64), dtype=np.uint8)
+    tx = rng.integers(0, 256, (200, 3, 64, 64), dtype=np.uint8)
+    y, ty = np.repeat(np.arange(200), 2), np.arange(200)
+    names = [f"n{c:08d}" for c in range(200)]
+    (tmp_path / "d").mkdir()
+    torch.save({"classes": names, "images_train": torch.from_numpy(x), "labels_train": torch.from_numpy(y),
+                "images_val": torch.from_numpy(tx), "labels_val": torch.from_numpy(ty)},
+               tmp_path / "d" / "tinyimagenet.pt")
+    for src in (tmp_path / "d", tmp_path / "d" / "tinyimagenet.pt"):
+        d = load_dataset("tinyimagenet", src, cache_dir=tmp_path / "c")
+        np.testing.assert_array_equal(d.train_x, x.transpose(0, 2, 3, 1))
+        np.testing.assert_array_equal(d.test_y, ty)
+        assert d.class_names[:2] == tuple(names[:2]) and d.spec.image_shape == (64, 64, 3)

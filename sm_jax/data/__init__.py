@@ -141,9 +141,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     kind = detect_streamed(path)
-    if kind is None and set(info.archives) & set(SOURCES):
-        raise DataError(f"{path}: not laid out as {info.name}'s source; expected {_forms(info)}")
-    kind = kind or detect(path, info.tfds_name)
+    if kind is None:
+        try:
+            kind = detect(path, info.tfds_name)
+        except DataError:
+            if set(info.archives) & set(SOURCES):  # name the layout this dataset expects
+                raise DataError(f"{path}: not laid out as {info.name}'s source; expected {_forms(info)}") from None
+            raise
     if kind == "tfds":
         return _load_tfds(info, path)
     if kind not in info.archives and (kind != "folder" or set(info.archives) & set(SOURCES)):
@@ -178,7 +182,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
 
 def _forms(info: DatasetInfo) -> str:
     """The forms a --data-dir of `info` may take (a streamed dataset's layout is its only one)."""
-    layouts = {"tinyimagenet": TINY_LAYOUT, "imagenet-folder": IMAGENET_LAYOUT}
+    layouts = {"tinyimagenet": TINY_LAYOUT, "imagenet-folder": IMAGENET_LAYOUT,
+               "tinyimagenet-pt": "DC's tinyimagenet.pt"}
     folder = () if set(info.archives) & set(SOURCES) else ("image folder",)
     return ", ".join((*folder, *(layouts.get(a, a) for a in info.archives)))
 

@@ -31,6 +31,7 @@ _MARKERS = {
     "cifar100-python": ("meta", "train"),
     "idx": (_IDX["train_x"], _IDX["train_x"] + ".gz"),
     "svhn-mat": ("train_32x32.mat",),
+    "tinyimagenet-pt": ("tinyimagenet.pt",),
 }
 
 
@@ -48,6 +49,8 @@ def detect(path: Path, tfds_name: str | None = None) -> str:
         if _find_split_root(path) is not None:
             return "folder"
         names = {f.name for f in path.rglob("*") if f.is_file()}
+    elif path.name == "tinyimagenet.pt":  # a bare file, not an archive
+        return "tinyimagenet-pt"
     else:
         try:
             with tarfile.open(path) as tf:
@@ -59,14 +62,14 @@ def detect(path: Path, tfds_name: str | None = None) -> str:
             return "folder"
     if "fine_label_names.txt" in names and "train.bin" in names:
         return "cifar100-binary"
-    for kind in ("cifar10-binary", "cifar10-python", "idx", "svhn-mat"):
+    for kind in ("cifar10-binary", "cifar10-python", "idx", "svhn-mat", "tinyimagenet-pt"):
         if any(m in names for m in _MARKERS[kind]):
             return kind
     if {"meta", "train", "test"} <= names:
         return "cifar100-python"
     what = "directory" if path.is_dir() else "archive"
     raise DataError(f"{path}: this {what} holds no {{train,test}}/<class>/ images and no official archive files "
-                    "(CIFAR batches, MNIST idx, SVHN .mat)")
+                    "(CIFAR batches, MNIST idx, SVHN .mat, tinyimagenet.pt)")
 
 
 def _find_split_root(path: Path) -> Path | None:
@@ -80,7 +83,9 @@ def members(path: Path, names: list[str], what: str) -> dict[str, bytes]:
     """The named files (by base name) from an archive or a folder; DataError naming the missing ones."""
     found: dict[str, bytes] = {}
     try:
-        if path.is_dir():
+        if path.is_file() and path.name in names and not tarfile.is_tarfile(path):  # the one file itself
+            found[path.name] = path.read_bytes()
+        elif path.is_dir():
             for f in path.rglob("*"):
                 if f.name in names and f.is_file():
                     found[f.name] = f.read_bytes()
@@ -328,6 +333,36 @@ def read_svhn_mat(path: Path, info: DatasetInfo):
     return arrays, info.class_names
 
 
+# --- TinyImageNet as DC's code reads it (tinyimagenet.pt) -----------------------------------------------------
+
+def read_tinyimagenet_pt(path: Path, info: DatasetInfo):
+    """DC's preprocessed `tinyimagenet.pt`: a torch file of {classes, images_train (N, 3, 64, 64) uint8,
+    labels_train, images_val, labels_val}, read with `torch.load(weights_only=True)` (tensors and strings only)."""
+    try:
+        import torch
+    except ImportError:
+        raise DataError(f"{path}: reading tinyimagenet.pt needs torch (pip install -e '.[torch]'), or pass the "
+                        "tiny-imagenet-200 folder or .zip") from None
+    blob = members(path, ["tinyimagenet.pt"], "TinyImageNet")["tinyimagenet.pt"]
+    try:
+        d = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        arrays = {}
+        for split, key in (("train", "train"), ("test", "val")):
+            x = d[f"images_{key}"].numpy()
+            if x.dtype != np.uint8:  # a float copy in [0, 1] (the tensors DC's loader makes)
+                x = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+            if x.ndim != 4 or x.shape[1:] != (3, 64, 64):
+                raise DataError(f"{path}: images_{key} has shape {tuple(x.shape)}, expected (N, 3, 64, 64)")
+            arrays[f"{split}_x"] = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            arrays[f"{split}_y"] = d[f"labels_{key}"].numpy().astype(np.int32)
+        names = tuple(str(n) for n in d.get("classes", ()))
+    except DataError:
+        raise
+    except Exception as e:  # torch raises many types for foreign or damaged files
+        raise DataError(f"{path}: not DC's tinyimagenet.pt ({type(e).__name__}: {e})") from None
+    return arrays, names
+
+
 READERS = {"folder": read_folder, "cifar10-python": read_cifar10_python, "cifar10-binary": read_cifar10_binary,
            "cifar100-binary": read_cifar100_binary, "cifar100-python": read_cifar100_python, "idx": read_idx,
-           "svhn-mat": read_svhn_mat}
+           "svhn-mat": read_svhn_mat, "tinyimagenet-pt": read_tinyimagenet_pt}

@@ -102,7 +102,8 @@ DATASETS: dict[str, DatasetInfo] = {
                             ("cifar100-binary", "cifar100-python"), (),
                             "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz", (500,) * 100, 10000),
     "tinyimagenet": DatasetInfo("tinyimagenet", (64, 64, 3), 200, IMAGENET_MEAN, IMAGENET_STD, None,
-                                ("tinyimagenet",), (), "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+                                ("tinyimagenet", "tinyimagenet-pt"), (),
+                                "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
                                 (500,) * 200, 10000),
     # MTT: ImageNet train/val, `Resize(im_size)` with im_size (128, 128): every image squashed to 128x128.
     # ~1300 training images per class (ILSVRC's count varies by class), 50 validation images each.

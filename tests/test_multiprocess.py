@@ -105,9 +105,10 @@ def accuracies(wd):
 
 @pytest.fixture(scope="module")
 def dc(env, archives, tmp_path_factory):
-    """DC over 2 processes x 2 devices (experiments.launch) and over 1 process x 4 devices: the two workdirs."""
+    """DC over 2 processes x 2 devices (experiments.launch) with the real data on the host, and over 1 process x 4
+    devices with it on the devices: the two workdirs."""
     root = tmp_path_factory.mktemp("dc")
-    res = launch(env, args_of("dc", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT))
+    res = launch(env, args_of("dc", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT, "--data-on", "host"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[0] {" in res.stdout and "[1] {" not in res.stdout  # the summary line comes from process 0 only
     res = one_process(env, args_of("dc", archives, root / "1x4"), 4)
@@ -157,7 +158,7 @@ def test_dc_over_two_processes_gives_the_set_and_accuracies_of_one_process(dc):
     # evaluation networks split over the 4 devices of 2 processes, against 4 devices of one process
     np.testing.assert_allclose(accuracies(wd), accuracies(ref), atol=1e-6)
     res = json.loads((wd / "results.json").read_text())
-    assert (res["processes"], res["devices"]) == (2, 4)
+    assert (res["processes"], res["devices"], res["data_on"]) == (2, 4, "host")
 
 
 def test_only_process_0_writes_the_run_files(dc):

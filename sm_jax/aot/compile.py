@@ -6,6 +6,8 @@ costs (`aot.hlo`).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import time
 from typing import Any
 
@@ -259,8 +261,12 @@ class Compiler:
         for a method whose iteration has no class chunk)."""
         if not METHODS[self.cfg.method].class_chunked:
             return 0
-        def cost_of(chunk: int) -> tuple[int | None, float]:
-            it = self.iteration(chunk)
+        def cost_of(chunk: int) -> tuple[int | float | None, float | None]:
+            try:
+                it = self.iteration(chunk)
+            except PlanError as e:  # the TPU compiler refuses a program larger than the chip: another chunk may fit
+                size = re.search(r"temporaries \(([\d.]+)G\)", str(e))
+                return (float(size.group(1)) * 2**30 if size else math.inf), None
             return it.bytes, it.seconds()["estimate"]
 
         return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,

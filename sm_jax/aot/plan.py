@@ -62,13 +62,18 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
         log(_line(f"evaluation ({parallel} network{'s' * (parallel > 1)} per call)", ev))
         width = min(ALTERNATIVE_PARALLEL, cfg.eval_models)
         if cfg.eval_parallel == backend.AUTO_PARALLEL and width != parallel:  # what auto weighed
-            other = comp.evaluation(width)
-            alternative = {"eval_parallel": width, "seconds_per_network": other.seconds()["estimate"] / width,
-                           "bytes": other.bytes}
-            log(f"evaluation: --eval-parallel auto took {parallel} per call, "
-                f"{ev.seconds()['estimate'] / parallel:.3g} s per network estimated; {width} per call would be "
-                f"{alternative['seconds_per_network']:.3g} s per network"
-                + (f" in {other.bytes / GIB:.2f} GiB" if other.bytes is not None else ""))
+            try:
+                other = comp.evaluation(width)
+            except PlanError as e:  # the TPU compiler refused it
+                log(f"evaluation: --eval-parallel auto took {parallel} per call; {width} per call would not fit "
+                    f"({str(e).split(': ', 1)[-1]})")
+            else:
+                alternative = {"eval_parallel": width, "seconds_per_network": other.seconds()["estimate"] / width,
+                               "bytes": other.bytes}
+                log(f"evaluation: --eval-parallel auto took {parallel} per call, "
+                    f"{ev.seconds()['estimate'] / parallel:.3g} s per network estimated; {width} per call would be "
+                    f"{alternative['seconds_per_network']:.3g} s per network"
+                    + (f" in {other.bytes / GIB:.2f} GiB" if other.bytes is not None else ""))
     secs = run_seconds(cfg, it.seconds()["estimate"], ev.seconds()["estimate"] if ev is not None else None,
                        parallel)
     log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "

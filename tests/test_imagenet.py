@@ -208,11 +208,11 @@ def test_the_store_resumes_after_sigkill_and_a_damaged_cache_is_rebuilt(tmp_path
     np.testing.assert_array_equal(d.train_x, want["train_x"])
 
 
-def test_host_data_gives_the_iteration_of_the_device_data(tmp_path):
+def test_host_data_draws_the_batches_of_the_device_data(tmp_path):
     """`--data-on host` (the rows gathered on the host from a memory-mapped split) and the device path: equal
-    batches for equal keys, bit for bit, so the same iteration (IDC: the whole-class and subset draws and the
-    network trained on real batches) up to float rounding: XLA fuses a gather on the device differently from a
-    callback's result."""
+    batches for equal keys, bit for bit (IDC's whole-class and subset draws). A whole run on each path, the same set
+    up to float rounding: test_multiprocess.py's DC over two processes with its data on the host, against one
+    process with it on the devices."""
     import jax
 
     from sm_jax.config import make_config
@@ -228,22 +228,18 @@ def test_host_data_gives_the_iteration_of_the_device_data(tmp_path):
     store = HostStore(data.train_x)
     idx = np.array([[5, 0], [23, 7]])
     np.testing.assert_array_equal(store.gather(idx), x[idx])
-    out = []
+    draws = []
     for where in ("device", "host"):
         cfg = make_config("idc", 1, "cpu", "folder", width=4, depth=1, batch_real=4, subset_batch_real=2,
-                          outer_loop=2, inner_loop=1, batch_train=4, subset_k=2, data_on=where)
+                          subset_k=2, data_on=where)
         method = make_method(cfg, data.spec)
         ctx = make_context(cfg, data)
         assert isinstance(ctx.train_x, HostStore) == (where == "host")
-        state = method.init_state(method.init_images(data, jax.random.key(0)))
-        draws = jax.jit(method.match_inputs)(state.images, ctx, jax.random.key(2))
-        out.append((draws["real"], draws["real_sub"], *jax.jit(method.iteration)(state, ctx, jax.random.key(1))))
-    (real, real_sub, state, metrics), (real_h, real_sub_h, state_h, metrics_h) = out
-    np.testing.assert_array_equal(real, real_h)  # (classes, 4, 16, 16, 3)
-    np.testing.assert_array_equal(real_sub, real_sub_h)  # (classes, 2, 2, 16, 16, 3)
-    np.testing.assert_allclose(state.images, state_h.images, rtol=1e-5, atol=1e-6)
-    for k in metrics:
-        np.testing.assert_allclose(metrics[k], metrics_h[k], rtol=1e-5, err_msg=k)
+        images = method.init_images(data, jax.random.key(0))
+        draws.append(jax.jit(method.match_inputs)(images, ctx, jax.random.key(2)))
+    for k in ("real", "real_sub"):  # (classes, 4, 16, 16, 3), (classes, 2, 2, 16, 16, 3)
+        np.testing.assert_array_equal(draws[0][k], draws[1][k])
+    assert not np.array_equal(draws[0]["real"][0, 0], draws[0]["real"][0, 1])  # distinct rows were drawn
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sm_jax.config import Config, run_differences
+from sm_jax.config import Config, fit_batches, run_differences
 from sm_jax.errors import ConfigError
 from sm_jax.study.common import group_runs, read_run
 from sm_jax.study.plans import load_plan, plan_name
@@ -77,10 +77,13 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
     pname = plan_name(name)
     cache: dict[Any, Any] = {}
 
+    def data_for(cfg: Config):
+        if (cfg.dataset, cfg.data_dir, cfg.res) not in cache:
+            cache[cfg.dataset, cfg.data_dir, cfg.res] = load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
+        return cache[cfg.dataset, cfg.data_dir, cfg.res]
+
     def default_execute(cfg: Config) -> dict:
-        if (cfg.dataset, cfg.data_dir) not in cache:
-            cache[cfg.dataset, cfg.data_dir] = load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
-        return repeats.execute(cfg, data=cache[cfg.dataset, cfg.data_dir], progress=False, log=log)
+        return repeats.execute(cfg, data=data_for(cfg), progress=False, log=log)
 
     execute = execute or default_execute
     results: dict[str, dict] = {}
@@ -91,8 +94,10 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
         except ConfigError as e:
             raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
         done = read_run(run_dir)
+        # a run records its batches fitted to the data (config.fit_batches): compare with what it ran
+        ran = fit_batches(cfg, data_for(cfg), log=lambda *a: None) if done and execute is default_execute else cfg
         if done is not None and done.get("iterations") == cfg.iterations \
-                and not run_differences(done.get("config", {}), cfg, results=True):
+                and not run_differences(done.get("config", {}), ran, results=True):
             results[spec.id] = done
             log(f"[{i + 1}/{len(specs)}] {spec.id}: done ({100 * done['accuracy_mean']:.2f}%)")
         else:

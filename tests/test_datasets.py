@@ -206,20 +206,21 @@ def test_mnist_idx_archive_condenses_and_evaluates_through_the_cli(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_grey_28px_run_condenses_and_evaluates_with_dsa(tmp_path):
-    """DSA's augmentation on 28x28x1 images. (Many classes, one per program: TinyImageNet's 200 in
-    test_imagenet.py.)"""
+@pytest.mark.parametrize("method", ["dsa", "dc"])
+def test_grey_28px_and_100_class_runs_condense_and_evaluate(method, tmp_path):
+    """DSA's augmentation on 28x28x1 images; DC on 100 classes (the class axis in 100 one-class programs)."""
     from sm_jax.config import make_config
     from sm_jax.experiment import Run
 
-    shape, classes = (28, 28, 1), 3
+    shape, classes = ((28, 28, 1), 3) if method == "dsa" else ((32, 32, 3), 100)
     rng = np.random.default_rng(4)
     n = 2 * classes
     x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
     y = (np.arange(n) % classes).astype(np.int32)
     data = Dataset(x, y, x[:classes], y[:classes], tuple(f"c{i}" for i in range(classes)), "generated",
-                   mean=(0.5,), std=(0.25,), name="folder")
-    cfg = make_config("dsa", 2, "cpu", "folder", workdir=str(tmp_path / "w"), **TINY_RUN, subset_k=2)
+                   mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1], name="folder")
+    cfg = make_config(method, 2, "cpu", "folder", workdir=str(tmp_path / "w"), **TINY_RUN,
+                      subset_k=2 if method == "dsa" else 1)  # K = 1 at 100 classes: the class axis is what is tested
     results = Run(cfg, data=data, progress=False, log=lambda *a: None).execute()
     assert len(results["accuracies"]) == 1 and 0 <= results["accuracy_mean"] <= 1
     syn = np.load(tmp_path / "w" / "synthetic.npz")

@@ -124,7 +124,24 @@ def _names(tree: FileTree, wnids, *files: str) -> tuple[str, ...]:
     return tuple(wnids)
 
 
-class TinyImageNet:
+class ClassSource:
+    """A source read one class at a time: `wnids`, `names`, and per wnid the relative paths of its `train` and
+    `test` images in `tree`, decoded to `size` as `resize` says."""
+
+    tree: FileTree
+    wnids: tuple[str, ...]
+    train: dict[str, list[str]]
+    test: dict[str, list[str]]
+    size: tuple[int, int]
+    resize: str
+
+    def read(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        w = self.wnids[c]
+        return tuple(_stack([decode(self.tree.read(r), self.tree.where(r), self.size, self.resize)
+                             for r in sorted(split[w])], self.size) for split in (self.train, self.test))
+
+
+class TinyImageNet(ClassSource):
     """The `tiny-imagenet-200` download as a per-class source (`read(c)` -> (train, test) images of class c)."""
 
     def __init__(self, path: Path, info: DatasetInfo, size: tuple[int, int], resize: str):
@@ -162,13 +179,8 @@ class TinyImageNet:
             raise DataError(f"{path}: no training images of class {empty[0]} (train/{empty[0]}/images/*.JPEG); "
                             f"expected {TINY_LAYOUT}")
 
-    def read(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        w = self.wnids[c]
-        return tuple(_stack([decode(self.tree.read(r), self.tree.where(r), self.size, self.resize)
-                             for r in sorted(split[w])], self.size) for split in (self.train, self.test))
 
-
-class ImageNetFolder:
+class ImageNetFolder(ClassSource):
     """An ILSVRC-2012 folder (or an ImageNette-like one) as a per-class source of the subset's classes."""
 
     def __init__(self, path: Path, info: DatasetInfo, size: tuple[int, int], resize: str):
@@ -225,11 +237,6 @@ class ImageNetFolder:
             ids = [int(t) for t in tree.read(truth[0]).decode().split()]
             return {f"ILSVRC2012_val_{i + 1:08d}": by_id.get(t, "") for i, t in enumerate(ids)}
         raise DataError(f"{path}: val/ holds images but no labels for them; expected {IMAGENET_LAYOUT}")
-
-    def read(self, c: int) -> tuple[np.ndarray, np.ndarray]:
-        w = self.wnids[c]
-        return tuple(_stack([decode(self.tree.read(r), self.tree.where(r), self.size, self.resize)
-                             for r in sorted(split[w])], self.size) for split in (self.train, self.test))
 
 
 def _image(rel: str) -> bool:

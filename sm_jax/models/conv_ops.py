@@ -282,10 +282,16 @@ def kernel_grad_gemm(x: jax.Array, g: jax.Array, k: int, stride: int = 1, paddin
     Under vmap over classes (x and g batched, w shared) these are batched GEMMs over the classes; XLA's own kernel
     gradient there is a convolution grouped by the class count. Its derivatives (what the image update
     differentiates) are products with the per-class cotangent kernel: batched GEMMs again.
+    With few input channels (the RGB layer) the taps are concatenated into one (N Ho Wo, k k Cin) patch matrix and
+    contracted in one product: the per-tap form would read the full-resolution cotangent k * k times for a product
+    with 3 rows (on the h200 target, DC ipc 10's RGB layer: 2.6 of the step's 19.7 ms of roofline), while the patches
+    are no larger than the cotangent itself.
     Args:
       x: (N, H, W, Cin) the input; g: (N, Ho, Wo, Cout) the output's cotangent.
     """
     views = _taps(x, k, stride, padding, g.shape[1], g.shape[2])
+    if x.shape[-1] < FEW_CHANNELS:  # (N, Ho, Wo, k k Cin): tap-major, as the kernel's (k, k, Cin) flatten
+        return jnp.einsum("nhwc,nhwo->co", jnp.concatenate(views, axis=-1), g).reshape(k, k, x.shape[-1], -1)
     dw = [jnp.einsum("nhwc,nhwo->co", v, g) for v in views]
     return jnp.stack(dw).reshape(k, k, x.shape[-1], g.shape[-1])
 

@@ -105,13 +105,14 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     """The classes per vmapped program (0 = all at once) for `--class-chunk requested`.
 
     All classes when sharded over a mesh; else a number is kept, and `auto` (AUTO_CHUNK) is: on CPU the fastest
-    measured form (one class per program); on an accelerator, given `cost_of`, of the largest chunk predicted (XLA's
-    memory analysis) to fit MEMORY_HEADROOM of the device's memory and of one class per program, the one with the
-    lower estimated time (sm_jax.aot's calibrated estimate of the compiled program), or the smaller one where their
-    estimates are within TIME_MARGIN (the chunks between are not compiled: each costs a compilation), the largest
-    where no time is known (the compiled programs land in the persistent compilation cache, so the run's own jit of
-    the chosen chunk does not compile again); all classes without `cost_of`. Every candidate's memory and time is
-    logged.
+    measured form (one class per program); on an accelerator, given `cost_of`, the chunk with the least memory among
+    those whose estimated time (sm_jax.aot's calibrated estimate of the compiled program) is within TIME_MARGIN of
+    the lowest, of those predicted (XLA's memory analysis) to fit MEMORY_HEADROOM of the device's memory; the
+    largest that fits where no time is known; all classes without `cost_of`. Each candidate costs a compilation, so
+    not all are costed: the largest that fits and one class per program first; only where one class per program is
+    not within the margin, the chunks between, largest first, until one falls outside it (time grows as the chunk
+    shrinks: more programs, more launches). The compiled programs land in the persistent compilation cache, so the
+    run's own jit of the chosen chunk does not compile again. Every candidate's memory and time is logged.
 
     Args:
       requested: Config.class_chunk.
@@ -135,9 +136,8 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     if limit is None:
         return 0
     fits = []
-    for chunk in chunk_candidates(classes):
-        if fits and chunk != 1:  # between the largest that fits and one class per program: not costed
-            continue
+
+    def cost(chunk: int) -> None:
         need, secs = cost_of(chunk)
         ok = need is None or need <= MEMORY_HEADROOM * limit
         mem = f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown"
@@ -145,11 +145,26 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
                                                    "time unknown") + ("" if ok else " (does not fit)"))
         if ok:
             fits.append((chunk, need, secs))
+
+    candidates, between = chunk_candidates(classes), []
+    for i, chunk in enumerate(candidates[:-1]):  # the largest that fits
+        cost(chunk)
+        if fits:
+            between = candidates[i + 1:-1]
+            break
+    cost(1)
+    known = [f[2] for f in fits if f[2] is not None]
+    if len(known) == 2 and known[1] > (1 + TIME_MARGIN) * known[0]:
+        for chunk in between:  # one class per program is clearly slower: the chunks between, while within the margin
+            cost(chunk)
+            secs = fits[-1][2] if fits and fits[-1][0] == chunk else None
+            if secs is None or secs > (1 + TIME_MARGIN) * min(f[2] for f in fits if f[2] is not None):
+                break
     if not fits:
         log(f"class chunk: 1 (even one class per program is predicted to exceed {limit / 2**30:.1f} GiB)")
         return 1
     timed = [f for f in fits if f[2] is not None]
-    if timed:  # the smaller program unless the larger is estimated clearly faster (the estimate's error is larger)
+    if timed:  # the least memory unless a larger program is estimated clearly faster (the estimate's error is larger)
         best = min(f[2] for f in timed)
         near = [f for f in timed if f[2] <= (1 + TIME_MARGIN) * best]
         chunk, need, secs = min(near, key=lambda f: (f[1] if f[1] is not None else float("inf"), f[2]))

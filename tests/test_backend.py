@@ -34,7 +34,7 @@ def test_chunk_candidates_halve_from_all_classes_to_one():
     assert backend.chunk_candidates(1) == [1]
 
 
-def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
+def test_auto_class_chunk_takes_the_least_memory_within_the_margin_of_the_fastest_that_fits():
     # memory grows with the chunk: 1 GiB fixed + 1 GiB per class in the program; time by hand below
     tried = []
     seconds = {10: 0.9, 5: 0.3, 3: 0.2, 2: 0.25, 1: 0.4}
@@ -43,29 +43,35 @@ def test_auto_class_chunk_takes_the_fastest_chunk_that_fits():
         tried.append(chunk)
         return backend.program_bytes(FakeCompiled(2**30, 0, chunk * 2**30)), seconds[chunk] if timed else None
 
+    def resolve(limit=8 * 2**30, fn=cost_of):
+        tried.clear()
+        return backend.resolve_class_chunk(backend.AUTO_CHUNK, 10, None, fn, limit, logs.append)
+
     logs = []
-    auto = backend.AUTO_CHUNK
-    # 10 does not fit 85 % of 8 GiB; of the largest that fits (5) and one class per program, 5 is the faster
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 5
-    assert tried == [10, 5, 1]  # each costed on a line; 3 and 2 are not compiled
+    # 10 does not fit 85 % of 8 GiB; one class per program (0.4 s) is more than 10 % slower than the largest that
+    # fits (5: 0.3 s), so the chunks between are costed, largest first, until one is outside the margin: 3 (0.2 s,
+    # the new best) then 2 (0.25 s > 1.1 x 0.2)
+    assert resolve() == 3
+    assert tried == [10, 5, 1, 3, 2]
     assert logs[0] == "  class chunk 10: 11.00 GiB, 0.9 s estimated (does not fit)"
     assert logs[2] == "  class chunk 1: 2.00 GiB, 0.4 s estimated"
-    assert logs[-1] == ("class chunk: 5 of 10 classes per program (the lowest estimated time of those that fit 85% "
+    assert logs[-1] == ("class chunk: 3 of 10 classes per program (the lowest estimated time of those that fit 85% "
                         "of 8.0 GiB)")
-    seconds[1] = 0.1  # one class per program faster
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 1
-    seconds[1] = 0.32  # within 10 % of the faster: the smaller program
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 1
+    seconds[3] = 0.5  # the first chunk between is outside the margin: 2 is not compiled
+    assert resolve() == 5 and tried == [10, 5, 1, 3]
+    seconds.update({3: 0.31, 2: 0.32, 1: 0.34})  # all within 10 % of 5's 0.3 s but 1: the least memory of those, 2
+    assert resolve() == 2 and tried == [10, 5, 1, 3, 2]
     assert logs[-1].endswith("(the least memory within 10% of the lowest estimated time of those that fit 85% of "
                              "8.0 GiB)")
-    seconds[1] = 0.34  # more than 10 % slower
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 8 * 2**30, logs.append) == 5
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 1.3 * 2**30, logs.append) == 1  # the only fit
-    assert backend.resolve_class_chunk(auto, 10, None, cost_of, 2**30, logs.append) == 1  # nothing fits
+    seconds[1] = 0.1  # one class per program faster: nothing between is compiled
+    assert resolve() == 1 and tried == [10, 5, 1]
+    seconds[1] = 0.32  # within 10 % of the larger: the smaller program, nothing between compiled
+    assert resolve() == 1 and tried == [10, 5, 1]
+    assert resolve(1.3 * 2**30) == 1  # the only fit
+    assert resolve(2**30) == 1  # nothing fits
     assert "exceed" in logs[-1]
     # no time known: the largest chunk that fits
-    untimed = lambda c: cost_of(c, timed=False)  # noqa: E731
-    assert backend.resolve_class_chunk(auto, 10, None, untimed, 8 * 2**30, logs.append) == 5
+    assert resolve(fn=lambda c: cost_of(c, timed=False)) == 5 and tried == [10, 5, 1]
     assert "(the largest of those that fit" in logs[-1]
 
 

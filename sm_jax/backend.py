@@ -79,15 +79,55 @@ def device_peak_bytes(device=None) -> int | None:
     return _memory_stat("peak_bytes_in_use", device)
 
 
-def resolve_eval_parallel(requested: int, mesh=None) -> int:
-    """The evaluation networks trained together per call for `--eval-parallel requested`: a number is kept; `auto`
-    (AUTO_PARALLEL) is one network per device of the mesh (one without a mesh). One at a time is what was measured
-    fastest on an H200 (ConvNet-3, 20 networks: 586 model-epochs/s alone, 510 vmapped) and what sm_jax.aot's
-    calibrated estimate prefers on every GPU target for the vmapped form without grouped convolutions
-    (docs/gpu.md); on CPU it is the form the suite and the CPU figures use."""
+WIDE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` weighs against one network per device (the papers' 20)
+
+
+def resolve_eval_parallel(requested: int, mesh=None, models: int = WIDE_PARALLEL,
+                          cost_of: Callable[[int], tuple[int | None, float | None]] | None = None,
+                          limit: int | None = None, log: Callable[[str], None] = print) -> int:
+    """The evaluation networks trained together per call for `--eval-parallel requested`.
+
+    A number is kept. `auto` (AUTO_PARALLEL) is one network per device of the mesh (one without a mesh), the form
+    the H200 measured fastest (ConvNet-3, 20 networks: 586 model-epochs/s alone, 510 vmapped) and the one the CPU
+    figures use; on an accelerator, given `cost_of`, it is weighed against WIDE_PARALLEL networks per call (at most
+    `models`; networks trained together run on per-tap gemms, without grouped convolutions): the wider is taken where
+    it fits MEMORY_HEADROOM of the device and is estimated (sm_jax.aot's calibrated estimate) more than TIME_MARGIN
+    faster per network. Both candidates are logged.
+
+    Args:
+      requested: Config.eval_parallel.
+      mesh: the run's device mesh (None: one device).
+      models: the networks to train (the wider candidate is at most this many).
+      cost_of: width -> (device bytes, estimated seconds) of the evaluation program training that many networks per
+        call, each None where unknown.
+      limit: device bytes (default: the device's own limit; given, the choice runs on CPU too).
+    Returns:
+      networks per call (>= 1).
+    """
     if requested != AUTO_PARALLEL:
         return requested
-    return mesh.size if mesh is not None else 1
+    base = mesh.size if mesh is not None else 1
+    wide = min(WIDE_PARALLEL, models) // base * base
+    if cost_of is None or wide <= base or (jax.default_backend() == "cpu" and limit is None):
+        return base
+    limit = limit if limit is not None else device_memory_bytes()
+    costs = {}
+    for width in (base, wide):
+        need, secs = costs[width] = cost_of(width)
+        mem = ("refused by the compiler" if need == float("inf") else
+               f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown")
+        per = f"{secs / width:.3g} s per network estimated" if secs is not None else "time unknown"
+        log(f"  evaluation, {width} network{'s' * (width > 1)} per call: {mem}, {per}")
+    (_, t_base), (need, t_wide) = costs[base], costs[wide]
+    fits = need is None or limit is None or need <= MEMORY_HEADROOM * limit
+    faster = t_base is not None and t_wide is not None and t_base / base > (1 + TIME_MARGIN) * t_wide / wide
+    width = wide if fits and faster else base
+    why = ("estimated faster per network by more than the margin" if width == wide else
+           "the wider does not fit" if not fits else
+           f"the wider is not estimated more than {TIME_MARGIN:.0%} faster per network" if t_wide is not None
+           else "the wider's time is unknown")
+    log(f"evaluation: {width} network{'s' * (width > 1)} per call ({why})")
+    return width
 
 
 def chunk_candidates(classes: int) -> list[int]:

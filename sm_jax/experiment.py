@@ -23,7 +23,15 @@ from sm_jax.config import Config, fit_batches, run_differences, validate
 from sm_jax.data import DataError, Dataset, default_cache_dir, load_dataset
 from sm_jax.data.host import data_on
 from sm_jax.errors import UserError
-from sm_jax.evaluation import evaluate_archs, per_arch, random_subset, reference
+from sm_jax.evaluation import (
+    evaluate_archs,
+    evaluation_program,
+    per_arch,
+    protocols,
+    random_subset,
+    reference,
+    set_targets,
+)
 from sm_jax.evaluation.ddranking import ddranking
 from sm_jax.lifecycle import Diverged, Stopped, StopSignals, Waiter
 from sm_jax.methods import make_method, make_partitions
@@ -94,6 +102,7 @@ class Run:
         self.method.attach(self.data)
         self.key = jax.random.key(cfg.seed)
         self._teachers: dict = {}  # arch -> the teacher protocol's (net, params, state), once loaded
+        self._parallel: dict = {}  # (models, epochs) -> the evaluation networks per call `auto` resolved to
 
     # --- state ---------------------------------------------------------------------------------------------
     def fresh(self):
@@ -170,7 +179,8 @@ class Run:
         try:
             with backend.precision(cfg.precision):
                 ev = evaluate_archs(self.method, images, self.data.test_x, self.data.test_y, key, models, archs,
-                                    epochs, backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh), self.mesh,
+                                    epochs, self._eval_parallel(images, models, epochs, learned, targets),
+                                    self.mesh,
                                     progress, self.log,
                                     self.baseline_images(images.shape[1]), learned, cfg.eval_protocol, targets,
                                     lambda arch: self.teacher(arch, stop))
@@ -182,6 +192,32 @@ class Run:
                 return ev
         finally:
             bar.close()
+
+    def _eval_parallel(self, images: jax.Array, models: int, epochs: int | None, learned: dict | None,
+                       targets=None, limit: int | None = None) -> int:
+        """The evaluation networks per call (backend.resolve_eval_parallel), resolved once per (models, epochs): on an
+        accelerator `auto` compiles the evaluation program at both candidate widths to estimate them (not on a mesh,
+        nor for the teacher protocol: there one network per device); `limit` device bytes makes it weigh on CPU too."""
+        cfg = self.cfg
+        if (models, epochs) in self._parallel:
+            return self._parallel[(models, epochs)]
+        cost_of = None
+        if self.mesh is None and not protocols.uses_teacher(cfg.eval_protocol, self.method):
+            proto = protocols.train_protocol(cfg.eval_protocol, self.method, epochs, None, learned)
+            x = images.reshape(-1, *images.shape[2:])  # (classes * n, H, W, C)
+            y = set_targets(self.method, images, cfg.eval_protocol, targets)
+            test = jax.ShapeDtypeStruct((len(self.data.test_y), *x.shape[1:]), jnp.float32)
+            test_y = jax.ShapeDtypeStruct((len(self.data.test_y),), jnp.int32)
+
+            def cost_of(width: int) -> tuple[int | None, float | None]:
+                keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), width))
+                program = jax.jit(evaluation_program(self.method.eval_net(None, width), proto))
+                compiled = program.lower(x, y, keys, test, test_y).compile()
+                return backend.program_bytes(compiled), estimate_seconds(compiled)
+
+        width = backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh, models or 1, cost_of, limit, self.log)
+        self._parallel[(models, epochs)] = width
+        return width
 
     def teacher(self, arch: str | None = None, stop: StopSignals | None = None):
         """(net, params, state): the `teacher` protocol's teacher on `arch`, the first real-data reference network

@@ -85,7 +85,7 @@ def test_auto_class_chunk_on_cpu_is_the_measured_fastest_without_compiling():
     assert make_method(make_config("dc", 10, class_chunk=0)).class_chunk == 0
 
 
-def test_eval_parallel_auto_is_one_network_per_device():
+def test_eval_parallel_auto_weighs_one_network_per_device_against_twenty_by_the_estimate():
     from types import SimpleNamespace
 
     from sm_jax.cli.condense import condense_parser, config_from_flags
@@ -94,6 +94,32 @@ def test_eval_parallel_auto_is_one_network_per_device():
     assert backend.resolve_eval_parallel(backend.AUTO_PARALLEL) == 1
     assert backend.resolve_eval_parallel(backend.AUTO_PARALLEL, SimpleNamespace(size=4)) == 4  # a mesh of 4
     assert backend.resolve_eval_parallel(3, SimpleNamespace(size=4)) == 3  # a number is kept
+    # on an accelerator (here: a device limit given) auto weighs 1 against 20 per call by the estimate per network
+    costs = {1: (2**30, 0.5), 20: (4 * 2**30, 9.2)}  # 0.46 s per network at 20: one alone is within 10 % of it
+    tried, logs = [], []
+
+    def cost_of(width):
+        tried.append(width)
+        return costs[width]
+
+    def auto(limit=8 * 2**30, models=20, mesh=None):
+        tried.clear()
+        return backend.resolve_eval_parallel(backend.AUTO_PARALLEL, mesh, models, cost_of, limit, logs.append)
+
+    assert auto() == 1 and tried == [1, 20]
+    assert logs[-3:] == ["  evaluation, 1 network per call: 1.00 GiB, 0.5 s per network estimated",
+                         "  evaluation, 20 networks per call: 4.00 GiB, 0.46 s per network estimated",
+                         "evaluation: 1 network per call (the wider is not estimated more than 10% faster per "
+                         "network)"]
+    costs[20] = (4 * 2**30, 8.0)  # 0.4 s per network: 20 % faster
+    assert auto() == 20 and logs[-1].endswith("(estimated faster per network by more than the margin)")
+    assert auto(limit=4 * 2**30) == 1 and logs[-1].endswith("(the wider does not fit)")  # 85 % of 4 GiB < 4 GiB
+    costs[10] = costs[20]
+    assert auto(models=10) == 1 and tried == [1, 10]  # the wider is at most the networks to train: 0.8 s each
+    assert auto(models=1) == 1 and tried == []  # nothing to weigh: not compiled
+    costs[4], costs[20] = (2**30, 1.0), (4 * 2**30, 4.0)  # a mesh of 4: one network per device, or 20 per call
+    assert auto(mesh=SimpleNamespace(size=4)) == 20 and tried == [4, 20]
+    assert backend.resolve_eval_parallel(backend.AUTO_PARALLEL, None, 20, cost_of) == 1  # on CPU: not compiled
     argv = ["--method", "dc", "--ipc", "1", "--preset", "cpu"]
     parse = lambda *more: config_from_flags(condense_parser("cifar10").parse_args([*argv, *more]))  # noqa: E731
     assert parse("--eval-parallel", "auto").eval_parallel == backend.AUTO_PARALLEL
@@ -143,6 +169,27 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
                     f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
                     f"class chunk: 1 of 2 classes per program (the largest of those that fit 85% of "
                     f"{limit / 2**30:.1f} GiB)"]
+
+
+@pytest.mark.slow
+def test_run_weighs_its_evaluation_widths_with_real_compiled_programs(tiny_data, tmp_path):
+    """The accelerator path of --eval-parallel auto, on CPU with a given limit: the evaluation program compiled at
+    one network and at all 3 per call on the run's shapes; on CPU no time is estimated, so one per call; resolved
+    once per (networks, epochs)."""
+    from sm_jax.experiment import Run
+
+    cfg = make_config("dc", 2, "cpu", width=8, depth=1, eval_models=3, eval_epochs=1, workdir=str(tmp_path / "w"))
+    logs = []
+    run = Run(cfg, data=tiny_data, progress=False, log=logs.append)
+    images = run.method.decode(run.fresh()[0].images)
+    logs.clear()
+    assert run._eval_parallel(images, 3, 1, None, limit=2**40) == 1
+    assert [line.split(":")[0] for line in logs] == ["  evaluation, 1 network per call",
+                                                     "  evaluation, 3 networks per call", "evaluation"]
+    one, three = (float(line.split(": ")[1].split(" GiB")[0]) for line in logs[:2])
+    assert one > 0 and three > 0 and one != three  # two programs, each with its memory analysis
+    assert logs[1].endswith("time unknown") and logs[2].endswith("(the wider's time is unknown)")
+    assert run._eval_parallel(images, 3, 1, None, limit=2**40) == 1 and len(logs) == 3  # not weighed again
 
 
 def test_no_device_buffer_outlives_its_iteration(tiny_data, tmp_path, monkeypatch):

@@ -12,8 +12,6 @@ from sm_jax.aot.compile import Compiler, PlanError, Program, shape_dataset
 from sm_jax.aot.targets import GIB, target
 from sm_jax.config import Config, fit_batches
 
-ALTERNATIVE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` is weighed against in a plan (the papers' 20)
-
 
 def evaluations(cfg: Config) -> int:
     """Evaluations of a whole run: every eval_every iterations before the end, and the final one."""
@@ -55,25 +53,25 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
                         f"{it.bytes / GIB:.1f} GiB of the {tgt.bytes_limit / GIB:.1f} GiB per chip (a larger "
                         f"target, more chips, or a smaller --batch-real)")
     log(_line("iteration", it))
-    parallel = max(1, min(backend.resolve_eval_parallel(cfg.eval_parallel, comp.mesh), max(cfg.eval_models, 1)))
-    ev = comp.evaluation(parallel) if evaluate and cfg.eval_models else None
-    alternative = None
-    if ev is not None:
+    ev, alternative, programs = None, None, {}
+
+    def cost_of(width: int) -> tuple[float | None, float | None]:
+        try:
+            programs[width] = comp.evaluation(width)
+        except PlanError:  # the TPU compiler refused it: larger than the chip
+            return math.inf, None
+        return programs[width].bytes, programs[width].seconds()["estimate"]
+
+    parallel = backend.resolve_eval_parallel(cfg.eval_parallel, comp.mesh, max(cfg.eval_models, 1),
+                                             cost_of if evaluate and cfg.eval_models else None, tgt.bytes_limit, log)
+    parallel = max(1, min(parallel, max(cfg.eval_models, 1)))
+    if evaluate and cfg.eval_models:
+        ev = programs[parallel] if parallel in programs else comp.evaluation(parallel)
         log(_line(f"evaluation ({parallel} network{'s' * (parallel > 1)} per call)", ev))
-        width = min(ALTERNATIVE_PARALLEL, cfg.eval_models)
-        if cfg.eval_parallel == backend.AUTO_PARALLEL and width != parallel:  # what auto weighed
-            try:
-                other = comp.evaluation(width)
-            except PlanError as e:  # the TPU compiler refused it
-                log(f"evaluation: --eval-parallel auto took {parallel} per call; {width} per call would not fit "
-                    f"({str(e).split(': ', 1)[-1]})")
-            else:
+        for width, other in programs.items():  # what auto weighed
+            if width != parallel:
                 alternative = {"eval_parallel": width, "seconds_per_network": other.seconds()["estimate"] / width,
                                "bytes": other.bytes}
-                log(f"evaluation: --eval-parallel auto took {parallel} per call, "
-                    f"{ev.seconds()['estimate'] / parallel:.3g} s per network estimated; {width} per call would be "
-                    f"{alternative['seconds_per_network']:.3g} s per network"
-                    + (f" in {other.bytes / GIB:.2f} GiB" if other.bytes is not None else ""))
     secs = run_seconds(cfg, it.seconds()["estimate"], ev.seconds()["estimate"] if ev is not None else None,
                        parallel)
     log(f"run: {cfg.iterations} iterations {_duration(secs['condense'])} + {evaluations(cfg)} evaluation(s) of "

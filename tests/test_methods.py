@@ -196,24 +196,6 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))
 
 
-def test_map_chunks_unrolled_equals_lax_map():
-    """The GPU's class loop (chunks unrolled per loop trip, a remainder vmapped apart) against lax.map."""
-    import jax.numpy as jnp
-
-    from sm_jax.methods.gradient import map_chunks
-
-    xs = {"x": jnp.arange(7 * 3, dtype=jnp.float32).reshape(7, 3), "k": jax.random.split(jax.random.key(0), 7)}
-    fn = lambda d: (jnp.sin(d["x"]).sum() * jax.random.normal(d["k"]), d["x"] * 2)  # noqa: E731
-    for chunk, unroll in ((1, 10), (2, 2), (3, 10), (7, 4)):
-        want = jax.lax.map(fn, xs, batch_size=chunk)
-        got = jax.jit(lambda xs: map_chunks(fn, xs, chunk, unroll))(xs)  # noqa: B023
-        for g, w in zip(got, want):
-            assert g.shape == w.shape
-            np.testing.assert_allclose(g, w, rtol=1e-6)
-    jaxpr = str(jax.make_jaxpr(lambda xs: map_chunks(fn, xs, 1, 10))(xs))
-    assert "unroll=7" in jaxpr  # 7 chunks of 1: every one in the loop's single trip
-
-
 def test_match_inputs_draw_each_class_from_its_own_images_and_each_subset_from_its_partition(tiny_data):
     cfg = tiny_cfg("dsa", subset_k=2)
     m = make_method(cfg, tiny_data.spec)

@@ -23,11 +23,10 @@ from sm_jax.matching import lambda_schedule
 from sm_jax.methods.context import CondenseState, make_context
 from sm_jax.methods.inits import INITS
 from sm_jax.methods.run_config import RunConfig
-from sm_jax.models import GPU_PLATFORMS, current_platform, denormalize, make_net, normalize, resolve_conv
+from sm_jax.models import denormalize, make_net, normalize, resolve_conv
 from sm_jax.training import TrainProtocol
 
 PRESETS = ("paper", "cpu")  # every method's budgets: Method.preset(name, ipc, dataset)
-UNROLLED_CHUNKS = 10  # class chunks per loop trip on a GPU (Method.class_unroll): CIFAR-10's classes, one loop trip
 
 
 class Method:
@@ -74,9 +73,6 @@ class Method:
         self.num_classes = spec.num_classes
         self.mesh = mesh
         self.class_chunk = resolve_class_chunk(cfg.class_chunk, self.num_classes, mesh)
-        # chunks of classes unrolled per loop trip on a GPU, where each trip of a while loop is a round trip to the
-        # host (0.39 ms each in the H200's calibration: docs/gpu.md); a CPU or TPU loop has none, and keeps its map
-        self.class_unroll = UNROLLED_CHUNKS if current_platform() in GPU_PLATFORMS else 1
         # the method's network (the official --model; ConvNet-3 by default) on the convolution form of a network
         # matched across vmapped classes and subsets (one class per program without subsets leaves no vmapped axis:
         # then the form of one alone), and the same network, same parameters, on the form of one trained alone

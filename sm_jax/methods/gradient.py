@@ -25,34 +25,6 @@ BN_PER_CLASS = 16  # real images per class that set a batch-norm network's stati
 BN_KEY = 0xB0  # folded into an outer step's key for that draw
 
 
-def map_chunks(fn, xs, chunk: int, unroll: int = 1):
-    """`jax.lax.map(fn, xs, batch_size=chunk)` (fn vmapped over chunks of `chunk` rows of every leaf of `xs`, the
-    chunks one after another, a remainder vmapped on its own) with `unroll` chunks per loop trip; unroll 1 is
-    lax.map itself.
-
-    Returns:
-      fn's outputs stacked over the rows of xs.
-    """
-    if unroll <= 1:
-        return jax.lax.map(fn, xs, batch_size=chunk)
-    n = jax.tree.leaves(xs)[0].shape[0]
-    whole = n // chunk * chunk
-    body = jax.tree.map(lambda a: a[:whole].reshape(n // chunk, chunk, *a.shape[1:]), xs)
-
-    def step(last, x):  # each chunk's inputs wait for the last chunk's outputs: unrolled chunks run one at a time
-        y = jax.vmap(fn)(jax.lax.optimization_barrier((last, x))[1])
-        return y, y
-
-    first = jax.eval_shape(jax.vmap(fn), jax.tree.map(lambda a: a[0], body))
-    _, ys = jax.lax.scan(step, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), first), body,
-                         unroll=min(unroll, n // chunk))
-    ys = jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), ys)
-    if whole == n:
-        return ys
-    rest = jax.vmap(fn)(jax.tree.map(lambda a: a[whole:], xs))
-    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, rest)
-
-
 class GradientMatching(Method):
     """A condensation method by gradient matching; subclasses (one module each) set what is their own."""
 
@@ -158,7 +130,7 @@ class GradientMatching(Method):
         if chunk == c:
             grads, (la, ls) = jax.vmap(class_grad)(xs)
         else:
-            grads, (la, ls) = map_chunks(class_grad, xs, chunk, self.class_unroll)
+            grads, (la, ls) = jax.lax.map(class_grad, xs, batch_size=chunk)
         if not cfg.use_subsets:
             ls = jnp.zeros((c, 1), jnp.float32)
         return sharding.constrain(grads, self.mesh), (la, ls)

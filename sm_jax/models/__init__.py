@@ -12,7 +12,7 @@ import inspect
 
 from sm_jax.models.alexnet import make_alexnet
 from sm_jax.models.common import cross_entropy, denormalize, normalize
-from sm_jax.models.conv_ops import CONVS, GPU_PLATFORMS, current_platform, resolve_conv
+from sm_jax.models.conv_ops import CONVS, resolve_conv
 from sm_jax.models.convnet import make_convnet
 from sm_jax.models.lenet import make_lenet
 from sm_jax.models.mlp import make_mlp
@@ -109,5 +109,5 @@ def make_net(name: str, num_classes: int, image_shape=(32, 32, 3), width: int = 
     return Net(build(key, num_classes, **options), tuple(image_shape), key)
 
 
-__all__ = ["ARCHS", "CONVS", "EVAL_POOLS", "GPU_PLATFORMS", "MODELS", "NORMS", "FnNet", "Net", "arch_names", "build",
-           "cross_entropy", "current_platform", "denormalize", "make_net", "normalize", "resolve_conv"]
+__all__ = ["ARCHS", "CONVS", "EVAL_POOLS", "MODELS", "NORMS", "FnNet", "Net", "arch_names", "build", "cross_entropy",
+           "denormalize", "make_net", "normalize", "resolve_conv"]

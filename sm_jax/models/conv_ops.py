@@ -378,15 +378,6 @@ def compiling_for(platform: str):
         _PLATFORM.pop()
 
 
-GPU_PLATFORMS = ("gpu", "cuda", "rocm")
-
-
-def current_platform() -> str:
-    """The platform the programs traced now are for: that of the innermost `compiling_for`, else JAX's default
-    backend."""
-    return _PLATFORM[-1] if _PLATFORM else jax.default_backend()
-
-
 def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "shared") -> str:
     """'auto' -> the form for the platform and the network's place under vmap; any other name unchanged.
 
@@ -406,10 +397,10 @@ def resolve_conv(name: str = "auto", platform: str | None = None, vmap: str = "s
     if vmap not in VMAP_ROLES:
         raise ValueError(f"unknown vmap role {vmap!r}; choose one of {', '.join(VMAP_ROLES)}")
     if name == "auto":
-        platform = platform or current_platform()
+        platform = platform or (_PLATFORM[-1] if _PLATFORM else jax.default_backend())
         if platform == "cpu":
             return "fast"
-        if platform in GPU_PLATFORMS:
+        if platform in ("gpu", "cuda", "rocm"):
             return {"shared": "xla_gemm", "batched": "gemm", "none": "xla"}[vmap]
         return "xla"
     if name not in CONVS:

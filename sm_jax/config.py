@@ -134,8 +134,8 @@ class Config:
     eval_temperature: float = _field(1.0, "temperature of soft targets (the teacher protocol, a set's soft labels)",
                                      kind=RESULT, low=0)
     eval_parallel: int = _field(AUTO_PARALLEL, "evaluation networks trained together (vmapped) per compiled call "
-                                "(auto: one per device, or 20 where an accelerator's estimate finds them clearly faster, "
-                                "see docs/gpu.md)",
+                                "(auto: one per device, or 20 where an accelerator's estimate finds them clearly "
+                                "faster, see docs/gpu.md)",
                                 kind=OTHER, low=AUTO_PARALLEL)
     eval_arch: str = _field("", "architectures evaluated: comma-separated names and/or official pools M (MLP, "
                             "ConvNet, LeNet, AlexNet, VGG11, ResNet18), B (the batch-norm ones), W, D, A, P, N ('' = "

@@ -52,9 +52,9 @@ def emit(record: dict, out: str | None) -> None:
 
 
 def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, evaluate: bool = True,
-            evaluation: dict | None = None, preset: str = "paper", **fields) -> dict:
-    """One configuration's record (compiled, or the error); `evaluation`: the record of its evaluation program
-    compiled before (it does not depend on K), reused rather than compiled again; `fields`: config fields set on
+            evaluation: tuple[dict, int] | None = None, preset: str = "paper", **fields) -> dict:
+    """One configuration's record (compiled, or the error); `evaluation`: (the record of its evaluation program
+    compiled before, its networks per call): it does not depend on K, so it is reused rather than compiled again; `fields`: config fields set on
     every configuration (class_chunk, eval_parallel, conv_impl: a form as it was measured)."""
     from sm_jax.aot import plan, target
     from sm_jax.aot.plan import run_seconds
@@ -68,10 +68,10 @@ def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, 
         cfg = make_config(method, ipc, preset, subset_k=k, **fields)
         rec.update(plan(cfg, tgt.name, evaluate=evaluate and evaluation is None,
                         log=lambda line: print(line, file=sys.stderr)))
-        if evaluate and evaluation is not None:
-            rec["evaluation"] = evaluation
+        if evaluate and evaluation is not None:  # with the networks per call it was compiled for
+            rec["evaluation"], rec["eval_parallel"] = evaluation
             rec["run_seconds"] = run_seconds(cfg, rec["iteration"]["seconds"]["estimate"],
-                                             evaluation["seconds"]["estimate"], rec["eval_parallel"])
+                                             rec["evaluation"]["seconds"]["estimate"], rec["eval_parallel"])
         rec.update(compiled=True, iterations=cfg.iterations, eval_models=cfg.eval_models)
     except Exception as e:  # noqa: BLE001 - a failure to compile is a row of the table
         rec.update(compiled=False, error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}")
@@ -118,7 +118,7 @@ def main(argv=None) -> list[dict]:
                       args.preset, class_chunk=args.class_chunk, eval_parallel=args.eval_parallel,
                       conv_impl=args.conv_impl)
         if rec.get("evaluation"):
-            evaluations[(method, ipc)] = rec["evaluation"]
+            evaluations[(method, ipc)] = rec["evaluation"], rec["eval_parallel"]
         rows.append(rec)
         emit(rec, args.out)
     return rows

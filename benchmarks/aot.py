@@ -54,8 +54,9 @@ def emit(record: dict, out: str | None) -> None:
 def measure(target_name: str, chips: int | None, method: str, ipc: int, k: int, evaluate: bool = True,
             evaluation: tuple[dict, int] | None = None, preset: str = "paper", **fields) -> dict:
     """One configuration's record (compiled, or the error); `evaluation`: (the record of its evaluation program
-    compiled before, its networks per call): it does not depend on K, so it is reused rather than compiled again; `fields`: config fields set on
-    every configuration (class_chunk, eval_parallel, conv_impl: a form as it was measured)."""
+    compiled before, its networks per call): it does not depend on K, so it is reused rather than compiled again;
+    `fields`: config fields set on every configuration (class_chunk, eval_parallel, conv_impl: a form as it was
+    measured)."""
     from sm_jax.aot import plan, target
     from sm_jax.aot.plan import run_seconds
     from sm_jax.config import make_config

@@ -82,6 +82,28 @@ def device_peak_bytes(device=None) -> int | None:
 WIDE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` weighs against one network per device (the papers' 20)
 
 
+PEAK_BOUND = 1.3  # a run's peak against its largest program's predicted bytes (docs/gpu.md, "Memory as predicted")
+
+
+def memory_bound(peak: int | None, iteration: int | None, evaluation: int | None, data: int = 0) -> dict | None:
+    """A run's device peak against what its programs were predicted to need: the iteration program (its arguments
+    hold the real data where it is on the device) or the evaluation program plus the real data, which stays on the
+    device beside it, whichever is larger. None where the peak or both programs are unknown (CPU; chunks and widths
+    given rather than weighed).
+
+    Returns:
+      {peak_bytes, predicted_bytes, ratio, bound: PEAK_BOUND, within: ratio <= bound, iteration_bytes,
+       evaluation_bytes, data_bytes}.
+    """
+    known = [b for b in (iteration, None if evaluation is None else evaluation + data) if b is not None]
+    if peak is None or not known:
+        return None
+    predicted = max(known)
+    return {"peak_bytes": peak, "predicted_bytes": predicted, "ratio": peak / predicted, "bound": PEAK_BOUND,
+            "within": peak <= PEAK_BOUND * predicted, "iteration_bytes": iteration, "evaluation_bytes": evaluation,
+            "data_bytes": data}
+
+
 def resolve_eval_parallel(requested: int, mesh=None, models: int = WIDE_PARALLEL,
                           cost_of: Callable[[int], tuple[int | None, float | None]] | None = None,
                           limit: int | None = None, log: Callable[[str], None] = print) -> int:

@@ -103,6 +103,7 @@ class Run:
         self.key = jax.random.key(cfg.seed)
         self._teachers: dict = {}  # arch -> the teacher protocol's (net, params, state), once loaded
         self._parallel: dict = {}  # (models, epochs) -> the evaluation networks per call `auto` resolved to
+        self.predicted: dict = {}  # program -> device bytes XLA predicted for the form chosen (where one was weighed)
 
     # --- state ---------------------------------------------------------------------------------------------
     def fresh(self):
@@ -213,11 +214,29 @@ class Run:
                 keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), width))
                 program = jax.jit(evaluation_program(self.method.eval_net(None, width), proto))
                 compiled = program.lower(x, y, keys, test, test_y).compile()
-                return backend.program_bytes(compiled), estimate_seconds(compiled)
+                sizes[width] = backend.program_bytes(compiled)
+                return sizes[width], estimate_seconds(compiled)
 
+        sizes: dict = {}
         width = backend.resolve_eval_parallel(cfg.eval_parallel, self.mesh, models or 1, cost_of, limit, self.log)
         self._parallel[(models, epochs)] = width
+        if sizes.get(width) is not None:
+            self.predicted["evaluation"] = max(sizes[width], self.predicted.get("evaluation") or 0)
         return width
+
+    def _memory_bound(self) -> dict | None:
+        """backend.memory_bound of this run so far, logged on one line (None on CPU, or where no program was
+        weighed)."""
+        on_device = data_on(self.cfg.data_on, self.data.train_x.nbytes) == "device"
+        bound = backend.memory_bound(backend.device_peak_bytes(), self.predicted.get("iteration"),
+                                     self.predicted.get("evaluation"), self.data.train_x.nbytes if on_device else 0)
+        if bound is not None:
+            gib = lambda b: "-" if b is None else f"{b / 2**30:.2f}"  # noqa: E731
+            self.log(f"device memory: peak {gib(bound['peak_bytes'])} GiB, {bound['ratio']:.2f}x the "
+                     f"{gib(bound['predicted_bytes'])} GiB predicted (iteration {gib(bound['iteration_bytes'])}, "
+                     f"evaluation {gib(bound['evaluation_bytes'])} + data {gib(bound['data_bytes'])}): "
+                     + ("within" if bound["within"] else "over") + f" the {bound['bound']}x bound")
+        return bound
 
     def teacher(self, arch: str | None = None, stop: StopSignals | None = None):
         """(net, params, state): the `teacher` protocol's teacher on `arch`, the first real-data reference network
@@ -272,10 +291,13 @@ class Run:
         def cost_of(chunk: int) -> tuple[int | None, float | None]:
             method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
             compiled = jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
-            return backend.program_bytes(compiled), estimate_seconds(compiled)
+            sizes[chunk] = backend.program_bytes(compiled)
+            return sizes[chunk], estimate_seconds(compiled)
 
+        sizes: dict = {}
         chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
                                             limit, self.log)
+        self.predicted["iteration"] = sizes.get(chunk)
         if chunk != self.method.class_chunk:
             self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
             self.method.attach(self.data)
@@ -391,6 +413,7 @@ class Run:
                    "num_classes": self.data.num_classes, "image_shape": list(self.data.spec.image_shape),
                    "data_on": data_on(cfg.data_on, self.data.train_x.nbytes), "versions": versions(),
                    "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
+                   "device_memory": self._memory_bound(),
                    "processes": jax.process_count(),
                    "devices": self.mesh.size if self.mesh is not None else 1, "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,

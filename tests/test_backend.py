@@ -164,6 +164,7 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
     limit = int((one + both) / 2 / backend.MEMORY_HEADROOM)
     run._resolve_class_chunk(state, ctx, limit=limit)
     assert run.method.class_chunk == 1
+    assert run.predicted["iteration"] == one  # what the run's memory bound is measured against
     # on CPU no time is estimated: each candidate's memory, then the largest that fits
     assert logs == [f"  class chunk 2: {both / 2**30:.2f} GiB, time unknown (does not fit)",
                     f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
@@ -190,6 +191,20 @@ def test_run_weighs_its_evaluation_widths_with_real_compiled_programs(tiny_data,
     assert one > 0 and three > 0 and one != three  # two programs, each with its memory analysis
     assert logs[1].endswith("time unknown") and logs[2].endswith("(the wider's time is unknown)")
     assert run._eval_parallel(images, 3, 1, None, limit=2**40) == 1 and len(logs) == 3  # not weighed again
+    assert f"{run.predicted['evaluation'] / 2**30:.2f}" == f"{one:.2f}"  # the program chosen
+
+
+def test_memory_bound_measures_the_peak_against_the_larger_program_and_the_data_beside_it():
+    gib = 2**30
+    # iteration 4 GiB (the data among its arguments), evaluation 1 GiB + 0.5 GiB of data beside it: 4 GiB predicted
+    b = backend.memory_bound(5 * gib, 4 * gib, gib, gib // 2)
+    assert b["predicted_bytes"] == 4 * gib and b["ratio"] == 1.25 and b["within"]
+    b = backend.memory_bound(6 * gib, 2 * gib, 3 * gib, 2 * gib)  # the evaluation and the data the larger: 5 GiB
+    assert b["predicted_bytes"] == 5 * gib and b["ratio"] == 1.2 and b["within"]
+    assert not backend.memory_bound(7 * gib, 2 * gib, 3 * gib, 2 * gib)["within"]  # 1.4x
+    assert backend.memory_bound(None, gib, gib) is None  # no peak (CPU)
+    assert backend.memory_bound(gib, None, None) is None  # nothing weighed
+    assert backend.memory_bound(gib, None, gib // 2)["ratio"] == 2.0
 
 
 def test_no_device_buffer_outlives_its_iteration(tiny_data, tmp_path, monkeypatch):

@@ -23,7 +23,9 @@ AUTO_CHUNK = -1  # Config.class_chunk 'auto': resolve_class_chunk decides per de
 AUTO_PARALLEL = 0  # Config.eval_parallel 'auto': resolve_eval_parallel
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
-TIME_MARGIN = 0.10  # class chunk `auto`: a larger program must be estimated this much faster to be preferred
+TIME_MARGIN = 0.10  # `auto` chunk and width: a larger program must be estimated this much faster to be preferred
+WIDE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` weighs against one network per device (the papers' 20)
+PEAK_BOUND = 1.3  # a run's peak against its largest program's predicted bytes (docs/gpu.md, "Memory as predicted")
 
 
 def precision(name: str) -> contextlib.AbstractContextManager:
@@ -77,12 +79,6 @@ def device_peak_bytes(device=None) -> int | None:
     """The most memory XLA has held on `device` (default: the first) since the process started; None where
     unknown (CPU)."""
     return _memory_stat("peak_bytes_in_use", device)
-
-
-WIDE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` weighs against one network per device (the papers' 20)
-
-
-PEAK_BOUND = 1.3  # a run's peak against its largest program's predicted bytes (docs/gpu.md, "Memory as predicted")
 
 
 def memory_bound(peak: int | None, iteration: int | None, evaluation: int | None, data: int = 0) -> dict | None:

@@ -285,7 +285,7 @@ def kernel_grad_gemm(x: jax.Array, g: jax.Array, k: int, stride: int = 1, paddin
     With few input channels (the RGB layer) the taps are concatenated into one (N Ho Wo, k k Cin) patch matrix and
     contracted in one product: the per-tap form would read the full-resolution cotangent k * k times for a product
     with 3 rows (on the h200 target, DC ipc 10's RGB layer: 2.6 of the step's 19.7 ms of roofline), while the patches
-    are no larger than the cotangent itself.
+    hold k * k * Cin values per position, about as many as the cotangent's Cout or fewer.
     Args:
       x: (N, H, W, Cin) the input; g: (N, Ho, Wo, Cout) the output's cotangent.
     """

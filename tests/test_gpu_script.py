@@ -53,6 +53,7 @@ def test_gpu_script_smoke_runs_every_section_and_returns_few_shallow_files(tmp_p
     md = (out / "report.md").read_text()
     assert "PyTorch / JAX" in md and "vmapped / sequential" in md and "| DC | 1 |" in md
     assert "| full/dc1_base/exp0 | 2/2 |" in md
+    assert first["memory_ratio"] is None and "(bound 1.3)" in md  # a run's own memory check: no peak on CPU
     # the pack restores on a new machine: every run directory the study made, the first one finished
     made = {str(p.parent.relative_to(work / "study")) for p in (work / "study").rglob("config.json")}
     later = tmp_path / "later"

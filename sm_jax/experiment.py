@@ -198,7 +198,8 @@ class Run:
                        targets=None, limit: int | None = None) -> int:
         """The evaluation networks per call (backend.resolve_eval_parallel), resolved once per (models, epochs): on an
         accelerator `auto` compiles the evaluation program at both candidate widths to estimate them (not on a mesh,
-        nor for the teacher protocol: there one network per device); `limit` device bytes makes it weigh on CPU too."""
+        nor for the teacher protocol: there one network per device); weighed on the matching network, the width serves
+        every architecture of `--eval-arch`; `limit` device bytes makes it weigh on CPU too."""
         cfg = self.cfg
         if (models, epochs) in self._parallel:
             return self._parallel[(models, epochs)]

@@ -1,5 +1,9 @@
 """The CLI as a process, as users and batch systems run it: artifacts, resume after SIGKILL / Ctrl-C / SIGTERM
-(through the SLURM script), exit codes 2 and 3 with one error line. In-process checks of the flags: test_cli.py."""
+(through the SLURM script), exit codes 2 and 3 with one error line. In-process checks of the flags: test_cli.py.
+A run whose process is not what a test checks (a reference, the resume after a stop) runs in the test's own process
+(`here`): the same command and environment, without a process start's imports and tracing."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -35,6 +39,23 @@ def cli(env, *args, module="experiments.cifar10", timeout=600):
                           text=True, timeout=timeout)
 
 
+def here(env, *args):
+    """`cli` in this process: (exit code, stdout, stderr) of experiments.cifar10's entry point given `env`'s data
+    settings (the XLA flags and compilation cache are the suite's, which the subprocesses inherit too)."""
+    from sm_jax.cli.condense import condense_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name in ("SM_JAX_CACHE", "SM_JAX_OFFLINE"):
+            mp.setenv(name, env[name])
+        try:
+            condense_main(list(map(str, args)), dataset="cifar10")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
 def popen(env, *args):
     return subprocess.Popen([sys.executable, "-m", "experiments.cifar10", *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -60,13 +81,13 @@ def assert_one_line_error(res, pattern):
 
 @pytest.fixture(scope="module")
 def finished(env, tiny_archive, tmp_path_factory):
-    """An uninterrupted run: the reference for resume and the source for evaluate."""
+    """An uninterrupted run (in this process): the reference for resume and the source for evaluate."""
     wd = tmp_path_factory.mktemp("runs") / "ref"
     args = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
             "--eval-models", 2, "--eval-every", 6]
-    res = cli(env, *args)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return wd, json.loads(res.stdout.strip().splitlines()[-1])
+    code, out, err = here(env, *args)
+    assert code == 0, err[-3000:]
+    return wd, json.loads(out.strip().splitlines()[-1])
 
 
 def test_artifacts(finished):
@@ -126,7 +147,7 @@ def interrupted(env, tiny_archive, tmp_path_factory):
        --signal=B:TERM) makes the run save and exit 143, and the script requeue the job;
     2. the requeued job (the same command) resumes and gets Ctrl-C after its next checkpoint: saves, exits 130;
     3. resumed again, killed without warning after a later checkpoint;
-    4. the same command finishes it.
+    4. the same command finishes it (in this process: its process is not what is tested).
     Returns (its workdir, what each phase showed).
     """
     tmp = tmp_path_factory.mktemp("interrupted")
@@ -155,8 +176,7 @@ def interrupted(env, tiny_archive, tmp_path_factory):
         seen[stop] = proc.returncode, out, err, checkpoint_steps(wd)
     seen["kill_results"] = (wd / "results.json").exists()
 
-    res = cli(env, *args)
-    seen["last"] = res.returncode, res.stdout, res.stderr
+    seen["last"] = here(env, *args)
     return wd, seen
 
 
@@ -198,8 +218,8 @@ def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tin
     one in flight; resuming still gives the uninterrupted run's set."""
     args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 30, "--iterations", 2, "--checkpoint-every", 10,
             "--eval-models", 0, "--stop-grace", 0]
-    ref = cli(env, *args, "--workdir", tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    code, _, err = here(env, *args, "--workdir", tmp_path / "ref")
+    assert code == 0, err[-3000:]
     seconds = [json.loads(ln)["seconds"] for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert min(seconds[1:]) > 0.6, seconds  # long enough to be cut: the stop comes 0.3 s into iteration 2
     wd = tmp_path / "cut"
@@ -215,8 +235,8 @@ def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tin
     assert "stopped by SIGTERM: saved a checkpoint at iteration 1 " in out, out
     assert "the iteration in flight was dropped" in out
     assert metric_iterations(wd) == [1]
-    res = cli(env, *args, "--workdir", wd)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, _, err = here(env, *args, "--workdir", wd)
+    assert code == 0, err[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "ref" / "synthetic.npz")["images"],
                                   np.load(wd / "synthetic.npz")["images"])
     assert metric_iterations(wd) == [1, 2]
@@ -255,8 +275,8 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     args = [*TINY, "--data-dir", tiny_archive, "--experiments", 2, "--iterations", 3, "--checkpoint-every", 1,
             "--eval-models", 2]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    res = cli(env, *args, "--workdir", whole)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, out, err = here(env, *args, "--workdir", whole)
+    assert code == 0, err[-3000:]
     agg = json.loads((whole / "results.json").read_text())
     rows = [json.loads((whole / f"exp{i}" / "results.json").read_text()) for i in range(2)]
     assert [r["config"]["seed"] for r in rows] == [0, 1] and rows[0]["accuracies"] != rows[1]["accuracies"]
@@ -273,7 +293,7 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
         its = [x["seconds"] for x in recs if "loss_all" in x]
         assert len(its) == 3 and r["device_seconds"] == pytest.approx(sum(its) + r["eval_seconds"])
     assert agg["device_seconds"] == pytest.approx(rows[0]["device_seconds"] + rows[1]["device_seconds"])
-    assert json.loads(res.stdout.strip().splitlines()[-1])["accuracies"] == every
+    assert json.loads(out.strip().splitlines()[-1])["accuracies"] == every
 
     proc = popen(env, *args, "--workdir", killed)
     wait_for_checkpoint(proc, killed / "exp1", 2)
@@ -281,9 +301,9 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     proc.communicate()
     assert (killed / "exp0" / "results.json").exists() and not (killed / "exp1" / "results.json").exists()
     assert json.loads((killed / "results.json").read_text())["done"] == 1  # the aggregate of what was done
-    res = cli(env, *args, "--workdir", killed)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "already finished" in res.stdout and "resumed" in res.stdout  # exp0 read back, exp1 resumed
+    code, out, err = here(env, *args, "--workdir", killed)
+    assert code == 0, err[-3000:]
+    assert "already finished" in out and "resumed" in out  # exp0 read back, exp1 resumed
     again = json.loads((killed / "results.json").read_text())
     assert again["accuracies"] == agg["accuracies"] and again["experiment_mean"] == agg["experiment_mean"]
     for i in range(2):

@@ -75,8 +75,10 @@ def guard(fn, processes=None, compile_cache: bool = True):
     from sm_jax.data import default_cache_dir
     from sm_jax.errors import UserError
 
-    # a batch job's log is a file: print each line when it is written, not when a buffer fills
-    sys.stdout.reconfigure(line_buffering=True)
+    # a batch job's log is a file: print each line when it is written, not when a buffer fills (a stream that is
+    # not a file, such as a notebook's or a redirect to a StringIO, has no buffer to configure)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     watchdog = None
 
     def leave(code: int, message: str | None = None, file=sys.stderr) -> None:

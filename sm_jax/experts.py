@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
 
 from sm_jax.augmentation import DSA_POLICY
 from sm_jax.data import Dataset
@@ -150,8 +151,9 @@ class ExpertStore:
         groups = {}  # rows of one size train in one vmapped program
         for r, idx in enumerate(rows):
             groups.setdefault(len(idx), []).append(r)
-        programs = {n: jax.jit(_epoch_program(net, unravel, normalize, n, cfg.expert_batch, cfg.lr_teacher))
-                    for n in groups}
+        # the normalisation as an argument of the programs (a Partial's arrays are inputs, not constants)
+        norm = normalize if isinstance(normalize, Partial) else Partial(normalize)
+        programs = {n: jax.jit(_epoch_program(net, unravel, n, cfg.expert_batch, cfg.lr_teacher)) for n in groups}
         bar = Progress(epochs, done, "experts: epoch", enabled=progress, every=cfg.log_every)
         try:
             theta = np.load(self.dir / SNAPSHOT.format(done))
@@ -164,7 +166,8 @@ class ExpertStore:
                     keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, 2), r), epoch)
                                       for r in members])
                     idx = jnp.asarray(np.stack([rows[r] for r in members]), jnp.int32)
-                    new[members] = np.asarray(programs[n](jnp.asarray(theta[members]), idx, keys, train_x, train_y))
+                    new[members] = np.asarray(programs[n](norm, jnp.asarray(theta[members]), idx, keys, train_x,
+                                                          train_y))
                 theta = new
                 self._write(epoch, theta)
                 bar.update(epoch)
@@ -183,12 +186,13 @@ class ExpertStore:
                 + (f", {np.mean(accs[cfg.num_experts:]):.4f} (subset experts)" if len(accs) > cfg.num_experts else ""))
 
 
-def _epoch_program(net, unravel, normalize, n: int, batch: int, lr: float):
-    """(theta (G, P), idx (G, n), keys (G,), train_x, train_y) -> theta after one epoch of each of G experts."""
+def _epoch_program(net, unravel, n: int, batch: int, lr: float):
+    """(normalize, theta (G, P), idx (G, n), keys (G,), train_x, train_y) -> theta after one epoch of each of G
+    experts; `normalize` a jax.tree_util.Partial mapping [0, 1] pixels to the networks' input space."""
     steps = -(-n // batch)
     tx = sgd()  # plain SGD: no momentum, no weight decay
 
-    def one(theta, idx, key, train_x, train_y):
+    def one(normalize, theta, idx, key, train_x, train_y):
         perm = idx[jax.random.permutation(jax.random.fold_in(key, 0), n)]
         pad = steps * batch - n
         rows = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(steps, batch)
@@ -204,7 +208,7 @@ def _epoch_program(net, unravel, normalize, n: int, batch: int, lr: float):
         params, _ = jax.lax.scan(step, unravel(theta), (rows, w, jnp.arange(steps)))
         return ravel_pytree(params)[0]
 
-    return jax.vmap(one, in_axes=(0, 0, 0, None, None))
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, None, None))
 
 
 # --- the official code's experts -----------------------------------------------------------------------------------

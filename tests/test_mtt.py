@@ -100,6 +100,34 @@ def test_zca_against_a_direct_numpy_computation():
     white = np.asarray(z.apply(jnp.asarray(flat.reshape(x.shape), jnp.float32)))
     np.testing.assert_allclose(white.reshape(300, -1), (flat - flat.mean(0)) @ t, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(z.invert(jnp.asarray(white))), flat.reshape(x.shape), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(z.normalizer()(jnp.asarray(flat.reshape(x.shape), jnp.float32))), white)
+
+
+def test_the_experts_program_takes_the_whitening_as_an_input_not_a_constant():
+    """The ZCA transform (D, D) reaches the experts' epoch program as an argument: closed over, it would be a constant
+    of the program (37.7 MB at 32x32x3) in every compilation and cache entry."""
+    from jax.flatten_util import ravel_pytree
+
+    from sm_jax.data.zca import Zca
+    from sm_jax.models import make_net
+
+    rng = np.random.default_rng(0)
+    d = 4 * 4 * 3
+    z = Zca(rng.random(d, np.float32), rng.random((d, d), np.float32), rng.random((d, d), np.float32))
+    net = make_net("convnet", 3, (4, 4, 3), width=4, depth=1)
+    flat, unravel = ravel_pytree(net.init(jax.random.key(0))[0])
+    program = experts._epoch_program(net, unravel, 6, 3, 0.01)
+    args = (flat[None], jnp.arange(6, dtype=jnp.int32)[None], jax.random.key(0)[None],
+            jnp.zeros((6, 4, 4, 3), jnp.uint8), jnp.zeros((6,), jnp.int32))
+    square = f"f32[{d},{d}]"
+
+    def constants(text):
+        return [ln for ln in text.splitlines() if square in ln and " constant(" in ln]
+
+    as_input = jax.jit(program).lower(z.normalizer(), *args).as_text(dialect="hlo")
+    assert square in as_input and not constants(as_input)
+    closed = jax.jit(lambda *a: program(jax.tree_util.Partial(z.apply), *a)).lower(*args).as_text(dialect="hlo")
+    assert constants(closed)  # the form the argument replaces (what this test tells apart)
 
 
 def test_experts_resume_bit_for_bit_after_sigterm_and_refuse_another_identity(tiny_data, tmp_path, monkeypatch):

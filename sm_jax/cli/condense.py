@@ -107,7 +107,7 @@ def experts_main(argv=None) -> None:
             from sm_jax.experts import import_official
 
             import_official(run.method.store(run.data), args.import_official, cfg, run.data, run.method.net,
-                            run.method.normalize, run.log)
+                            run.method.normalizer(), run.log)
         else:
             with StopSignals() as stop:
                 run.method.preparation(run.data, run.log, stop, run.progress)

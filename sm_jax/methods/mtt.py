@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
 
 from sm_jax import experts
 from sm_jax.augmentation import DSA_POLICY, augment, drop_ops
@@ -151,7 +152,7 @@ class MTT(Method):
         if store.complete:
             log(f"experts: reusing {store.dir}")
             return
-        store.train(self.cfg, data, self.net, self.normalize, log, stop, progress)
+        store.train(self.cfg, data, self.net, self.normalizer(), log, stop, progress)
 
     def context(self, data: Dataset, partitions) -> MTTContext:
         cfg = self.cfg
@@ -184,6 +185,11 @@ class MTT(Method):
 
     def normalize(self, x01):
         return self._whitening().apply(x01) if self.cfg.zca else super().normalize(x01)
+
+    def normalizer(self) -> Partial:
+        """`normalize` as a pytree, for a program that takes it as an argument (the ZCA transform an input of the
+        program, not a constant in it)."""
+        return self._whitening().normalizer() if self.cfg.zca else Partial(self.normalize)
 
     def denormalize(self, x):
         return self._whitening().invert(x) if self.cfg.zca else super().denormalize(x)

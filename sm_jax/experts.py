@@ -125,7 +125,8 @@ class ExpertStore:
 
     def train(self, cfg, data: Dataset, net, normalize, log=print, stop=None, progress: bool = True) -> None:
         """Trains (or finishes training) the experts of `cfg` on `data`: `net` a models.Net, `normalize` the map of
-        [0, 1] pixels to the networks' input space (ZCA or the dataset's statistics).
+        [0, 1] pixels to the networks' input space (ZCA or the dataset's statistics); given as a
+        jax.tree_util.Partial (MTT.normalizer), its arrays are inputs of the epoch programs, not constants in them.
 
         Raises:
           Stopped: once `stop` is requested (between epochs; the epochs on disk are kept).

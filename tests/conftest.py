@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -99,6 +101,24 @@ def checkpoint_steps(workdir) -> list[int]:
     """The iterations a run directory holds checkpoints of, in order ([] before the first)."""
     ck = Path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) if ck.is_dir() else []
+
+
+def cli_in_process(env: dict, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m experiments.cifar10 *args` run in this process, with `env`'s data
+    settings (SM_JAX_CACHE, SM_JAX_OFFLINE): for a run whose process is not what a test checks (a reference, a resume
+    after a stop). The XLA flags and the compilation cache are the suite's, which subprocesses inherit too."""
+    from sm_jax.cli.condense import condense_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name in ("SM_JAX_CACHE", "SM_JAX_OFFLINE"):
+            mp.setenv(name, env[name])
+        try:
+            condense_main(list(map(str, args)), dataset="cifar10")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def write_image_folder_archive(path: Path, data: Dataset, fmt: str = "PNG") -> Path:

@@ -1,9 +1,7 @@
 """The CLI as a process, as users and batch systems run it: artifacts, resume after SIGKILL / Ctrl-C / SIGTERM
 (through the SLURM script), exit codes 2 and 3 with one error line. In-process checks of the flags: test_cli.py.
 A run whose process is not what a test checks (a reference, the resume after a stop) runs in the test's own process
-(`here`): the same command and environment, without a process start's imports and tracing."""
-import contextlib
-import io
+(conftest's `cli_in_process`): the same command and environment, without a process start's imports and tracing."""
 import json
 import os
 import signal
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import checkpoint_steps
+from conftest import checkpoint_steps, cli_in_process
 
 import sm_jax
 
@@ -37,23 +35,6 @@ def env(tmp_path_factory):
 def cli(env, *args, module="experiments.cifar10", timeout=600):
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def here(env, *args):
-    """`cli` in this process: (exit code, stdout, stderr) of experiments.cifar10's entry point given `env`'s data
-    settings (the XLA flags and compilation cache are the suite's, which the subprocesses inherit too)."""
-    from sm_jax.cli.condense import condense_main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        for name in ("SM_JAX_CACHE", "SM_JAX_OFFLINE"):
-            mp.setenv(name, env[name])
-        try:
-            condense_main(list(map(str, args)), dataset="cifar10")
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def popen(env, *args):
@@ -85,7 +66,7 @@ def finished(env, tiny_archive, tmp_path_factory):
     wd = tmp_path_factory.mktemp("runs") / "ref"
     args = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 12, "--checkpoint-every", 3,
             "--eval-models", 2, "--eval-every", 6]
-    code, out, err = here(env, *args)
+    code, out, err = cli_in_process(env, *args)
     assert code == 0, err[-3000:]
     return wd, json.loads(out.strip().splitlines()[-1])
 
@@ -176,7 +157,7 @@ def interrupted(env, tiny_archive, tmp_path_factory):
         seen[stop] = proc.returncode, out, err, checkpoint_steps(wd)
     seen["kill_results"] = (wd / "results.json").exists()
 
-    seen["last"] = here(env, *args)
+    seen["last"] = cli_in_process(env, *args)
     return wd, seen
 
 
@@ -218,7 +199,7 @@ def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tin
     one in flight; resuming still gives the uninterrupted run's set."""
     args = [*TINY, "--data-dir", tiny_archive, "--outer-loop", 30, "--iterations", 2, "--checkpoint-every", 10,
             "--eval-models", 0, "--stop-grace", 0]
-    code, _, err = here(env, *args, "--workdir", tmp_path / "ref")
+    code, _, err = cli_in_process(env, *args, "--workdir", tmp_path / "ref")
     assert code == 0, err[-3000:]
     seconds = [json.loads(ln)["seconds"] for ln in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert min(seconds[1:]) > 0.6, seconds  # long enough to be cut: the stop comes 0.3 s into iteration 2
@@ -235,7 +216,7 @@ def test_sigterm_drops_a_long_iteration_to_save_within_the_grace_period(env, tin
     assert "stopped by SIGTERM: saved a checkpoint at iteration 1 " in out, out
     assert "the iteration in flight was dropped" in out
     assert metric_iterations(wd) == [1]
-    code, _, err = here(env, *args, "--workdir", wd)
+    code, _, err = cli_in_process(env, *args, "--workdir", wd)
     assert code == 0, err[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "ref" / "synthetic.npz")["images"],
                                   np.load(wd / "synthetic.npz")["images"])
@@ -275,7 +256,7 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     args = [*TINY, "--data-dir", tiny_archive, "--experiments", 2, "--iterations", 3, "--checkpoint-every", 1,
             "--eval-models", 2]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    code, out, err = here(env, *args, "--workdir", whole)
+    code, out, err = cli_in_process(env, *args, "--workdir", whole)
     assert code == 0, err[-3000:]
     agg = json.loads((whole / "results.json").read_text())
     rows = [json.loads((whole / f"exp{i}" / "results.json").read_text()) for i in range(2)]
@@ -301,7 +282,7 @@ def test_experiments_aggregate_every_network_and_resume_after_sigkill_in_the_sec
     proc.communicate()
     assert (killed / "exp0" / "results.json").exists() and not (killed / "exp1" / "results.json").exists()
     assert json.loads((killed / "results.json").read_text())["done"] == 1  # the aggregate of what was done
-    code, out, err = here(env, *args, "--workdir", killed)
+    code, out, err = cli_in_process(env, *args, "--workdir", killed)
     assert code == 0, err[-3000:]
     assert "already finished" in out and "resumed" in out  # exp0 read back, exp1 resumed
     again = json.loads((killed / "results.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CPU_FLAGS, checkpoint_steps, write_image_folder_archive
+from conftest import CPU_FLAGS, checkpoint_steps, cli_in_process, write_image_folder_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs the module: its 2-process runs never overlap (on 2 cores that costs both workers time)
@@ -117,22 +117,6 @@ def dc(env, archives, tmp_path_factory):
     return root / "2x2", root / "1x4"
 
 
-def in_this_process(env, args):
-    """experiments.cifar10 on this process's one device (the 1-device reference: its process is not what is
-    tested), with `env`'s data settings."""
-    from sm_jax.cli.condense import condense_main
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for name in ("SM_JAX_CACHE", "SM_JAX_OFFLINE"):
-            mp.setenv(name, env[name])
-        condense_main([*map(str, args), "--devices", "1"], dataset="cifar10")
-    except SystemExit as e:
-        raise AssertionError(f"the 1-device run exited {e.code}") from None
-    finally:
-        mp.undo()
-
-
 @pytest.fixture(scope="module")
 def idc(env, archives, tmp_path_factory):
     """IDC over 2 processes x 2 devices, interrupted twice, and uninterrupted on 1 device (in this process).
@@ -143,7 +127,8 @@ def idc(env, archives, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("idc")
     wd, ref = root / "2x2", root / "1x1"
-    in_this_process(env, args_of("idc", archives, ref))
+    code, _, err = cli_in_process(env, *args_of("idc", archives, ref), "--devices", 1)
+    assert code == 0, err[-3000:]
     args, seen = args_of("idc", archives, wd), {}
 
     procs = start_by_hand(env, args)

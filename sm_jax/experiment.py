@@ -225,11 +225,11 @@ class Run:
             self.predicted["evaluation"] = max(sizes[width], self.predicted.get("evaluation") or 0)
         return width
 
-    def _memory_bound(self) -> dict | None:
-        """backend.memory_bound of this run so far, logged on one line (None on CPU, or where no program was
-        weighed)."""
+    def _memory_bound(self, peak: int | None) -> dict | None:
+        """backend.memory_bound of this run's device `peak` so far, logged on one line (None on CPU, or where no
+        program was weighed)."""
         on_device = data_on(self.cfg.data_on, self.data.train_x.nbytes) == "device"
-        bound = backend.memory_bound(backend.device_peak_bytes(), self.predicted.get("iteration"),
+        bound = backend.memory_bound(peak, self.predicted.get("iteration"),
                                      self.predicted.get("evaluation"), self.data.train_x.nbytes if on_device else 0)
         if bound is not None:
             gib = lambda b: "-" if b is None else f"{b / 2**30:.2f}"  # noqa: E731
@@ -408,13 +408,14 @@ class Run:
                           f"saved (iteration {it}); rerun the same command to evaluate it") from None
         if ev["accuracy_mean"] is not None:
             self._log_eval(metrics_log, it, ev, last.images)
+        peak = backend.device_peak_bytes()
         results = {**ev, "iterations": it, "learned": learned, "condense_seconds_this_sitting": condense_seconds,
                    "device_seconds": artifacts.device_seconds(self.workdir / "metrics.jsonl"),
                    "config": json.loads(cfg.to_json()), "data_source": self.data.source,
                    "num_classes": self.data.num_classes, "image_shape": list(self.data.spec.image_shape),
                    "data_on": data_on(cfg.data_on, self.data.train_x.nbytes), "versions": versions(),
-                   "device": str(jax.devices()[0].device_kind), "device_peak_bytes": backend.device_peak_bytes(),
-                   "device_memory": self._memory_bound(),
+                   "device": str(jax.devices()[0].device_kind), "device_peak_bytes": peak,
+                   "device_memory": self._memory_bound(peak),
                    "processes": jax.process_count(),
                    "devices": self.mesh.size if self.mesh is not None else 1, "budget": {
                        "iterations": cfg.iterations, "outer_loop": cfg.outer_loop, "inner_loop": cfg.inner_loop,

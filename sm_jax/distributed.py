@@ -122,6 +122,16 @@ def agree_max(value: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
+def stop_agreed(stop) -> bool:
+    """Whether a stop was requested in any process (a collective over `stop`, a lifecycle.StopSignals); a process
+    that received no signal adopts the others', so that every process stops at the same point with the same exit
+    code."""
+    signum = agree_max(stop.signum or 0)
+    if signum and not stop.requested:
+        stop.adopt(signum)
+    return bool(signum)
+
+
 def broadcast(value: bool) -> bool:
     """Process 0's `value`, in every process (a collective): for decisions read from the shared workdir."""
     if jax.process_count() == 1:

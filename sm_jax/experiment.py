@@ -169,7 +169,7 @@ class Run:
                        enabled=self.progress and models > 0, every=cfg.log_every)
 
         def stopping(_=None) -> None:  # between networks (cells): a stop ends the evaluation
-            if stop is not None and _stop_agreed(stop):
+            if stop is not None and distributed.stop_agreed(stop):
                 raise EvalStopped
 
         def progress(done: int) -> None:
@@ -359,7 +359,7 @@ class Run:
         try:
             if self._eval_pending(start):
                 self._evaluate_and_log(state, metrics_log, stop)
-            while it < cfg.iterations and not _stop_agreed(stop):
+            while it < cfg.iterations and not distributed.stop_agreed(stop):
                 t0 = time.time()
                 state, metrics = step_fn(state, ctx, jax.random.fold_in(self.key, it))  # dispatched asynchronously
                 if not waiter.wait(metrics, stop, grace):
@@ -389,7 +389,7 @@ class Run:
         finally:
             bar.close()
             waiter.close()
-        if _stop_agreed(stop):
+        if distributed.stop_agreed(stop):
             save()
             ckpt.wait()
             dropped = " (the iteration in flight was dropped)" if abandoned else ""
@@ -429,15 +429,6 @@ class Run:
 
 class EvalStopped(Exception):
     """A stop requested during an evaluation (raised between networks)."""
-
-
-def _stop_agreed(stop: StopSignals) -> bool:
-    """Whether a stop was requested in any process (a collective); a process that received no signal adopts the
-    others', so that every process stops at the same point with the same exit code."""
-    signum = distributed.agree_max(stop.signum or 0)
-    if signum and not stop.requested:
-        stop.adopt(signum)
-    return bool(signum)
 
 
 def evaluate_checkpoint(workdir: str | Path, step: int | None = None, overrides: dict | None = None,

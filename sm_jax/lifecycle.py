@@ -49,6 +49,11 @@ class StopSignals:
     A second Ctrl-C raises KeyboardInterrupt at once (the user insists); further SIGTERMs are ignored (a batch
     system may send one to every process of the job, and a job script may forward its own). Outside the main
     thread signals cannot be caught, and nothing is installed.
+
+    Blocks nest: a driver running several runs (`--experiments N`, a study) holds one around its loop and each run
+    its own. A request the enclosing block already holds is the inner block's from its start, and one the inner
+    block received but did not act on (it came after the run's last check: its evaluation, its files) passes to
+    the enclosing block on exit, so the driver stops before its next run instead of losing the request.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -81,18 +86,29 @@ class StopSignals:
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
 
+    def _enclosing(self) -> StopSignals | None:
+        """The block this one is nested in: the owner of the handler it replaced, if that is a StopSignals."""
+        owner = getattr(self._previous.get(signal.SIGTERM), "__self__", None)
+        return owner if isinstance(owner, StopSignals) else None
+
     def __enter__(self) -> StopSignals:
         for s in self.SIGNALS:
             try:
                 self._previous[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread
                 break
+        outer = self._enclosing()
+        if outer is not None and outer.requested and not self.requested:
+            self.signum, self.at = outer.signum, outer.at
         return self
 
     def __exit__(self, *exc) -> bool:
+        outer = self._enclosing()
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()
+        if outer is not None and self.requested and not outer.requested:
+            outer.signum, outer.at = self.signum, self.at
         return False
 
 

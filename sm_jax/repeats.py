@@ -18,6 +18,7 @@ from sm_jax import artifacts, distributed
 from sm_jax.config import Config
 from sm_jax.data import Dataset, load_dataset
 from sm_jax.experiment import Run
+from sm_jax.lifecycle import Stopped, StopSignals
 
 
 def experiment_config(cfg: Config, i: int) -> Config:
@@ -62,19 +63,24 @@ def execute(cfg: Config, data: Dataset | None = None, progress: bool = True, log
     """Runs cfg.experiments condensations (one: the plain run in cfg.workdir) and returns the results.
 
     Raises:
-      Stopped, Diverged: as Run.execute, for the experiment in flight; the experiments before it stay done.
+      Stopped, Diverged: as Run.execute, for the experiment in flight; the experiments before it stay done. A stop
+        that comes after an experiment's last check (during its final files) stops before the next one.
     """
     if cfg.experiments == 1:
         return Run(cfg, data=data, progress=progress, log=log).execute()
     workdir, rows = Path(cfg.workdir), []
-    # read once for all experiments
-    data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
-    for i in range(cfg.experiments):
-        run = Run(experiment_config(cfg, i), data=data, progress=progress, log=log)
-        log(f"experiment {i + 1}/{cfg.experiments} (seed {cfg.seed + i}): {run.workdir}")
-        rows.append(run.execute())
-        if distributed.is_writer():
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "config.json").write_text(cfg.to_json())
-            artifacts.write_json(workdir / "results.json", aggregate(cfg, rows))
+    with StopSignals() as stop:
+        # read once for all experiments
+        data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
+        for i in range(cfg.experiments):
+            if distributed.stop_agreed(stop):
+                raise Stopped(stop.signum, f"stopped by {stop.name} after experiment {i} of {cfg.experiments} in "
+                                           f"{workdir}; rerun the same command to go on")
+            run = Run(experiment_config(cfg, i), data=data, progress=progress, log=log)
+            log(f"experiment {i + 1}/{cfg.experiments} (seed {cfg.seed + i}): {run.workdir}")
+            rows.append(run.execute())
+            if distributed.is_writer():
+                workdir.mkdir(parents=True, exist_ok=True)
+                (workdir / "config.json").write_text(cfg.to_json())
+                artifacts.write_json(workdir / "results.json", aggregate(cfg, rows))
     return aggregate(cfg, rows)

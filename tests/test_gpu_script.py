@@ -31,7 +31,8 @@ def test_gpu_script_smoke_runs_every_section_and_returns_few_shallow_files(tmp_p
     assert {p.name for p in files} == {"log.txt", "env.json", "gpu.json", "report.md", "study.tar.gz"}
     log = (out / "log.txt").read_text()
     assert "exit " not in log and "skipped" not in log and log.rstrip().endswith("done"), log[-3000:]
-    assert "c. the study stopped at the time limit (every run saved)" in log or "c. the study finished" in log
+    assert "c. the study stopped at the time limit (every run saved)" in log or "c. the study finished" in log, \
+        log[-3000:]
     info = json.loads((out / "env.json").read_text())
     assert info["backend"] == "cpu" and info["jax"] and info["torch"] and "nvidia_smi" in info
     listed = re.findall(r"(tests/\w+\.py::\w+)", (ROOT / "benchmarks" / "gpu.sh").read_text())

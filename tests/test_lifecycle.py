@@ -35,6 +35,57 @@ def test_first_signal_requests_a_stop_second_sigint_aborts_and_handlers_are_rest
     assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
 
 
+@main_thread_only
+def test_nested_blocks_pass_a_stop_request_inward_at_entry_and_outward_at_exit():
+    """A driver's block around several runs: a request the run's block did not act on (it came after the run's last
+    check) reaches the driver; one the driver holds is the next run's from its start."""
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as outer:
+        with StopSignals() as inner:
+            assert not inner.requested
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert inner.requested and not outer.requested  # the innermost block takes the signal
+        assert outer.requested and (outer.signum, outer.at) == (inner.signum, inner.at)
+        assert signal.getsignal(signal.SIGTERM) == outer._handler
+        with StopSignals() as later:
+            assert later.requested and later.signum == signal.SIGTERM and later.at == outer.at
+    assert signal.getsignal(signal.SIGTERM) == before
+    with StopSignals() as alone:  # no enclosing block: nothing carried over
+        assert not alone.requested
+
+
+@main_thread_only
+def test_experiments_stop_before_the_next_one_when_the_signal_came_after_a_runs_last_check(tmp_path, monkeypatch):
+    """`--experiments 3`, SIGTERM while experiment 0 writes its final files: it is kept, aggregated, and the
+    command exits 143 before experiment 1 (rather than going on until the batch system kills it)."""
+    import json
+
+    from sm_jax import repeats
+    from sm_jax.config import Config
+    from sm_jax.lifecycle import Stopped
+
+    started = []
+
+    class FinishingRun:  # Run's contract past its last check: the block holds the signal, execute returns
+        def __init__(self, cfg, **_):
+            self.cfg, self.workdir = cfg, cfg.workdir
+
+        def execute(self):
+            with StopSignals():
+                started.append(self.cfg.seed)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            return {"accuracies": [0.5], "accuracy_mean": 0.5, "config": json.loads(self.cfg.to_json())}
+
+    monkeypatch.setattr(repeats, "Run", FinishingRun)
+    cfg = Config(method="dc", ipc=1, experiments=3, seed=7, workdir=str(tmp_path / "run"))
+    with pytest.raises(Stopped, match="after experiment 1 of 3") as e:
+        repeats.execute(cfg, data=object(), log=lambda s: None)
+    assert e.value.code == 143 and started == [7]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["done"] == 1
+
+
 @jax.jit
 def _slow(x, n):
     return jax.lax.fori_loop(0, n, lambda i, y: jnp.tanh(y @ y) * 0.5, x)

@@ -1,5 +1,9 @@
 """Study runner: select-by-validation, skipping finished runs, resuming, and regenerated reports."""
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,36 @@ def test_select_resolves_to_best_validation_group_and_skips_finished(tmp_path):
     assert (tmp_path / "export" / "p" / "t" / "results.json").exists()
     study.run_plan(plan, tmp_path / "runs", tmp_path / "export", log=lambda s: None, execute=fake)
     assert len(calls) == 3  # second pass: everything finished, nothing reruns
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")
+def test_a_stop_after_a_runs_last_check_stops_the_plan_before_its_next_run(tmp_path):
+    """SIGTERM while a run writes its final files (it returns normally, as Run.execute does past its last check):
+    the study saves that run and exits 143 before starting another, instead of going on until it is killed."""
+    from sm_jax import artifacts
+    from sm_jax.lifecycle import Stopped, StopSignals
+
+    plan = write_plan(tmp_path / "p.json", [(i, "g", {**TINY, "seed": n}) for n, i in enumerate("abc")])
+    calls = []
+
+    def fake(cfg, signal_at_end=True):
+        with StopSignals():  # the run's own block
+            calls.append(cfg.seed)
+            res = {"accuracy_mean": 0.5, "iterations": cfg.iterations, "config": json.loads(cfg.to_json())}
+            Path(cfg.workdir).mkdir(parents=True)
+            artifacts.write_json(f"{cfg.workdir}/results.json", res)
+            if signal_at_end and len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # would end the process, were no block installed
+                time.sleep(0.05)
+        return res
+
+    kw = dict(root=tmp_path / "runs", export=tmp_path / "export", log=lambda s: None)
+    with pytest.raises(Stopped, match="before run b \\(1 of 3 done\\)") as e:
+        study.run_plan(plan, execute=fake, **kw)
+    assert e.value.code == 143 and calls == [0]
+    assert (tmp_path / "export" / "p" / "a" / "results.json").exists()  # the finished run is kept and exported
+    out = study.run_plan(plan, execute=lambda c: fake(c, False), **kw)  # the rerun goes on from run b
+    assert calls == [0, 1, 2] and set(out) == {"a", "b", "c"}
 
 
 def test_select_refuses_unfinished_group():

@@ -69,9 +69,11 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
       overrides: Config fields set in every run, over the plan's own (a plan tried at a reduced budget).
     Raises:
       ConfigError: for a run whose fields do not make a valid config (before it starts).
+      Stopped: on SIGINT / SIGTERM, from the run in flight once it saved, or before the next run.
     """
-    from sm_jax import repeats
+    from sm_jax import distributed, repeats
     from sm_jax.data import load_dataset
+    from sm_jax.lifecycle import Stopped, StopSignals
 
     specs = load_plan(name)
     pname = plan_name(name)
@@ -87,30 +89,34 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
 
     execute = execute or default_execute
     results: dict[str, dict] = {}
-    for i, spec in enumerate(specs):
-        run_dir = Path(root) / pname / spec.id
-        try:
-            cfg = spec.config(run_dir, data_dir, {**resolve(spec, specs, results, export), **(overrides or {})})
-        except ConfigError as e:
-            raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
-        done = read_run(run_dir)
-        # a run records its batches fitted to the data (config.fit_batches): compare with what it ran
-        ran = fit_batches(cfg, data_for(cfg), log=lambda *a: None) if done and execute is default_execute else cfg
-        if done is not None and done.get("iterations") == cfg.iterations \
-                and not run_differences(done.get("config", {}), ran, results=True):
-            results[spec.id] = done
-            log(f"[{i + 1}/{len(specs)}] {spec.id}: done ({100 * done['accuracy_mean']:.2f}%)")
-        else:
-            t0 = time.time()
-            log(f"[{i + 1}/{len(specs)}] {spec.id}: running {cfg.method} ipc {cfg.ipc} K {cfg.subset_k} "
-                f"lambda_0 {cfg.subset_lambda:g} seed {cfg.seed} in {run_dir}")
-            results[spec.id] = execute(cfg)
-            log(f"[{i + 1}/{len(specs)}] {spec.id}: {100 * results[spec.id]['accuracy_mean']:.2f}% "
-                f"in {time.time() - t0:.0f} s")
-        if export is not None:
-            dst = Path(export) / pname / spec.id
-            dst.mkdir(parents=True, exist_ok=True)
-            for f in ("results.json", "metrics.jsonl", "config.json"):
-                if (run_dir / f).exists():
-                    shutil.copyfile(run_dir / f, dst / f)
+    with StopSignals() as stop:
+        for i, spec in enumerate(specs):
+            if distributed.stop_agreed(stop):
+                raise Stopped(stop.signum, f"stopped by {stop.name} before run {spec.id} ({i} of {len(specs)} "
+                                           f"done); rerun the same command to go on")
+            run_dir = Path(root) / pname / spec.id
+            try:
+                cfg = spec.config(run_dir, data_dir, {**resolve(spec, specs, results, export), **(overrides or {})})
+            except ConfigError as e:
+                raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
+            done = read_run(run_dir)
+            # a run records its batches fitted to the data (config.fit_batches): compare with what it ran
+            ran = fit_batches(cfg, data_for(cfg), log=lambda *a: None) if done and execute is default_execute else cfg
+            if done is not None and done.get("iterations") == cfg.iterations \
+                    and not run_differences(done.get("config", {}), ran, results=True):
+                results[spec.id] = done
+                log(f"[{i + 1}/{len(specs)}] {spec.id}: done ({100 * done['accuracy_mean']:.2f}%)")
+            else:
+                t0 = time.time()
+                log(f"[{i + 1}/{len(specs)}] {spec.id}: running {cfg.method} ipc {cfg.ipc} K {cfg.subset_k} "
+                    f"lambda_0 {cfg.subset_lambda:g} seed {cfg.seed} in {run_dir}")
+                results[spec.id] = execute(cfg)
+                log(f"[{i + 1}/{len(specs)}] {spec.id}: {100 * results[spec.id]['accuracy_mean']:.2f}% "
+                    f"in {time.time() - t0:.0f} s")
+            if export is not None:
+                dst = Path(export) / pname / spec.id
+                dst.mkdir(parents=True, exist_ok=True)
+                for f in ("results.json", "metrics.jsonl", "config.json"):
+                    if (run_dir / f).exists():
+                        shutil.copyfile(run_dir / f, dst / f)
     return results

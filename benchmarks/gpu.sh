@@ -171,7 +171,7 @@ else
     "${study[@]}" --unpack "$GPU_SH_PACK" --list >> "$out/log.txt" 2>&1 || log "c. could not restore $GPU_SH_PACK"
   fi
   t=$(( $(left) - 40 ))  # the time to save, pack and report
-  if [ $smoke = 1 ] && [ $t -gt 60 ]; then t=60; fi
+  if [ $smoke = 1 ] && [ $t -gt 35 ]; then t=35; fi  # time for the first runs (the test reads the first)
   if [ $t -lt 30 ]; then
     log "c. skipped, no time left for the study"
   else

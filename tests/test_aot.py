@@ -319,6 +319,7 @@ def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeyp
 @pytest.mark.xdist_group("aot_gpu")
 @needs_compilers
 def test_a_study_forecast_plans_each_run_and_counts_its_experiments(tmp_path, capsys):
+    from sm_jax.aot import compile as aot_compile
     from sm_jax.cli.study import study_main
     from sm_jax.study.forecast import forecast
 
@@ -334,6 +335,9 @@ def test_a_study_forecast_plans_each_run_and_counts_its_experiments(tmp_path, ca
     assert one["hours"] == pytest.approx(one["run_seconds"]["total"] / 3600) and one["hours"] > 0
     assert three["experiments"] == 3 and three["hours"] == pytest.approx(3 * one["hours"])  # same shapes
     assert f["hours"] == pytest.approx(one["hours"] + three["hours"])
-    study_main(["--plan", str(plan), "--plan-for", "h100"])
+    compiled = dict(aot_compile._COMPILED)
+    assert len([k for k in compiled if k[1].name == "h100"]) >= 2  # an iteration and an evaluation at least
+    study_main(["--plan", str(plan), "--plan-for", "h100"])  # the same programs: none compiled again
+    assert aot_compile._COMPILED == compiled
     out = capsys.readouterr().out
     assert "| one | 0 |" in out and "| three | 0 |" in out and "| **total** |" in out  # chunk 0: all classes

@@ -6,6 +6,7 @@ costs (`aot.hlo`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 import time
@@ -176,13 +177,22 @@ class PlanError(UserError):
     """A run that cannot fit the target (one line, user-facing)."""
 
 
+# Programs compiled in this process, by (name, target, lowered program): a study's forecast plans many runs of the
+# same shapes (seeds, repeated cells), and compiling for a GPU target takes 10-100 s a program; lowering is cheap.
+_COMPILED: dict[tuple[str, Target, str], Program] = {}
+
+
 def compile_program(name: str, fn, args, target: Target, precision: str, **jit) -> Program:
     """Lowers and compiles `fn` for `target` on abstract `args` (jax.ShapeDtypeStruct with the target's
-    shardings) under the run's matmul precision."""
+    shardings) under the run's matmul precision; a program lowered to the same text for the same target before, in
+    this process, is not compiled again (its Program, compile_seconds included, is returned)."""
     t0 = time.perf_counter()
     options: dict = {}
     with backend.precision(precision):
         lowered = jax.jit(fn, **jit).lower(*args)
+        key = (name, target, hashlib.sha256(lowered.as_text().encode()).hexdigest())
+        if key in _COMPILED:
+            return _COMPILED[key]
         try:
             compiled = lowered.compile()
         except Exception as e:  # noqa: BLE001 - XLA's runtime error type is not part of jax's public API
@@ -195,7 +205,8 @@ def compile_program(name: str, fn, args, target: Target, precision: str, **jit) 
     seconds = time.perf_counter() - t0
     text = compiled.as_text()
     cost = hlo.Module(text, target.fp32_flops, target.bandwidth).cost()
-    return Program(name, seconds, _memory(compiled), cost, _compiler_cost(compiled), target, text, options)
+    _COMPILED[key] = Program(name, seconds, _memory(compiled), cost, _compiler_cost(compiled), target, text, options)
+    return _COMPILED[key]
 
 
 class Compiler:

@@ -74,8 +74,8 @@ def execute(cfg: Config, data: Dataset | None = None, progress: bool = True, log
         data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, res=cfg.res)
         for i in range(cfg.experiments):
             if distributed.stop_agreed(stop):
-                raise Stopped(stop.signum, f"stopped by {stop.name} after experiment {i} of {cfg.experiments} in "
-                                           f"{workdir}; rerun the same command to go on")
+                raise Stopped(stop.signum, f"stopped by {stop.name} with {i} of {cfg.experiments} experiments done "
+                                           f"in {workdir}; rerun the same command to go on")
             run = Run(experiment_config(cfg, i), data=data, progress=progress, log=log)
             log(f"experiment {i + 1}/{cfg.experiments} (seed {cfg.seed + i}): {run.workdir}")
             rows.append(run.execute())

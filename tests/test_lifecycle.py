@@ -80,7 +80,7 @@ def test_experiments_stop_before_the_next_one_when_the_signal_came_after_a_runs_
 
     monkeypatch.setattr(repeats, "Run", FinishingRun)
     cfg = Config(method="dc", ipc=1, experiments=3, seed=7, workdir=str(tmp_path / "run"))
-    with pytest.raises(Stopped, match="after experiment 1 of 3") as e:
+    with pytest.raises(Stopped, match="with 1 of 3 experiments done") as e:
         repeats.execute(cfg, data=object(), log=lambda s: None)
     assert e.value.code == 143 and started == [7]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["done"] == 1

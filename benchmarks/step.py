@@ -2,6 +2,7 @@
 
 python -m benchmarks.step --method dc --ipc 10 [--batch-real 128] [--subset-k 1] [--repeats 5] [--data-dir PATH]
                           [--compare] [--conv-impl auto|fast|patches|winograd|xla] [--class-chunk auto|C]
+                          [--syn-chunk auto|fused|C]
                           [--precision float32|tensorfloat32] [--torch-device cpu|cuda]
                           [--classes 10] [--per-class 5000] [--width 128] [--depth 3]   (the last four: smoke shapes)
                           [--plan-for TARGET]   (the step's estimate on a GPU or TPU that is not here: a prediction)
@@ -25,10 +26,11 @@ import numpy as np
 
 from sm_jax.aot import hlo
 from sm_jax.aot.compile import estimate_seconds
-from sm_jax.backend import device_peak_bytes, precision, program_bytes
-from sm_jax.cli.common import class_chunk
+from sm_jax.backend import AUTO_CHUNK, device_peak_bytes, precision, program_bytes
+from sm_jax.cli.common import class_chunk, syn_chunk
 from sm_jax.config import make_config
 from sm_jax.data import Dataset, load_dataset
+from sm_jax.experiment import resolve_class_form
 from sm_jax.methods import make_context, make_method
 
 
@@ -49,7 +51,8 @@ def main(argv=None) -> dict:
 
 def config(args):
     return make_config(args.method, args.ipc, "paper", subset_k=args.subset_k, batch_real=args.batch_real,
-                       class_chunk=args.class_chunk, conv_impl=args.conv_impl, precision=args.precision,
+                       class_chunk=args.class_chunk, syn_chunk=args.syn_chunk, conv_impl=args.conv_impl,
+                       precision=args.precision,
                        width=args.width, depth=args.depth)
 
 
@@ -78,7 +81,8 @@ def plan(args) -> dict:
            "compile_seconds": prog.compile_seconds, "prediction": True,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": args.classes,
-                      "conv_impl": comp.method(chunk).net.module.conv_impl, "class_chunk": chunk, "width": cfg.width,
+                      "conv_impl": comp.method(chunk).net.module.conv_impl, "class_chunk": chunk,
+                      "syn_chunk": comp.syn_chunk, "width": cfg.width,
                       "depth": cfg.depth}}
     print(json.dumps(out))
     return out
@@ -95,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also time the PyTorch baseline and print the ratio")
     p.add_argument("--class-chunk", type=class_chunk, default=0,
                    help="classes per vmapped program (0 = all, the default; auto = as a run chooses)")
+    p.add_argument("--syn-chunk", type=syn_chunk, default=AUTO_CHUNK,
+                   help="classes per program of the synthetic side (fused: with the real side; auto: as a run "
+                   "chooses, sm_jax.backend.resolve_syn_chunk)")
     p.add_argument("--precision", default="float32", help="float32 or tensorfloat32 (GPU), for both frameworks")
     p.add_argument("--torch-device", default="cpu", help="the PyTorch baseline's device: cpu or cuda")
     p.add_argument("--classes", type=int, default=10)
@@ -127,6 +134,9 @@ def measure(args) -> dict:
     ctx = make_context(cfg, data)
     key = jax.random.key(0)
     state = method.init_state(method.init_images(data, key))
+    # `auto` chunk and form as a run resolves them (on an accelerator: the candidates' iteration programs weighed)
+    method, _ = resolve_class_form(cfg, data.spec, None, state, ctx, key,
+                                   log=lambda line: print(line, file=sys.stderr))
     params, _ = method.net.init(key)
     step = jax.jit(lambda im, os_, p_, k: method.matching_step(im, os_, p_, ctx, k, 0.5), donate_argnums=(0, 1))
     t0 = time.perf_counter()
@@ -160,7 +170,8 @@ def measure(args) -> dict:
            "precision": cfg.precision,
            "config": {"method": cfg.method, "ipc": cfg.ipc, "batch_real": cfg.batch_real, "subset_k": cfg.subset_k,
                       "subset_batch_real": cfg.subset_real, "classes": data.num_classes,
-                      "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk, "width": cfg.width,
+                      "conv_impl": method.net.module.conv_impl, "class_chunk": method.class_chunk,
+                      "syn_chunk": method.syn_chunk, "width": cfg.width,
                       "depth": cfg.depth}}
     peak = device_peak_bytes()
     if peak is not None:

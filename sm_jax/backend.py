@@ -1,5 +1,5 @@
-"""The process and the device: fp32 matmul precision, the persistent compilation cache, predicted device memory and
-the class chunk.
+"""The process and the device: fp32 matmul precision, the persistent compilation cache, predicted device memory, the
+class chunk and the synthetic side's chunk.
 
 Precision. On an NVIDIA GPU from Ampere on, XLA's default precision for float32 matmuls and convolutions is
 TF32 (10-bit mantissa); PyTorch's default is TF32 for convolutions (`torch.backends.cudnn.allow_tf32 = True`) and
@@ -22,7 +22,9 @@ PRECISIONS = ("float32", "tensorfloat32", "bfloat16")  # names of jax_default_ma
 AUTO_CHUNK = -1  # Config.class_chunk 'auto': resolve_class_chunk decides per device
 AUTO_PARALLEL = 0  # Config.eval_parallel 'auto': resolve_eval_parallel
 CPU_CLASS_CHUNK = 1  # on 2 CPU cores the fastest and smallest form measured (benchmarks/README.md)
+FUSED = -2  # Config.syn_chunk 'fused': each class chunk's program matches both sides (resolve_syn_chunk)
 MEMORY_HEADROOM = 0.85  # share of the device's memory a program may be predicted to use
+MEMORY_MARGIN = 0.10  # `auto` syn chunk: the split form may need this much more memory than the fused one
 TIME_MARGIN = 0.10  # `auto` chunk and width: a larger program must be estimated this much faster to be preferred
 WIDE_PARALLEL = 20  # the vmapped width `--eval-parallel auto` weighs against one network per device (the papers' 20)
 PEAK_BOUND = 1.3  # a run's peak against its largest program's predicted bytes (docs/gpu.md, "Memory as predicted")
@@ -234,3 +236,59 @@ def resolve_class_chunk(requested: int, classes: int, mesh=None,
     log(f"class chunk: {chunk} of {classes} classes per program ({why} of those that fit "
         f"{MEMORY_HEADROOM:.0%} of {limit / 2**30:.1f} GiB)")
     return chunk
+
+
+def resolve_syn_chunk(requested: int, chunk: int, classes: int, can_split: bool,
+                      cost_of: Callable[[int], tuple[int | None, float | None]] | None = None,
+                      limit: int | None = None, log: Callable[[str], None] = print) -> int:
+    """The classes per program of the matching's synthetic side for `--syn-chunk requested`, given the class chunk.
+
+    FUSED: each class chunk's program takes both sides of its matching (the real images' gradients and the synthetic
+    images' loss, differentiated). A number (0 = all classes) splits them: the real images' gradients (first order,
+    no image to differentiate: most of the work) are taken first, `chunk` classes per program, and the synthetic
+    side after, that many classes per program; its images are few per class (ipc), so with one class per program its
+    many small kernels would launch once per class. `auto` (AUTO_CHUNK) is FUSED on CPU (the measured form, without
+    compiling), where one program already takes all classes, where the method cannot split (`can_split`: a gradient
+    distance, no batch norm), or without `cost_of`; on an accelerator it weighs the fused iteration against split
+    ones, the synthetic side's chunk from all classes down (halving, above `chunk`), and takes the largest
+    predicted to need at most MEMORY_MARGIN more memory than the fused one, where it is also estimated faster: a
+    gain that costs no memory. Every candidate is logged.
+
+    Args:
+      requested: Config.syn_chunk.
+      chunk: the resolved class chunk (0 = all).
+      classes: the number of classes.
+      can_split: whether the method has the split form.
+      cost_of: syn chunk (FUSED or a number) -> (device bytes, estimated seconds) of the iteration program, each
+        None where unknown.
+      limit: device bytes (given, the choice runs on CPU too).
+    Returns:
+      FUSED or the synthetic side's chunk (0 <= s <= classes; 0 = all).
+    """
+    if requested != AUTO_CHUNK:
+        return requested
+    if (not can_split or chunk <= 0 or chunk >= classes or cost_of is None
+            or (jax.default_backend() == "cpu" and limit is None)):
+        return FUSED
+
+    def cost(syn: int) -> tuple[int | None, float | None]:
+        need, secs = cost_of(syn)
+        mem = f"{need / 2**30:.2f} GiB" if need is not None else "memory unknown"
+        log(f"  {'fused' if syn == FUSED else f'split, synthetic side {syn} classes per program'}: {mem}, "
+            + (f"{secs:.3g} s estimated" if secs is not None else "time unknown"))
+        return need, secs
+
+    m_f, t_f = cost(FUSED)
+    for syn in (s for s in chunk_candidates(classes) if s > chunk):
+        m_s, t_s = cost(syn)
+        if m_f is not None and m_s is not None and m_s <= (1 + MEMORY_MARGIN) * m_f:
+            break
+    else:
+        log(f"synthetic side: fused (no split form within {MEMORY_MARGIN:.0%} of the fused form's memory)")
+        return FUSED
+    if t_f is None or t_s is None or t_s >= t_f:
+        log(f"synthetic side: fused (the split form, {syn} classes per program, is not estimated faster)")
+        return FUSED
+    log(f"synthetic side: {syn} classes per program after the real side (estimated faster, within "
+        f"{MEMORY_MARGIN:.0%} of the fused form's memory)")
+    return syn

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sm_jax.augmentation import DSA_OPS, OPS
-from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, PRECISIONS
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, FUSED, PRECISIONS
 from sm_jax.data import DATASETS, dataset_info
 from sm_jax.errors import ConfigError
 from sm_jax.evaluation import BASELINES, PROTOCOLS
@@ -143,6 +143,11 @@ class Config:
     class_chunk: int = _field(AUTO_CHUNK, "classes matched per vmapped program; lower = less memory (0 = all at "
                               "once; auto: 1 on CPU, the fastest there, and on GPU/TPU the largest chunk predicted to "
                               "fit the device's memory)", kind=OTHER, low=AUTO_CHUNK)
+    syn_chunk: int = _field(AUTO_CHUNK, "classes per program of the matching's synthetic side, taken after the "
+                            "real side's gradients (--class-chunk classes per program; 0 = all; fused: both sides "
+                            "in one program per class chunk; auto: fused on CPU, and on GPU/TPU split where "
+                            "estimated faster in no more memory, see docs/gpu.md); the same losses either way",
+                            kind=OTHER, low=FUSED)
     precision: str = _field("float32", "float32 matmul/convolution precision on GPU/TPU: float32 (faithful, see "
                             "docs/gpu.md), tensorfloat32 or bfloat16 (faster); no effect on CPU", kind=OTHER,
                             choices=lambda: PRECISIONS)

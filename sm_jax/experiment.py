@@ -43,6 +43,34 @@ from sm_jax.tensorboard import TensorBoard
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
 
 
+
+def resolve_class_form(cfg: Config, spec, mesh, state, ctx, key, limit: int | None = None, log=print):
+    """The method with its class chunk and synthetic side's chunk resolved for this device, as a run builds it:
+    backend.resolve_class_chunk, then backend.resolve_syn_chunk for that chunk (on an accelerator, or with `limit`
+    device bytes, `auto` compiles the candidates' iteration programs on `state`, `ctx`, `key` to predict their memory
+    and time; each program compiles once).
+
+    Returns:
+      (method, the predicted device bytes of its iteration program, None where none was compiled).
+    """
+    costs: dict = {}
+
+    def cost_of(chunk: int, syn: int = cfg.syn_chunk) -> tuple[int | None, float | None]:
+        method = make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn), spec, mesh)
+        if (chunk, method.syn_chunk) not in costs:  # keyed by what it resolved to: 'auto' is fused here
+            compiled = jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, key).compile()
+            costs[chunk, method.syn_chunk] = backend.program_bytes(compiled), estimate_seconds(compiled)
+        return costs[chunk, method.syn_chunk]
+
+    chunk = backend.resolve_class_chunk(cfg.class_chunk, spec.num_classes, mesh, cost_of, limit, log)
+    method = make_method(cfg.replace(class_chunk=chunk), spec, mesh)
+    syn = backend.resolve_syn_chunk(cfg.syn_chunk, chunk, spec.num_classes, method.can_split,
+                                    lambda s: cost_of(chunk, s), limit, log)
+    if syn != method.syn_chunk:
+        method = make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn), spec, mesh)
+    return method, costs.get((chunk, syn), (None,))[0]
+
+
 class RunError(UserError):
     """A run that cannot proceed as asked (one line, user-facing)."""
 
@@ -283,24 +311,14 @@ class Run:
         return distributed.broadcast(not any(r.get("iteration") == it and "eval" in r for r in records))
 
     def _resolve_class_chunk(self, state, ctx, limit: int | None = None) -> None:
-        """Rebuilds the method with the class chunk resolved for this device (backend.resolve_class_chunk: on an
-        accelerator, or with `limit` device bytes, `auto` compiles candidate chunks to predict their memory); a no-op
-        for a method whose iteration has no class chunk (Method.class_chunked)."""
+        """Rebuilds the method with the class chunk and the match form resolved for this device
+        (`resolve_class_form`); a no-op for a method whose iteration has no class chunk (Method.class_chunked)."""
         if not self.method.class_chunked:
             return
-
-        def cost_of(chunk: int) -> tuple[int | None, float | None]:
-            method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
-            compiled = jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, self.key).compile()
-            sizes[chunk] = backend.program_bytes(compiled)
-            return sizes[chunk], estimate_seconds(compiled)
-
-        sizes: dict = {}
-        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
-                                            limit, self.log)
-        self.predicted["iteration"] = sizes.get(chunk)
-        if chunk != self.method.class_chunk:
-            self.method = make_method(self.cfg.replace(class_chunk=chunk), self.data.spec, self.mesh)
+        method, self.predicted["iteration"] = resolve_class_form(self.cfg, self.data.spec, self.mesh, state, ctx,
+                                                                 self.key, limit, self.log)
+        if (method.class_chunk, method.syn_chunk) != (self.method.class_chunk, self.method.syn_chunk):
+            self.method = method
             self.method.attach(self.data)
 
     # --- the run -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax.augmentation import Policy, siamese
+from sm_jax.augmentation import Policy, siamese, siamese_side
 from sm_jax.models import cross_entropy
 
 Params = Any
@@ -129,6 +129,29 @@ def class_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Para
     g_real = jax.lax.stop_gradient(param_grad(apply_fn, params, real, jnp.full(real.shape[:1], label)))
     g_syn = param_grad(apply_fn, params, syn, jnp.full(syn.shape[:1], label))
     return dist(g_real, g_syn)
+
+
+def real_grads(apply_fn: Callable, policy: Policy, params: Params, real: jax.Array, label: jax.Array,
+               key: jax.Array) -> Params:
+    """The real side of `class_match` alone: the (constant) parameter gradient its distance compares against.
+
+    Args:
+      real: (B, H, W, C) normalised real images of the class; label: int32 scalar; key: the pair's siamese key.
+    """
+    real = siamese_side(policy, key, real)
+    return jax.lax.stop_gradient(param_grad(apply_fn, params, real, jnp.full(real.shape[:1], label)))
+
+
+def syn_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Params, g_real: Params,
+              syn: jax.Array, label: jax.Array, key: jax.Array) -> jax.Array:
+    """The synthetic side of `class_match`: D(g_real, grad(E(syn))), with `g_real` from `real_grads` under the same
+    key, so that `syn_match(..., real_grads(..., real, ...), syn, ...)` is `class_match(..., real, syn, ...)`.
+
+    Args:
+      g_real: the real side's parameter gradient; syn: (n, H, W, C) normalised synthetic images of the class.
+    """
+    syn = siamese_side(policy, key, syn)
+    return dist(g_real, param_grad(apply_fn, params, syn, jnp.full(syn.shape[:1], label)))
 
 
 def mean_embedding_distance(e_real: jax.Array, e_syn: jax.Array) -> jax.Array:

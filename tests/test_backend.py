@@ -7,6 +7,7 @@ import pytest
 
 from sm_jax import backend
 from sm_jax.config import make_config
+from sm_jax.errors import ConfigError
 from sm_jax.methods import make_method
 
 
@@ -83,6 +84,47 @@ def test_auto_class_chunk_on_cpu_is_the_measured_fastest_without_compiling():
     assert make_config("dc", 10).class_chunk == backend.AUTO_CHUNK  # auto by default
     assert make_method(make_config("dc", 10)).class_chunk == 1
     assert make_method(make_config("dc", 10, class_chunk=0)).class_chunk == 0
+
+
+def test_auto_syn_chunk_splits_only_where_estimated_faster_within_the_fused_forms_memory():
+    # the fused iteration: 1 GiB, 1.0 s; split ones: memory grows with the synthetic side's chunk, time falls
+    tried = []
+    costs = {backend.FUSED: (1.0, 1.0), 10: (1.5, 0.90), 5: (1.08, 0.95), 3: (1.0, 0.97), 2: (0.98, 0.99)}
+
+    def cost_of(syn):
+        tried.append(syn)
+        need, secs = costs[syn]
+        return int(need * 2**30), secs
+
+    def resolve(chunk=1, requested=backend.AUTO_CHUNK, can_split=True):
+        tried.clear()
+        return backend.resolve_syn_chunk(requested, chunk, 10, can_split, cost_of, 80 * 2**30, logs.append)
+
+    logs = []
+    # all classes needs 50 % more memory than fused; 5 is within 10 %, and faster: taken, nothing smaller compiled
+    assert resolve() == 5 and tried == [backend.FUSED, 10, 5]
+    assert logs[0] == "  fused: 1.00 GiB, 1 s estimated"
+    assert logs[1] == "  split, synthetic side 10 classes per program: 1.50 GiB, 0.9 s estimated"
+    assert logs[-1] == ("synthetic side: 5 classes per program after the real side (estimated faster, within 10% of "
+                        "the fused form's memory)")
+    assert resolve(chunk=3) == 5 and tried == [backend.FUSED, 10, 5]  # only chunks above the real side's
+    costs[5] = (1.08, 1.01)  # the largest within the memory is not faster: fused, nothing smaller compiled
+    assert resolve() == backend.FUSED and tried == [backend.FUSED, 10, 5]
+    assert "not estimated faster" in logs[-1]
+    costs.update({5: (1.2, 0.95), 3: (1.2, 0.97), 2: (1.2, 0.99)})  # none within the memory
+    assert resolve() == backend.FUSED and tried == [backend.FUSED, 10, 5, 3, 2]
+    # nothing compiled: a number or fused is kept; all classes already in one program; no split form; CPU
+    for kw in ({"requested": 4}, {"requested": backend.FUSED}, {"chunk": 0}, {"chunk": 10}, {"can_split": False}):
+        assert resolve(**kw) == kw.get("requested", backend.FUSED) and tried == []
+    assert backend.resolve_syn_chunk(backend.AUTO_CHUNK, 1, 10, True, cost_of) == backend.FUSED and tried == []
+    assert make_method(make_config("dc", 10)).syn_chunk == backend.FUSED
+    assert make_method(make_config("dc", 10, syn_chunk=0)).syn_chunk == 0
+    with pytest.raises(ConfigError, match="--syn-chunk 0 needs a gradient distance"):
+        make_method(make_config("dm", 10, syn_chunk=0))
+    with pytest.raises(ConfigError, match="only the fused form"):
+        make_method(make_config("dc", 10, syn_chunk=2, norm="batchnorm"))
+    from sm_jax.cli.common import syn_chunk
+    assert (syn_chunk("fused"), syn_chunk("auto"), syn_chunk("3")) == (backend.FUSED, backend.AUTO_CHUNK, 3)
 
 
 def test_eval_parallel_auto_weighs_one_network_per_device_against_twenty_by_the_estimate():

@@ -10,7 +10,9 @@ from sm_jax.matching import (
     make_partition,
     matching_losses,
     mse_distance,
+    real_grads,
     sample_rows,
+    syn_match,
 )
 from sm_jax.methods import DSA, IDC
 from sm_jax.models import Net, build
@@ -64,6 +66,29 @@ def test_real_gradient_is_constant_and_syn_gradient_flows():
     g_real, g_syn = jax.jit(jax.grad(f, argnums=(0, 1)))(real, syn)
     assert float(jnp.abs(g_real).max()) == 0.0
     assert float(jnp.abs(g_syn).max()) > 0.0
+
+
+def test_split_sides_compose_to_the_pair_and_the_siamese_draw_to_its_sides():
+    """`syn_match(real_grads(real), syn)` (the split form's two programs) is `class_match(real, syn)`: value and
+    gradient w.r.t. the synthetic images, under one DSA draw whose sides are `siamese`'s."""
+    from sm_jax.augmentation import siamese, siamese_side
+
+    apply_fn, params = small_net()
+    real = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
+    syn = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    policy, label = DSA.match_policy, jnp.int32(2)
+    for seed in range(3):
+        key = jax.random.key(seed)
+        ra, sa = siamese(policy, key, real, syn)
+        np.testing.assert_array_equal(siamese_side(policy, key, real), ra)
+        np.testing.assert_array_equal(siamese_side(policy, key, syn), sa)
+        pair = lambda s: class_match(apply_fn, cosine_distance, policy, params, real, s, label, key)  # noqa: E731
+        target = real_grads(apply_fn, policy, params, real, label, key)
+        split = lambda s: syn_match(apply_fn, cosine_distance, policy, params, target, s, label, key)  # noqa: E731
+        (want, g_want), (got, g_got) = jax.value_and_grad(pair)(syn), jax.value_and_grad(split)(syn)
+        assert float(want) > 1e-3 and float(jnp.abs(g_want).max()) > 0
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-6 * float(jnp.abs(g_want).max()))
 
 
 @pytest.mark.parametrize("dist,policy", [(cosine_distance, DSA.match_policy),

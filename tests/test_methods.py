@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sm_jax.backend import FUSED
 from sm_jax.config import make_config
 from sm_jax.data import DataSpec
 from sm_jax.errors import ConfigError
@@ -159,13 +160,16 @@ def test_k_must_divide_the_synthetic_count():
 
 # dc: one vmap over all 3 classes on the GPU's form (xla_gemm: the per-class kernel gradients as batched gemms)
 # against XLA's own convolution; idc (decode, the image cap, augmentation): a lax.map over chunks of 2 classes plus
-# a remainder of 1, the form of the cpu preset
-@pytest.mark.parametrize("method,chunk,conv", [("dc", 0, "xla_gemm"),
-                                               pytest.param("idc", 2, "auto", marks=pytest.mark.slow)])
-def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, conv, tiny_data):
-    """The fast form (per-class gradients, vmapped over chunks of classes) against grad of the summed loss of all
-    classes computed in one vmap and one jax.grad, from the same random draws (those `match_inputs` made), on
-    XLA's convolution where the fast form runs on xla_gemm."""
+# a remainder of 1, the form of the cpu preset; split (--syn-chunk): dsa's real side one class per program, then
+# the synthetic side of all classes vmapped on xla_gemm (the GPU's split form), and idc's in chunks of 2 after
+# chunks of 1
+@pytest.mark.parametrize("method,chunk,conv,syn", [("dc", 0, "xla_gemm", FUSED), ("dsa", 1, "xla_gemm", 0),
+                                                   pytest.param("idc", 2, "auto", FUSED, marks=pytest.mark.slow),
+                                                   pytest.param("idc", 1, "auto", 2, marks=pytest.mark.slow)])
+def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, conv, syn, tiny_data):
+    """The fast forms (per-class gradients, vmapped over chunks of classes; split, the real side's gradients first)
+    against grad of the summed loss of all classes computed in one vmap and one jax.grad, from the same random
+    draws (those `match_inputs` made), on XLA's convolution where the fast form runs on xla_gemm."""
     import jax.numpy as jnp
 
     from sm_jax.matching import class_match
@@ -190,7 +194,8 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
         return la.sum() + lam * ls.sum()
 
     want = jax.jit(jax.grad(reference))(images)
-    mc = make_method(cfg.replace(class_chunk=chunk, conv_impl=conv), tiny_data.spec)
+    mc = make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn, conv_impl=conv), tiny_data.spec)
+    assert mc.syn_chunk == syn
     got, (la, ls) = jax.jit(mc.match)(images, params, ctx, key, lam)
     assert la.shape == (c,) and ls.shape == (c, 2)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))

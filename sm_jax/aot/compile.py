@@ -219,7 +219,8 @@ class Compiler:
         self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))  # the matching's form
         self.devices = target.devices()
         self.mesh = sharding.mesh_of(self.devices) if len(self.devices) > 1 else None
-        self._iterations: dict[int, Program] = {}
+        self._iterations: dict[tuple[int, str], Program] = {}
+        self.syn_chunk = cfg.syn_chunk  # `class_chunk` resolves 'auto' for the target with the chunk
 
     def abstract(self, tree, split=False):
         """jax.ShapeDtypeStruct of every leaf of `tree` (arrays or their shapes) with the target's sharding:
@@ -233,9 +234,13 @@ class Compiler:
 
         return jax.tree.map(one, tree, splits)
 
-    def method(self, chunk: int):
+    def method(self, chunk: int, syn: int | None = None):
+        """The method with `chunk` classes per vmapped program and the synthetic side's chunk `syn` (default: the
+        one `class_chunk` resolved, else the config's)."""
         with compiling_for(self.target.platform):
-            return make_method(self.requested.replace(class_chunk=chunk), self.data.spec, self.mesh)
+            return make_method(self.requested.replace(class_chunk=chunk,
+                                                      syn_chunk=self.syn_chunk if syn is None else syn),
+                               self.data.spec, self.mesh)
 
     def _shapes(self, m):
         """The shapes a method's programs take: (condensation state, context, key), from shapes alone."""
@@ -245,22 +250,23 @@ class Compiler:
         return jax.eval_shape(m.init_state, images), m.context_shapes(self.data), jax.eval_shape(
             lambda: jax.random.key(0))
 
-    def iteration(self, chunk: int) -> Program:
-        """The condensation iteration with `chunk` classes per vmapped program (0 = all), compiled once."""
-        if chunk not in self._iterations:
-            m = self.method(chunk)
+    def iteration(self, chunk: int, syn: int | None = None) -> Program:
+        """The condensation iteration with `chunk` classes per vmapped program (0 = all) and the synthetic side's
+        chunk `syn` (as `method`), compiled once."""
+        m = self.method(chunk, syn)
+        if (chunk, m.syn_chunk) not in self._iterations:
             state, ctx, key = self._shapes(m)
             split = sharding.state_split(state, self.mesh, m.class_axis(state)) if self.mesh is not None else False
             args = (self.abstract(state, split), self.abstract(ctx), self.abstract(key))
-            self._iterations[chunk] = compile_program("iteration", m.iteration, args, self.target,
-                                                      self.cfg.precision, donate_argnums=0)
-        return self._iterations[chunk]
+            self._iterations[chunk, m.syn_chunk] = compile_program("iteration", m.iteration, args, self.target,
+                                                                   self.cfg.precision, donate_argnums=0)
+        return self._iterations[chunk, m.syn_chunk]
 
-    def step(self, chunk: int) -> Program:
+    def step(self, chunk: int, syn: int | None = None) -> Program:
         """One outer matching step (every class's and subset's matching and the image update, as
         `benchmarks.step` times it) with `chunk` classes per vmapped program (0 = all), for a gradient-matching
-        method."""
-        m = self.method(chunk)
+        method, with the synthetic side's chunk `syn` (as `method`)."""
+        m = self.method(chunk, syn)
         state, ctx, key = self._shapes(m)
         params = jax.eval_shape(lambda: m.net.init(jax.random.key(0))[0])
         args = (*self.abstract((state.images, state.opt_state, params)), self.abstract(ctx), self.abstract(key))
@@ -268,20 +274,25 @@ class Compiler:
         return compile_program("step", fn, args, self.target, self.cfg.precision, donate_argnums=(0, 1))
 
     def class_chunk(self, log=print) -> int:
-        """What `--class-chunk` (auto: the largest chunk predicted to fit the target) resolves to on the target (0
-        for a method whose iteration has no class chunk)."""
+        """What `--class-chunk` (auto: as backend.resolve_class_chunk weighs the candidates' compiled programs)
+        resolves to on the target (0 for a method whose iteration has no class chunk); then `--syn-chunk` for that
+        chunk (backend.resolve_syn_chunk), kept as `self.syn_chunk` for the programs compiled after."""
         if not METHODS[self.cfg.method].class_chunked:
             return 0
-        def cost_of(chunk: int) -> tuple[int | float | None, float | None]:
+        def cost_of(chunk: int, syn: int | None = None) -> tuple[int | float | None, float | None]:
             try:
-                it = self.iteration(chunk)
+                it = self.iteration(chunk, syn)
             except PlanError as e:  # the TPU compiler refuses a program larger than the chip: another chunk may fit
                 size = re.search(r"temporaries \(([\d.]+)G\)", str(e))
                 return (float(size.group(1)) * 2**30 if size else math.inf), None
             return it.bytes, it.seconds()["estimate"]
 
-        return backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
-                                           self.target.bytes_limit, log)
+        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
+                                            self.target.bytes_limit, log)
+        self.syn_chunk = backend.resolve_syn_chunk(
+            self.cfg.syn_chunk, chunk, self.data.num_classes, self.method(chunk).can_split,
+            lambda syn: cost_of(chunk, syn), self.target.bytes_limit, log)
+        return chunk
 
     def evaluation(self, parallel: int | None = None, arch: str | None = None) -> Program:
         """The evaluation program: `parallel` networks (default the config's eval_parallel) trained together on the

@@ -33,7 +33,8 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
     """Compiles `cfg`'s programs for the target and says what they need there.
 
     Returns:
-      {target, class_chunk, iteration: Program.record(), evaluation: ..., run_seconds: {condense, evaluate, total}}.
+      {target, class_chunk, syn_chunk, iteration: Program.record(), evaluation: ...,
+       run_seconds: {condense, evaluate, total}}.
     Raises:
       PlanError: when even one class per program exceeds the target's memory.
       TargetError: for an unknown target or a compiler that is not installed.
@@ -78,7 +79,7 @@ def plan(cfg: Config, target_name: str, data_dir: str | None = None, evaluate: b
         f"{cfg.eval_models} networks {_duration(secs['evaluate'])} = {secs['total'] / 3600:.2f} device-hours "
         f"({tgt.chips} chip{'s' * (tgt.chips > 1)})")
     return {"target": tgt.name, "chips": tgt.chips, "classes": comp.data.num_classes, "class_chunk": chunk,
-            "iteration": it.record(),
+            "syn_chunk": comp.syn_chunk, "iteration": it.record(),
             "evaluation": ev.record() if ev is not None else None, "eval_parallel": parallel,
             "eval_parallel_alternative": alternative, "run_seconds": secs}
 

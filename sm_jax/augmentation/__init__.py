@@ -14,7 +14,9 @@ from sm_jax.augmentation.policy import (
                                         drop_ops,
                                         sample_policy,
                                         siamese,
+                                        siamese_side,
 )
 
 __all__ = ["DC_OPS", "DSA_OPS", "DSA_POLICY", "NO_POLICY", "OPS", "Policy", "affine_resample", "apply_policy",
-           "augment", "check_policy", "cutmix", "drop_ops", "sample_policy", "siamese"]
+           "augment", "check_policy", "cutmix", "drop_ops", "sample_policy", "siamese",
+           "siamese_side"]

@@ -91,6 +91,14 @@ def siamese(policy: Policy, key: jax.Array, real: jax.Array, syn: jax.Array) -> 
     return apply_policy(policy, draw, real), apply_policy(policy, draw, syn)
 
 
+def siamese_side(policy: Policy, key: jax.Array, x: jax.Array) -> jax.Array:
+    """One side of `siamese`: the draw of `key` applied to one batch (N, H, W, C), so that the real and the synthetic
+    side of a siamese pair can be computed in different programs (the same key gives the same transform)."""
+    if not policy:
+        return x
+    return apply_policy(policy, sample_policy(key, policy, 1, x.shape[1:3]), x)
+
+
 def augment(key: jax.Array, policy: Policy, x: jax.Array) -> jax.Array:
     """Per-sample augmentation of a batch (op chosen once per batch): the inner-loop and evaluation form."""
     if not policy:

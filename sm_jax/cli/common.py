@@ -8,27 +8,30 @@ import os
 import signal
 import sys
 
-from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, FUSED
 from sm_jax.config import Config
 
 
-def auto_or_int(auto: int):
-    """An argparse type: 'auto' (-> `auto`) or an integer."""
+def auto_or_int(auto: int, **names: int):
+    """An argparse type: 'auto' (-> `auto`), another of `names` (-> its value) or an integer."""
+    words = {"auto": auto, **names}
+
     def parse(text: str) -> int:
-        if text == "auto":
-            return auto
+        if text in words:
+            return words[text]
         try:
             return int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected auto or an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {', '.join(words)} or an integer, got {text!r}") from None
     return parse
 
 
 class_chunk = auto_or_int(AUTO_CHUNK)  # argparse type of --class-chunk
+syn_chunk = auto_or_int(AUTO_CHUNK, fused=FUSED)  # argparse type of --syn-chunk
 eval_parallel = auto_or_int(AUTO_PARALLEL)  # argparse type of --eval-parallel
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str, "int | None": int}
-_SPECIAL_TYPES = {"class_chunk": class_chunk, "eval_parallel": eval_parallel}
+_SPECIAL_TYPES = {"class_chunk": class_chunk, "syn_chunk": syn_chunk, "eval_parallel": eval_parallel}
 
 
 def add_config_flags(p: argparse.ArgumentParser, names=None, required=(), cls=Config) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
-from sm_jax.backend import resolve_class_chunk
+from sm_jax.backend import AUTO_CHUNK, FUSED, resolve_class_chunk, resolve_syn_chunk
 from sm_jax.data import Dataset, DataSpec
 from sm_jax.errors import ConfigError
 from sm_jax.matching import lambda_schedule
@@ -44,6 +44,7 @@ class Method:
     uses_zca: ClassVar[bool] = False  # whether --zca applies (its images live in ZCA space)
     own_protocol: ClassVar[str] = "hard"  # its evaluation protocol (evaluation.protocols) when none is asked for
     class_chunked: ClassVar[bool] = True  # whether --class-chunk bounds its iteration's memory (classes apart)
+    can_split: ClassVar[bool] = False  # whether its matching has the split form (--syn-chunk)
     # the metrics of `iteration` that the progress line shows, and those that must stay finite (else the run stops)
     shown_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "lambda")
     finite_metrics: ClassVar[tuple[str, ...]] = ("loss_all", "loss_subset", "grad_norm")
@@ -84,6 +85,10 @@ class Method:
         self.net_alone = self.net if getattr(self.net.module, "conv_impl", alone) == alone else make_net(
             cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm, alone)
         self.batch_norm = self.net.has_state
+        if cfg.syn_chunk not in (AUTO_CHUNK, FUSED) and not self.can_split:
+            raise ConfigError(f"--syn-chunk {cfg.syn_chunk} needs a gradient distance and no batch norm; "
+                              f"{cfg.method} with --norm {cfg.norm} has only the fused form (--syn-chunk fused)")
+        self.syn_chunk = resolve_syn_chunk(cfg.syn_chunk, self.class_chunk, self.num_classes, self.can_split)
         self.img_tx = optax.sgd(cfg.lr_img, momentum=cfg.momentum_img or None)
         self.eval_policy = drop_ops(type(self).eval_policy, cfg.aug_drop_ops)
         if cfg.eval_aug:

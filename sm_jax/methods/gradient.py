@@ -15,10 +15,12 @@ import optax
 
 from sm_jax import sharding
 from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
+from sm_jax.backend import FUSED
 from sm_jax.data import DataSpec
-from sm_jax.matching import DISTANCES, class_match, sample_rows
+from sm_jax.matching import DISTANCES, class_match, real_grads, sample_rows, syn_match
 from sm_jax.methods.base import Method
 from sm_jax.methods.context import CondenseState, Context, real_batch
+from sm_jax.models import make_net, resolve_conv
 from sm_jax.training import TrainProtocol, train_on_set
 
 BN_PER_CLASS = 16  # real images per class that set a batch-norm network's statistics before matching (official)
@@ -37,6 +39,19 @@ class GradientMatching(Method):
         self.dist = DISTANCES.get(cfg.distance or self.distance)  # None for a method without a gradient distance
         self.match_policy = drop_ops(type(self).match_policy, cfg.aug_drop_ops)
         self.net_policy = drop_ops(type(self).net_policy, cfg.aug_drop_ops)
+        # the split form's synthetic side is vmapped over its chunk of classes: the matching network on the form of
+        # a network shared across a vmapped axis (the real side keeps `self.net`, the form its class chunk needs)
+        self.net_syn = None
+        if self.syn_chunk != FUSED:
+            shared = resolve_conv(cfg.conv_impl, vmap="shared")
+            self.net_syn = self.net if getattr(self.net.module, "conv_impl", shared) == shared else make_net(
+                cfg.model, self.num_classes, spec.image_shape, cfg.width, cfg.depth, cfg.norm, shared)
+
+    @property
+    def can_split(self) -> bool:
+        """The split form needs a gradient distance (DM has none: its real side is one forward pass) and a network
+        without running statistics (a batch-norm network's matching closes over statistics set per step)."""
+        return DISTANCES.get(self.cfg.distance or self.distance) is not None and not self.batch_norm
 
     # --- the synthetic set ------------------------------------------------------------------------------
     def apply_fn(self, params, x):
@@ -62,6 +77,17 @@ class GradientMatching(Method):
           label: int32 scalar class; key: this (class, subset)'s augmentation key.
         """
         return class_match(apply_fn, self.dist, self.match_policy, params, real, syn, label, key)
+
+    def real_target(self, apply_fn, params, real: jax.Array, label: jax.Array, key: jax.Array):
+        """The split form's real side of `class_loss`: what the synthetic side is matched to (a constant).
+
+        Args: as `class_loss`'s, without `syn`.
+        """
+        return real_grads(apply_fn, self.match_policy, params, real, label, key)
+
+    def syn_loss(self, apply_fn, params, target, syn: jax.Array, label: jax.Array, key: jax.Array) -> jax.Array:
+        """The split form's synthetic side: `class_loss` with the real batch's `real_target` in its place."""
+        return syn_match(apply_fn, self.dist, self.match_policy, params, target, syn, label, key)
 
     def select_syn(self, syn: jax.Array, key: jax.Array) -> jax.Array:
         """The synthetic images of one class's whole-class term (IDC caps their number).
@@ -99,7 +125,10 @@ class GradientMatching(Method):
         Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
         vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
         through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
-        second-order activations; the result is the same for every chunk size.
+        second-order activations; the result is the same for every chunk size. Split (`self.syn_chunk` not FUSED),
+        the chunks take the real side only (`real_target`, no second order), and the synthetic side (`syn_loss`,
+        differentiated) follows, `self.syn_chunk` classes per program (0 = all): the same losses and gradients, to
+        float rounding.
         `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
         network's frozen one; DM's embedding).
         Returns:
@@ -110,27 +139,37 @@ class GradientMatching(Method):
         c = images.shape[0]
         xs = self.match_inputs(images, ctx, key)
         sub_weight = self.subset_weight(lam)
+        by_chunk = lambda f, x, n=self.class_chunk: (  # noqa: E731 - vmapped over n classes per program (0 = all)
+            jax.vmap(f)(x) if n <= 0 or n >= c else jax.lax.map(f, x, batch_size=n))
+        loss, split = self.class_loss, self.syn_chunk != FUSED
+        if split:  # the real side first, by chunks of classes; xs's real batches become their targets
+            def targets(x):  # one class's real side: parameter gradients, first order only
+                t = {}
+                if "real" in x:
+                    t["real"] = self.real_target(apply_fn, params, x["real"], x["label"], x["k_all"])
+                if "real_sub" in x:
+                    t["real_sub"] = jax.vmap(lambda r, kk: self.real_target(apply_fn, params, r, x["label"], kk))(
+                        x["real_sub"], x["k_sub"])
+                return t
+
+            xs = {**xs, **by_chunk(targets, {k: xs[k] for k in ("real", "real_sub", "k_all", "k_sub", "label")
+                                              if k in xs})}
+            loss, apply_fn = self.syn_loss, lambda p, x: self.net_syn.apply(p, {}, x)[0]
 
         def class_grad(x):
             def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
                 syn = self.decode(images_c[None])[0]  # (n, H, W, C)
                 la = ls = jnp.zeros((), jnp.float32)
-                if "real" in x:
-                    la = self.class_loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"],
-                                         x["k_all"])
+                if "real" in x:  # a real batch (fused) or its target (split)
+                    la = loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"], x["k_all"])
                 if "real_sub" in x:
-                    match = lambda r, part, kk: self.class_loss(apply_fn, params, r, syn[part],  # noqa: E731
-                                                               x["label"], kk)
+                    match = lambda r, part, kk: loss(apply_fn, params, r, syn[part], x["label"], kk)  # noqa: E731
                     ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
                 return la + sub_weight * ls.sum(), (la, ls)
 
             return jax.grad(loss_fn, has_aux=True)(x["images"])
 
-        chunk = c if self.class_chunk <= 0 else min(self.class_chunk, c)
-        if chunk == c:
-            grads, (la, ls) = jax.vmap(class_grad)(xs)
-        else:
-            grads, (la, ls) = jax.lax.map(class_grad, xs, batch_size=chunk)
+        grads, (la, ls) = by_chunk(class_grad, xs, self.syn_chunk if split else self.class_chunk)
         if not cfg.use_subsets:
             ls = jnp.zeros((c, 1), jnp.float32)
         return sharding.constrain(grads, self.mesh), (la, ls)

@@ -135,12 +135,13 @@ if [ $device_ok -eq 0 ] && [[ $sections == *b* ]]; then
   if [ $smoke = 1 ]; then
     step 45 --method idc --ipc 1 --subset-k 2 --class-chunk 0  # IDC: decoding, per-class image steps, subsets
   else
-    # the defaults (xla_gemm, the chunk `auto` picks by the calibrated estimate), then the best form before them
-    # (XLA's convolution, one class per program) for the ratio; each line carries its estimate beside its time
-    step 60 --method dc --ipc 10 --subset-k 1 --class-chunk auto --repeats 3
-    step 50 --method dc --ipc 10 --subset-k 1 --class-chunk 1 --conv-impl xla --repeats 3
-    step 60 --method idc --ipc 10 --subset-k 2 --class-chunk auto --repeats 3
-    step 50 --method dm --ipc 10 --subset-k 2 --class-chunk auto --repeats 3
+    # the defaults (the class chunk and synthetic side `auto` picks by the calibrated estimate, compiling its
+    # candidates as a run does), then the best form before them (XLA's convolution, one class per program, fused)
+    # for the ratio; each line carries its estimate beside its time
+    step 100 --method dc --ipc 10 --subset-k 1 --class-chunk auto --repeats 3
+    step 50 --method dc --ipc 10 --subset-k 1 --class-chunk 1 --syn-chunk fused --conv-impl xla --repeats 3
+    step 100 --method idc --ipc 10 --subset-k 2 --class-chunk auto --repeats 3
+    step 80 --method dm --ipc 10 --subset-k 2 --class-chunk auto --repeats 3
   fi
   collect
   log "b. evaluation"

@@ -208,10 +208,16 @@ def test_run_fits_the_class_chunk_to_a_memory_limit_with_real_compiled_programs(
     assert run.method.class_chunk == 1
     assert run.predicted["iteration"] == one  # what the run's memory bound is measured against
     # on CPU no time is estimated: each candidate's memory, then the largest that fits
-    assert logs == [f"  class chunk 2: {both / 2**30:.2f} GiB, time unknown (does not fit)",
-                    f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
-                    f"class chunk: 1 of 2 classes per program (the largest of those that fit 85% of "
-                    f"{limit / 2**30:.1f} GiB)"]
+    assert logs[:3] == [f"  class chunk 2: {both / 2**30:.2f} GiB, time unknown (does not fit)",
+                        f"  class chunk 1: {one / 2**30:.2f} GiB, time unknown",
+                        f"class chunk: 1 of 2 classes per program (the largest of those that fit 85% of "
+                        f"{limit / 2**30:.1f} GiB)"]
+    # then the synthetic side for that chunk: the fused program (compiled above, not again) against the split one;
+    # without a time the split is not taken
+    assert logs[3] == f"  fused: {one / 2**30:.2f} GiB, time unknown"
+    assert logs[4].startswith("  split, synthetic side 2 classes per program: ") and logs[4].endswith("time unknown")
+    assert logs[5].startswith("synthetic side: fused (") and len(logs) == 6
+    assert run.method.syn_chunk == backend.FUSED
 
 
 @pytest.mark.slow

@@ -77,15 +77,19 @@ def test_split_sides_compose_to_the_pair_and_the_siamese_draw_to_its_sides():
     real = jax.random.normal(jax.random.key(1), (6, 32, 32, 3))
     syn = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
     policy, label = DSA.match_policy, jnp.int32(2)
-    for seed in range(3):
-        key = jax.random.key(seed)
-        ra, sa = siamese(policy, key, real, syn)
-        np.testing.assert_array_equal(siamese_side(policy, key, real), ra)
-        np.testing.assert_array_equal(siamese_side(policy, key, syn), sa)
+
+    @jax.jit
+    def both(key):
+        sides = siamese(policy, key, real, syn), (siamese_side(policy, key, real), siamese_side(policy, key, syn))
         pair = lambda s: class_match(apply_fn, cosine_distance, policy, params, real, s, label, key)  # noqa: E731
         target = real_grads(apply_fn, policy, params, real, label, key)
         split = lambda s: syn_match(apply_fn, cosine_distance, policy, params, target, s, label, key)  # noqa: E731
-        (want, g_want), (got, g_got) = jax.value_and_grad(pair)(syn), jax.value_and_grad(split)(syn)
+        return sides, jax.value_and_grad(pair)(syn), jax.value_and_grad(split)(syn)
+
+    for seed in range(3):
+        ((ra, sa), (ra1, sa1)), (want, g_want), (got, g_got) = both(jax.random.key(seed))
+        np.testing.assert_array_equal(ra1, ra)
+        np.testing.assert_array_equal(sa1, sa)
         assert float(want) > 1e-3 and float(jnp.abs(g_want).max()) > 0
         np.testing.assert_allclose(got, want, rtol=1e-5)
         np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-6 * float(jnp.abs(g_want).max()))

@@ -251,8 +251,8 @@ def resolve_syn_chunk(requested: int, chunk: int, classes: int, can_split: bool,
     compiling), where one program already takes all classes, where the method cannot split (`can_split`: a gradient
     distance, no batch norm), or without `cost_of`; on an accelerator it weighs the fused iteration against split
     ones, the synthetic side's chunk from all classes down (halving, above `chunk`), and takes the largest
-    predicted to need at most MEMORY_MARGIN more memory than the fused one, where it is also estimated faster: a
-    gain that costs no memory. Every candidate is logged.
+    predicted to need at most MEMORY_MARGIN more memory than the fused one (and to fit MEMORY_HEADROOM of `limit`),
+    where it is also estimated faster: a gain that costs no memory. Every candidate is logged.
 
     Args:
       requested: Config.syn_chunk.
@@ -281,7 +281,8 @@ def resolve_syn_chunk(requested: int, chunk: int, classes: int, can_split: bool,
     m_f, t_f = cost(FUSED)
     for syn in (s for s in chunk_candidates(classes) if s > chunk):
         m_s, t_s = cost(syn)
-        if m_f is not None and m_s is not None and m_s <= (1 + MEMORY_MARGIN) * m_f:
+        if (m_f is not None and m_s is not None and m_s <= (1 + MEMORY_MARGIN) * m_f
+                and (limit is None or m_s <= MEMORY_HEADROOM * limit)):
             break
     else:
         log(f"synthetic side: fused (no split form within {MEMORY_MARGIN:.0%} of the fused form's memory)")

@@ -108,6 +108,9 @@ def test_auto_syn_chunk_splits_only_where_estimated_faster_within_the_fused_form
     assert logs[-1] == ("synthetic side: 5 classes per program after the real side (estimated faster, within 10% of "
                         "the fused form's memory)")
     assert resolve(chunk=3) == 5 and tried == [backend.FUSED, 10, 5]  # only chunks above the real side's
+    tried.clear()  # within the fused form's memory but not within 85 % of the device: the next one down
+    assert backend.resolve_syn_chunk(backend.AUTO_CHUNK, 1, 10, True, cost_of, 1.2 * 2**30, logs.append) == 3
+    assert tried == [backend.FUSED, 10, 5, 3]
     costs[5] = (1.08, 1.01)  # the largest within the memory is not faster: fused, nothing smaller compiled
     assert resolve() == backend.FUSED and tried == [backend.FUSED, 10, 5]
     assert "not estimated faster" in logs[-1]

@@ -22,7 +22,7 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL
+from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, FUSED
 from sm_jax.cli.common import class_chunk, eval_parallel
 
 TABLE1 = {"dc": (10, 50), "dsa": (10, 50), "idc": (1, 10, 50), "dm": (10, 50)}
@@ -134,6 +134,13 @@ def latest(rows: list[dict]) -> dict[tuple, dict]:
     return {(r["target"], r["method"], r["ipc"], r["subset_k"]): r for r in rows}
 
 
+def _chunks(r: dict) -> str:
+    """The class chunk of a record, and the synthetic side's where the matching is split (--syn-chunk)."""
+    all_of = lambda c: "all" if c in (0, r.get("classes", 10)) else str(c)  # noqa: E731
+    syn = r.get("syn_chunk", FUSED)
+    return all_of(r["class_chunk"]) + ("" if syn in (FUSED, AUTO_CHUNK) else f", synthetic side {all_of(syn)}")
+
+
 def report(rows: list[dict], cpu_proxy: dict | None = None) -> str:
     """Markdown: memory and time per configuration and target (`cpu_proxy`: {(method, ipc, K): bytes} of XLA:CPU
     compiling the GPU form, all classes in one program, shown beside), then Table 1's cost in device-hours per
@@ -155,7 +162,7 @@ def report(rows: list[dict], cpu_proxy: dict | None = None) -> str:
         coll = sum(c["bytes"] for c in it["collectives"].values()) / 1e9
         out.append(
             f"| {r['target']} | {r['method']} | {r['ipc']} | {r['subset_k']} | "
-            f"{'all' if r['class_chunk'] in (0, r.get('classes', 10)) else r['class_chunk']} | "
+            f"{_chunks(r)} | "
             f"{_gib(it['memory'] and it['memory']['total'])} ({_gib(it['memory'] and it['memory']['temp'])}) | "
             f"{_gib(cpu_proxy.get(key))} | {it['compile_seconds']:.0f} | {it['flops'] / 1e12:.3g} | "
             f"{coll:.3g} | {it['seconds']['estimate']:.3g} | {_gib(ev and ev['memory'] and ev['memory']['total'])} | "

@@ -161,11 +161,9 @@ def test_k_must_divide_the_synthetic_count():
 # dc: one vmap over all 3 classes on the GPU's form (xla_gemm: the per-class kernel gradients as batched gemms)
 # against XLA's own convolution; idc (decode, the image cap, augmentation): a lax.map over chunks of 2 classes plus
 # a remainder of 1, the form of the cpu preset; split (--syn-chunk): the real side one class per program, then the
-# synthetic side of all classes vmapped on xla_gemm (the GPU's split form; its siamese draw: test_matching), and
-# idc's in chunks of 2 after chunks of 1
+# synthetic side of all classes vmapped on xla_gemm (the GPU's split form; its siamese draw: test_matching)
 @pytest.mark.parametrize("method,chunk,conv,syn", [("dc", 0, "xla_gemm", FUSED), ("dc", 1, "xla_gemm", 0),
-                                                   pytest.param("idc", 2, "auto", FUSED, marks=pytest.mark.slow),
-                                                   pytest.param("idc", 1, "auto", 2, marks=pytest.mark.slow)])
+                                                   pytest.param("idc", 2, "auto", FUSED, marks=pytest.mark.slow)])
 def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(method, chunk, conv, syn, tiny_data):
     """The fast forms (per-class gradients, vmapped over chunks of classes; split, the real side's gradients first)
     against grad of the summed loss of all classes computed in one vmap and one jax.grad, from the same random

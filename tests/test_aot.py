@@ -11,6 +11,7 @@ import pytest
 
 from sm_jax.aot import hlo
 from sm_jax.aot.targets import TARGETS, Target, TargetError, compiler_installed, target
+from sm_jax.backend import FUSED
 
 # A program whose flops and bytes are known by hand: a cuDNN convolution, a cuBLAS gemm, a fusion that slices a big
 # operand, an in-place update, a loop with XLA:GPU's trip count and one with XLA:TPU's (none: `i < 5` from 0), a
@@ -300,15 +301,20 @@ def test_plan_for_prints_the_plan_and_refuses_a_target_too_small(capsys, monkeyp
         assert order == [10, 1]
     chosen = next(line for line in out if line.startswith("class chunk: "))
     assert "estimated time of those that fit" in chosen
-    assert out[out.index(chosen) + 1].startswith("iteration: compiled in") and "estimated" in out[out.index(chosen) + 1]
     record = json.loads(out[-1])
+    # then the synthetic side for that chunk (split forms weighed only where the chunk leaves several programs)
+    split_weighed = 0 < record["class_chunk"] < 10
+    syn = next(line for line in out if line.startswith("synthetic side: ")) if split_weighed else chosen
+    assert out[out.index(syn) + 1].startswith("iteration: compiled in") and "estimated" in out[out.index(syn) + 1]
+    assert (record["syn_chunk"] == FUSED) == (syn == chosen or syn.startswith("synthetic side: fused"))
     times = {int(line.split()[2].rstrip(":")): float(line.split(", ")[1].split()[0]) for line in candidates}
     assert times[record["class_chunk"]] <= 1.1 * min(times.values()) and record["iteration"]["memory"]["total"] > 0
     assert record["run_seconds"]["total"] > 0
     tiny = dataclasses.replace(TARGETS["h100"], name="tiny-gpu", memory_bytes=2**20)
     monkeypatch.setitem(TARGETS, "tiny-gpu", tiny)
     with pytest.raises(SystemExit) as e:
-        condense_main(flags + ["--class-chunk", "1", "--plan-for", "tiny-gpu"], dataset="cifar10")
+        condense_main(flags + ["--class-chunk", "1", "--syn-chunk", "fused", "--plan-for", "tiny-gpu"],
+                      dataset="cifar10")
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: dc ipc 1 K 1 does not fit tiny-gpu: even one class per "

@@ -30,7 +30,7 @@ IDENTITY, RESULT, OTHER = "identity", "result", "other"
 
 
 def _field(default: Any, help: str, *, kind: str = IDENTITY, choices: Callable[[], tuple] | None = None,
-           low: float | None = None, label: str | None = None) -> Any:
+           low: float | None = None, label: str | None = None, words: dict[str, int] | None = None) -> Any:
     """A Config field with its metadata.
 
     Args:
@@ -39,9 +39,10 @@ def _field(default: Any, help: str, *, kind: str = IDENTITY, choices: Callable[[
       choices: () -> the allowed values (read from a registry; '' is also allowed where it is the default).
       low: the smallest allowed value.
       label: the name in "unknown <label>" errors (default: the field's name).
+      words: an int field's named values below `low` ({"auto": -1}): the flag takes the names, errors list them.
     """
     return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices, "low": low,
-                                                         "label": label})
+                                                         "label": label, "words": words or {}})
 
 
 def _evaluation_augmentations() -> tuple[str, ...]:
@@ -136,18 +137,18 @@ class Config:
     eval_parallel: int = _field(AUTO_PARALLEL, "evaluation networks trained together (vmapped) per compiled call "
                                 "(auto: one per device, or 20 where an accelerator's estimate finds them clearly "
                                 "faster, see docs/gpu.md)",
-                                kind=OTHER, low=AUTO_PARALLEL)
+                                kind=OTHER, low=1, words={"auto": AUTO_PARALLEL})
     eval_arch: str = _field("", "architectures evaluated: comma-separated names and/or official pools M (MLP, "
                             "ConvNet, LeNet, AlexNet, VGG11, ResNet18), B (the batch-norm ones), W, D, A, P, N ('' = "
                             "the matching network)", kind=RESULT)
     class_chunk: int = _field(AUTO_CHUNK, "classes matched per vmapped program; lower = less memory (0 = all at "
                               "once; auto: 1 on CPU, the fastest there, and on GPU/TPU the largest chunk predicted to "
-                              "fit the device's memory)", kind=OTHER, low=AUTO_CHUNK)
+                              "fit the device's memory)", kind=OTHER, low=0, words={"auto": AUTO_CHUNK})
     syn_chunk: int = _field(AUTO_CHUNK, "classes per program of the matching's synthetic side, taken after the "
                             "real side's gradients (--class-chunk classes per program; 0 = all; fused: both sides "
                             "in one program per class chunk; auto: fused on CPU, and on GPU/TPU split where "
                             "estimated faster in no more memory, see docs/gpu.md); the same losses either way",
-                            kind=OTHER, low=FUSED)
+                            kind=OTHER, low=0, words={"auto": AUTO_CHUNK, "fused": FUSED})
     precision: str = _field("float32", "float32 matmul/convolution precision on GPU/TPU: float32 (faithful, see "
                             "docs/gpu.md), tensorfloat32 or bfloat16 (faster); no effect on CPU", kind=OTHER,
                             choices=lambda: PRECISIONS)
@@ -313,8 +314,9 @@ def validate(cfg: Config) -> None:
         if f.type in ("int", "float") and (isinstance(v, bool) or not isinstance(v, (int, float))
                                            or (f.type == "int" and not isinstance(v, int))):
             raise ConfigError(f"{flag} must be a{'n integer' if f.type == 'int' else ' number'}, got {v!r}")
-        if meta["low"] is not None and not v >= meta["low"]:  # `not >=` also refuses nan
-            raise ConfigError(f"{flag} must be >= {meta['low']:g}, got {v}")
+        if meta["low"] is not None and not v >= meta["low"] and v not in meta["words"].values():  # `not >=`: nan
+            names = ", ".join(meta["words"]) + " or " if meta["words"] else ""
+            raise ConfigError(f"{flag} must be {names}>= {meta['low']:g}, got {v}")
         if meta["choices"] is not None and v != "" and v not in meta["choices"]():
             raise ConfigError(f"unknown {meta['label'] or f.name} {v!r}; choose one of {', '.join(meta['choices']())}")
     _dataset_name(cfg.dataset)

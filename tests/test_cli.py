@@ -68,6 +68,8 @@ def finished(tiny_archive, tmp_path_factory):
     (["--method", "idc", "--ipc", 1, "--subset-k", 3], "does not divide the per-class synthetic count (4 decoded"),
     (["--method", "dc", "--ipc", 10, "--iterations", -1], "--iterations must be >= 0"),
     (["--method", "dc", "--ipc", 10, "--eval-epochs", -5], "--eval-epochs must be >= 0"),
+    (["--method", "dc", "--ipc", 10, "--syn-chunk", -5], "--syn-chunk must be auto, fused or >= 0, got -5"),
+    (["--method", "dc", "--ipc", 10, "--syn-chunk", "half"], "expected auto, fused or an integer, got 'half'"),
     (["--method", "dc", "--ipc", 10, "--ipc", "x"], "invalid int value: 'x'"),
     (["--method", "dc", "--ipc", 10, "--norm", "spectral"], "unknown norm 'spectral'"),
     (["--method", "dc", "--ipc", 10, "--model", "resnet99"], "unknown model 'resnet99'"),

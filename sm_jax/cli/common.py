@@ -8,13 +8,11 @@ import os
 import signal
 import sys
 
-from sm_jax.backend import AUTO_CHUNK, AUTO_PARALLEL, FUSED
 from sm_jax.config import Config
 
 
-def auto_or_int(auto: int, **names: int):
-    """An argparse type: 'auto' (-> `auto`), another of `names` (-> its value) or an integer."""
-    words = {"auto": auto, **names}
+def auto_or_int(**words: int):
+    """An argparse type: one of `words` (-> its value) or an integer."""
 
     def parse(text: str) -> int:
         if text in words:
@@ -26,12 +24,12 @@ def auto_or_int(auto: int, **names: int):
     return parse
 
 
-class_chunk = auto_or_int(AUTO_CHUNK)  # argparse type of --class-chunk
-syn_chunk = auto_or_int(AUTO_CHUNK, fused=FUSED)  # argparse type of --syn-chunk
-eval_parallel = auto_or_int(AUTO_PARALLEL)  # argparse type of --eval-parallel
+# argparse types of the int fields with named values (Config's `words`: --class-chunk auto, --syn-chunk fused, ...)
+_SPECIAL_TYPES = {f.name: auto_or_int(**f.metadata["words"]) for f in dataclasses.fields(Config)
+                  if f.metadata["words"]}
+class_chunk, syn_chunk, eval_parallel = (_SPECIAL_TYPES[n] for n in ("class_chunk", "syn_chunk", "eval_parallel"))
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str, "int | None": int}
-_SPECIAL_TYPES = {"class_chunk": class_chunk, "syn_chunk": syn_chunk, "eval_parallel": eval_parallel}
 
 
 def add_config_flags(p: argparse.ArgumentParser, names=None, required=(), cls=Config) -> None:

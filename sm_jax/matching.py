@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax.augmentation import Policy, siamese, siamese_side
+from sm_jax.augmentation import Policy, siamese_side
 from sm_jax.models import cross_entropy
 
 Params = Any
@@ -125,10 +125,8 @@ def class_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Para
     Returns:
       scalar distance; its gradient flows into `syn` only (real gradients are constants).
     """
-    real, syn = siamese(policy, key, real, syn)
-    g_real = jax.lax.stop_gradient(param_grad(apply_fn, params, real, jnp.full(real.shape[:1], label)))
-    g_syn = param_grad(apply_fn, params, syn, jnp.full(syn.shape[:1], label))
-    return dist(g_real, g_syn)
+    return syn_match(apply_fn, dist, policy, params, real_grads(apply_fn, policy, params, real, label, key), syn,
+                     label, key)
 
 
 def real_grads(apply_fn: Callable, policy: Policy, params: Params, real: jax.Array, label: jax.Array,

@@ -293,3 +293,21 @@ def resolve_syn_chunk(requested: int, chunk: int, classes: int, can_split: bool,
     log(f"synthetic side: {syn} classes per program after the real side (estimated faster, within "
         f"{MEMORY_MARGIN:.0%} of the fused form's memory)")
     return syn
+
+
+def resolve_chunks(class_chunk: int, syn_chunk: int, classes: int, can_split: bool, mesh=None,
+                   cost_of: Callable[..., tuple[int | None, float | None]] | None = None,
+                   limit: int | None = None, log: Callable[[str], None] = print) -> tuple[int, int]:
+    """The class chunk (`resolve_class_chunk`), then the synthetic side's chunk for it (`resolve_syn_chunk`).
+
+    Args:
+      class_chunk, syn_chunk: Config's.
+      cost_of: (chunk, syn chunk or None for the config's) -> (device bytes, estimated seconds) of the iteration.
+      the rest: as resolve_syn_chunk's.
+    Returns:
+      (class chunk, synthetic side's chunk).
+    """
+    chunk = resolve_class_chunk(class_chunk, classes, mesh, cost_of, limit, log)
+    syn = resolve_syn_chunk(syn_chunk, chunk, classes, can_split,
+                            None if cost_of is None else lambda s: cost_of(chunk, s), limit, log)
+    return chunk, syn

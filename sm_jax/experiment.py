@@ -43,10 +43,9 @@ from sm_jax.tensorboard import TensorBoard
 EXPLODED = 100.0  # |synthetic pixel| beyond which a run warns once (normalised real CIFAR-10 lies within [-2.5, 2.8])
 
 
-
 def resolve_class_form(cfg: Config, spec, mesh, state, ctx, key, limit: int | None = None, log=print):
     """The method with its class chunk and synthetic side's chunk resolved for this device, as a run builds it:
-    backend.resolve_class_chunk, then backend.resolve_syn_chunk for that chunk (on an accelerator, or with `limit`
+    backend.resolve_chunks (on an accelerator, or with `limit`
     device bytes, `auto` compiles the candidates' iteration programs on `state`, `ctx`, `key` to predict their memory
     and time; each program compiles once).
 
@@ -55,20 +54,17 @@ def resolve_class_form(cfg: Config, spec, mesh, state, ctx, key, limit: int | No
     """
     costs: dict = {}
 
-    def cost_of(chunk: int, syn: int = cfg.syn_chunk) -> tuple[int | None, float | None]:
-        method = make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn), spec, mesh)
+    def cost_of(chunk: int, syn: int | None = None) -> tuple[int | None, float | None]:
+        method = make_method(cfg.replace(class_chunk=chunk, syn_chunk=cfg.syn_chunk if syn is None else syn), spec,
+                             mesh)
         if (chunk, method.syn_chunk) not in costs:  # keyed by what it resolved to: 'auto' is fused here
             compiled = jax.jit(method.iteration, donate_argnums=0).lower(state, ctx, key).compile()
             costs[chunk, method.syn_chunk] = backend.program_bytes(compiled), estimate_seconds(compiled)
         return costs[chunk, method.syn_chunk]
 
-    chunk = backend.resolve_class_chunk(cfg.class_chunk, spec.num_classes, mesh, cost_of, limit, log)
-    method = make_method(cfg.replace(class_chunk=chunk), spec, mesh)
-    syn = backend.resolve_syn_chunk(cfg.syn_chunk, chunk, spec.num_classes, method.can_split,
-                                    lambda s: cost_of(chunk, s), limit, log)
-    if syn != method.syn_chunk:
-        method = make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn), spec, mesh)
-    return method, costs.get((chunk, syn), (None,))[0]
+    chunk, syn = backend.resolve_chunks(cfg.class_chunk, cfg.syn_chunk, spec.num_classes,
+                                        make_method(cfg, spec, mesh).can_split, mesh, cost_of, limit, log)
+    return make_method(cfg.replace(class_chunk=chunk, syn_chunk=syn), spec, mesh), costs.get((chunk, syn), (None,))[0]
 
 
 class RunError(UserError):
@@ -311,7 +307,7 @@ class Run:
         return distributed.broadcast(not any(r.get("iteration") == it and "eval" in r for r in records))
 
     def _resolve_class_chunk(self, state, ctx, limit: int | None = None) -> None:
-        """Rebuilds the method with the class chunk and the match form resolved for this device
+        """Rebuilds the method with the class chunk and the synthetic side's chunk resolved for this device
         (`resolve_class_form`); a no-op for a method whose iteration has no class chunk (Method.class_chunked)."""
         if not self.method.class_chunked:
             return

@@ -219,7 +219,7 @@ class Compiler:
         self.cfg = cfg.replace(conv_impl=resolve_conv(cfg.conv_impl, target.platform))  # the matching's form
         self.devices = target.devices()
         self.mesh = sharding.mesh_of(self.devices) if len(self.devices) > 1 else None
-        self._iterations: dict[tuple[int, str], Program] = {}
+        self._iterations: dict[tuple[int, int], Program] = {}
         self.syn_chunk = cfg.syn_chunk  # `class_chunk` resolves 'auto' for the target with the chunk
 
     def abstract(self, tree, split=False):
@@ -276,7 +276,7 @@ class Compiler:
     def class_chunk(self, log=print) -> int:
         """What `--class-chunk` (auto: as backend.resolve_class_chunk weighs the candidates' compiled programs)
         resolves to on the target (0 for a method whose iteration has no class chunk); then `--syn-chunk` for that
-        chunk (backend.resolve_syn_chunk), kept as `self.syn_chunk` for the programs compiled after."""
+        chunk (backend.resolve_chunks), kept as `self.syn_chunk` for the programs compiled after."""
         if not METHODS[self.cfg.method].class_chunked:
             return 0
         def cost_of(chunk: int, syn: int | None = None) -> tuple[int | float | None, float | None]:
@@ -287,11 +287,9 @@ class Compiler:
                 return (float(size.group(1)) * 2**30 if size else math.inf), None
             return it.bytes, it.seconds()["estimate"]
 
-        chunk = backend.resolve_class_chunk(self.cfg.class_chunk, self.data.num_classes, self.mesh, cost_of,
-                                            self.target.bytes_limit, log)
-        self.syn_chunk = backend.resolve_syn_chunk(
-            self.cfg.syn_chunk, chunk, self.data.num_classes, self.method(chunk).can_split,
-            lambda syn: cost_of(chunk, syn), self.target.bytes_limit, log)
+        chunk, self.syn_chunk = backend.resolve_chunks(self.cfg.class_chunk, self.cfg.syn_chunk,
+                                                       self.data.num_classes, self.method(0).can_split, self.mesh,
+                                                       cost_of, self.target.bytes_limit, log)
         return chunk
 
     def evaluation(self, parallel: int | None = None, arch: str | None = None) -> Program:

@@ -11,7 +11,7 @@ import sys
 from sm_jax.config import Config
 
 
-def auto_or_int(**words: int):
+def named_or_int(**words: int):
     """An argparse type: one of `words` (-> its value) or an integer."""
 
     def parse(text: str) -> int:
@@ -25,7 +25,7 @@ def auto_or_int(**words: int):
 
 
 # argparse types of the int fields with named values (Config's `words`: --class-chunk auto, --syn-chunk fused, ...)
-_SPECIAL_TYPES = {f.name: auto_or_int(**f.metadata["words"]) for f in dataclasses.fields(Config)
+_SPECIAL_TYPES = {f.name: named_or_int(**f.metadata["words"]) for f in dataclasses.fields(Config)
                   if f.metadata["words"]}
 class_chunk, syn_chunk, eval_parallel = (_SPECIAL_TYPES[n] for n in ("class_chunk", "syn_chunk", "eval_parallel"))
 

@@ -35,8 +35,9 @@ class GradientMatching(Method):
     net_policy: Policy = NO_POLICY  # augmentation of the inner-loop network training
 
     def __init__(self, cfg, spec: DataSpec = DataSpec(), mesh=None):
-        super().__init__(cfg, spec, mesh)
+        # before Method's __init__, whose check of --syn-chunk reads `can_split`
         self.dist = DISTANCES.get(cfg.distance or self.distance)  # None for a method without a gradient distance
+        super().__init__(cfg, spec, mesh)
         self.match_policy = drop_ops(type(self).match_policy, cfg.aug_drop_ops)
         self.net_policy = drop_ops(type(self).net_policy, cfg.aug_drop_ops)
         # the split form's synthetic side is vmapped over its chunk of classes: the matching network on the form of
@@ -51,7 +52,7 @@ class GradientMatching(Method):
     def can_split(self) -> bool:
         """The split form needs a gradient distance (DM has none: its real side is one forward pass) and a network
         without running statistics (a batch-norm network's matching closes over statistics set per step)."""
-        return DISTANCES.get(self.cfg.distance or self.distance) is not None and not self.batch_norm
+        return self.dist is not None and not self.batch_norm
 
     # --- the synthetic set ------------------------------------------------------------------------------
     def apply_fn(self, params, x):

@@ -1,8 +1,8 @@
 """Several processes as one run, for real: jax.distributed on this machine, 2 processes x 2 CPU devices joined by gloo
-collectives, against 1 process x 4 devices (DC) and 1 device (IDC). The processes are what is tested: they run as
-subprocesses, through experiments.launch or started one by one as a batch system starts them (the 1-device IDC
-reference, whose process is not tested, runs in the test's own). Each process start costs seconds of imports and
-compilation on 2 cores, so one IDC run goes through every interruption."""
+collectives, against 1 process x 4 devices (4 classes) and 1 device (3 classes). The processes are what is tested:
+they run as subprocesses, through experiments.launch or started one by one as a batch system starts them (the
+1-device reference, whose process is not tested, runs in the test's own). Each process start costs seconds of imports
+and compilation on 2 cores, so one run goes through every interruption."""
 import json
 import os
 import signal
@@ -19,13 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # one xdist worker runs the module: its 2-process runs never overlap (on 2 cores that costs both workers time)
 pytestmark = [pytest.mark.xdist_group("multiprocess"), pytest.mark.slow]
 PEER_TIMEOUT = 5  # seconds; the default (60) suits clusters
-TINY = ["--ipc", "2", "--subset-k", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
-        "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1",
+TINY = ["--method", "dc", "--ipc", "2", "--subset-k", "2", "--preset", "cpu", "--width", "8", "--depth", "1",
+        "--batch-real", "4", "--subset-batch-real", "3", "--outer-loop", "2", "--inner-loop", "1", "--eval-epochs", "1",
         "--eval-models", "4", "--eval-parallel", "4", "--iterations", "6", "--checkpoint-every", "1", "--no-progress"]
-# DC: 4 classes over 4 devices, the state sharded by class (sharding.py, shared by every method; DSA would only
-# double the compile time). IDC: 3 classes, the state replicated, 4 decoded images per class, the interruptions;
-# not evaluated (evaluation across processes is checked on DC's runs).
-METHODS = {"dc": ["--method", "dc"], "idc": ["--method", "idc", "--ipc", "1", "--eval-models", "0"]}
+# DC throughout: the placement is sharding.py's, shared by every method, and decided by the number of classes (DSA
+# or IDC would only multiply the compile time of each of the eleven process starts). "even": 4 classes over 4
+# devices, the state sharded by class. "uneven": 3 classes, the state replicated and the per-class work split with
+# padding (as CIFAR-10's 10 classes over 4), the interruptions; not evaluated (evaluation across processes is
+# checked on the even runs).
+CASES = {"even": [], "uneven": ["--eval-models", "0"]}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def archives(tiny_data, tiny_archive, tmp_path_factory):
-    """method -> its data: DC's 4 classes split evenly over 4 devices (the state sharded by class), IDC's 3
-    unevenly (the state replicated, the per-class work split with padding, as CIFAR-10's 10 classes over 4)."""
+    """case -> its data: 4 classes (a fourth added to the tiny set) and the tiny set's 3."""
     from sm_jax.data import Dataset
 
     d, rng = tiny_data, np.random.default_rng(1)
@@ -46,12 +47,12 @@ def archives(tiny_data, tiny_archive, tmp_path_factory):
                    np.concatenate([d.train_y, np.full(16, 3, np.int32)]),
                    np.concatenate([d.test_x, rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)]),
                    np.concatenate([d.test_y, np.full(4, 3, np.int32)]), (*d.class_names, "d"), "tiny4")
-    return {"dc": write_image_folder_archive(tmp_path_factory.mktemp("four") / "four.tar.gz", four),
-            "idc": tiny_archive}
+    return {"even": write_image_folder_archive(tmp_path_factory.mktemp("four") / "four.tar.gz", four),
+            "uneven": tiny_archive}
 
 
-def args_of(method, archives, wd, *more):
-    return [*TINY, *METHODS[method], "--data-dir", str(archives[method]), "--workdir", str(wd), *map(str, more)]
+def args_of(case, archives, wd, *more):
+    return [*TINY, *CASES[case], "--data-dir", str(archives[case]), "--workdir", str(wd), *map(str, more)]
 
 
 def launch(env, args, module=None, processes=2, devices=2, timeout=600):
@@ -105,31 +106,31 @@ def accuracies(wd):
 
 
 @pytest.fixture(scope="module")
-def dc(env, archives, tmp_path_factory):
-    """DC over 2 processes x 2 devices (experiments.launch) with the real data on the host, and over 1 process x 4
-    devices with it on the devices: the two workdirs."""
-    root = tmp_path_factory.mktemp("dc")
-    res = launch(env, args_of("dc", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT, "--data-on", "host"))
+def even(env, archives, tmp_path_factory):
+    """4 classes over 2 processes x 2 devices (experiments.launch) with the real data on the host, and over 1 process
+    x 4 devices with it on the devices: the two workdirs."""
+    root = tmp_path_factory.mktemp("even")
+    res = launch(env, args_of("even", archives, root / "2x2", "--peer-timeout", PEER_TIMEOUT, "--data-on", "host"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[0] {" in res.stdout and "[1] {" not in res.stdout  # the summary line comes from process 0 only
-    res = one_process(env, args_of("dc", archives, root / "1x4"), 4)
+    res = one_process(env, args_of("even", archives, root / "1x4"), 4)
     assert res.returncode == 0, res.stderr[-3000:]
     return root / "2x2", root / "1x4"
 
 
 @pytest.fixture(scope="module")
-def idc(env, archives, tmp_path_factory):
-    """IDC over 2 processes x 2 devices, interrupted twice, and uninterrupted on 1 device (in this process).
+def uneven(env, archives, tmp_path_factory):
+    """3 classes over 2 processes x 2 devices, interrupted twice, and uninterrupted on 1 device (in this process).
 
     The 2-process run: started by hand (explicit flags, as mpirun would), SIGTERM to both processes 0.3 s apart;
     the same command in the environment of a 2-task SLURM step (JAX's cluster detection), SIGKILL to process 1;
     then experiments.launch finishes it. Returns (its workdir, the 1-device workdir, what each phase showed).
     """
-    root = tmp_path_factory.mktemp("idc")
+    root = tmp_path_factory.mktemp("uneven")
     wd, ref = root / "2x2", root / "1x1"
-    code, _, err = cli_in_process(env, *args_of("idc", archives, ref), "--devices", 1)
+    code, _, err = cli_in_process(env, *args_of("uneven", archives, ref), "--devices", 1)
     assert code == 0, err[-3000:]
-    args, seen = args_of("idc", archives, wd), {}
+    args, seen = args_of("uneven", archives, wd), {}
 
     procs = start_by_hand(env, args)
     wait_for_checkpoint(procs, wd, 2)
@@ -152,8 +153,8 @@ def idc(env, archives, tmp_path_factory):
     return wd, ref, seen
 
 
-def test_dc_over_two_processes_gives_the_set_and_accuracies_of_one_process(dc):
-    wd, ref = dc
+def test_two_processes_give_the_set_and_accuracies_of_one_process(even):
+    wd, ref = even
     # the same SPMD program over 4 devices; only the order of the cross-process sums differs (1 ulp)
     np.testing.assert_allclose(synthetic(wd), synthetic(ref), rtol=1e-5, atol=1e-5)
     # evaluation networks split over the 4 devices of 2 processes, against 4 devices of one process
@@ -162,15 +163,15 @@ def test_dc_over_two_processes_gives_the_set_and_accuracies_of_one_process(dc):
     assert (res["processes"], res["devices"], res["data_on"]) == (2, 4, "host")
 
 
-def test_only_process_0_writes_the_run_files(dc):
-    wd, ref = dc
+def test_only_process_0_writes_the_run_files(even):
+    wd, ref = even
     assert sorted(p.name for p in wd.iterdir()) == sorted(p.name for p in ref.iterdir())
     lines = (wd / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["iteration"] for ln in lines if "loss_all" in ln] == list(range(1, 7))  # one writer
 
 
-def test_evaluate_across_processes_equals_one_process(env, dc):
-    wd, ref = dc
+def test_evaluate_across_processes_equals_one_process(env, even):
+    wd, ref = even
     res = launch(env, ["--workdir", str(wd), "--no-progress", "--eval-models", "4", "--peer-timeout",
                        str(PEER_TIMEOUT)], module="experiments.evaluate")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -180,8 +181,8 @@ def test_evaluate_across_processes_equals_one_process(env, dc):
     assert json.loads((wd / "results.json").read_text())["archs"]["convnet"]["step"] == 6  # merged by process 0
 
 
-def test_sigterm_stops_both_processes_at_one_iteration(idc):
-    _, _, seen = idc
+def test_sigterm_stops_both_processes_at_one_iteration(uneven):
+    _, _, seen = uneven
     (out0, err0), code0 = seen["term"][0]
     (out1, err1), code1 = seen["term"][1]
     assert (code0, code1) == (143, 143), (err0[-2000:], err1[-2000:])
@@ -191,8 +192,8 @@ def test_sigterm_stops_both_processes_at_one_iteration(idc):
     assert seen["term_steps"][-1] == saved
 
 
-def test_sigkill_to_one_process_ends_the_other_with_an_error_naming_it(idc):
-    _, _, seen = idc
+def test_sigkill_to_one_process_ends_the_other_with_an_error_naming_it(uneven):
+    _, _, seen = uneven
     (_, err), code = seen["kill"]
     assert code == 4, err[-2000:]
     assert seen["kill_seconds"] < PEER_TIMEOUT + 15
@@ -202,8 +203,8 @@ def test_sigkill_to_one_process_ends_the_other_with_an_error_naming_it(idc):
     assert not seen["kill_results"]
 
 
-def test_idc_resumed_over_two_processes_gives_the_one_device_set(idc):
-    wd, ref, seen = idc
+def test_resumed_over_two_processes_the_uneven_run_gives_the_one_device_set(uneven):
+    wd, ref, seen = uneven
     res = seen["launch"]
     assert res.returncode == 0, res.stderr[-3000:]
     assert "[0] resumed" in res.stdout and "[1] {" not in res.stdout  # lines from process 0 only

@@ -52,14 +52,16 @@ def detect(path: Path, tfds_name: str | None = None) -> str:
     elif path.name == "tinyimagenet.pt":  # a bare file, not an archive
         return "tinyimagenet-pt"
     else:
+        names, splits = set(), set()
         try:
             with tarfile.open(path) as tf:
-                members = tf.getnames()
+                for m in tf:  # an image folder is known at its second split: no need to read the rest
+                    names.add(m.name.rsplit("/", 1)[-1])
+                    splits.update(s for s in ("train", "test") if f"/{s}/" in f"/{m.name}")
+                    if len(splits) == 2:
+                        return "folder"
         except ARCHIVE_ERRORS as e:
             raise DataError(f"{path}: cannot read the archive ({type(e).__name__}: {e})") from None
-        names = {n.rsplit("/", 1)[-1] for n in members}
-        if any("/train/" in f"/{n}" for n in members) and any("/test/" in f"/{n}" for n in members):
-            return "folder"
     if "fine_label_names.txt" in names and "train.bin" in names:
         return "cifar100-binary"
     for kind in ("cifar10-binary", "cifar10-python", "idx", "svhn-mat", "tinyimagenet-pt"):

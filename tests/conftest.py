@@ -67,10 +67,13 @@ def pytest_collection_modifyitems(config, items):
             f"--dist loadgroup does not group tests under pytest {pytest.__version__} with this pytest-xdist: "
             "the suite runs, slower; pyproject.toml's test extra and constraints/ci.txt name versions that group"))
 
-    def rank(item):
+    def rank(item):  # the groups in LONGEST_FIRST's order, then the tests marked slow, then the rest: the short
+        # tests handed out last even out the workers' ends
         m = item.get_closest_marker("xdist_group")
         name = (m.args[0] if m.args else m.kwargs.get("name")) if m else None
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) + (item.get_closest_marker("slow") is None)
 
     items.sort(key=rank)  # stable: the order within a rank is unchanged
 

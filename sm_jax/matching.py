@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sm_jax.augmentation import Policy, siamese_side
+from sm_jax.augmentation import NO_POLICY, Policy, siamese, siamese_side
 from sm_jax.models import cross_entropy
 
 Params = Any
@@ -125,8 +125,9 @@ def class_match(apply_fn: Callable, dist: Callable, policy: Policy, params: Para
     Returns:
       scalar distance; its gradient flows into `syn` only (real gradients are constants).
     """
-    return syn_match(apply_fn, dist, policy, params, real_grads(apply_fn, policy, params, real, label, key), syn,
-                     label, key)
+    real, syn = siamese(policy, key, real, syn)  # one draw for both sides (the split form draws it per side)
+    return syn_match(apply_fn, dist, NO_POLICY, params, real_grads(apply_fn, NO_POLICY, params, real, label, key),
+                     syn, label, key)
 
 
 def real_grads(apply_fn: Callable, policy: Policy, params: Params, real: jax.Array, label: jax.Array,

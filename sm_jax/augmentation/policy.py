@@ -85,7 +85,10 @@ def _apply_one_of(stage: tuple[str, ...], p: dict[str, Any], x: jax.Array) -> ja
 
 def siamese(policy: Policy, key: jax.Array, real: jax.Array, syn: jax.Array) -> tuple[jax.Array, jax.Array]:
     """DSA's siamese augmentation: one draw of `policy` applied to both batches (N, H, W, C), (n, H, W, C)."""
-    return siamese_side(policy, key, real), siamese_side(policy, key, syn)
+    if not policy:
+        return real, syn
+    draw = sample_policy(key, policy, 1, real.shape[1:3])
+    return apply_policy(policy, draw, real), apply_policy(policy, draw, syn)
 
 
 def siamese_side(policy: Policy, key: jax.Array, x: jax.Array) -> jax.Array:

@@ -100,6 +100,15 @@ def cifar_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+def dsa_only(op: str) -> str:
+    """The --aug-drop value that leaves DSA's `op` alone: for a test of the draws (a random op drawn afresh each
+    time, as the six are, which a replay or a resume must draw again) rather than of DSA, compiled in a fraction of
+    the six ops' time."""
+    from sm_jax.augmentation import DSA_OPS
+
+    return ",".join(o for o in DSA_OPS if o != op)
+
+
 def checkpoint_steps(workdir) -> list[int]:
     """The iterations a run directory holds checkpoints of, in order ([] before the first)."""
     ck = Path(workdir) / "checkpoints"

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dsa_only
 
 from sm_jax.augmentation import DSA_POLICY, siamese
 from sm_jax.config import make_config
@@ -140,7 +141,7 @@ def test_dm_through_the_cli_writes_its_artifacts_and_resumes_bit_exact(tiny_arch
     argv = ["--method", "dm", "--ipc", "2", "--preset", "cpu", "--width", "8", "--depth", "1", "--batch-real", "4",
             "--subset-batch-real", "3", "--iterations", "4", "--checkpoint-every", "2", "--eval-models", "1",
             "--eval-epochs", "1", "--no-progress", "--data-dir", str(tiny_archive),
-            "--aug-drop", "color,crop,cutout,scale,rotate"]  # DSA's flips only: its six ops compile for seconds
+            "--aug-drop", dsa_only("flip")]
     condense_main([*argv, "--workdir", str(ref)], dataset="cifar10")
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for name in ("config.json", "metrics.jsonl", "results.json", "synthetic.npz", "synthetic.png"):

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dsa_only
 
 from sm_jax.backend import FUSED
 from sm_jax.config import make_config
@@ -133,8 +134,7 @@ def test_iteration_runs_and_keeps_partitions(method, tiny_data):
 def test_lambda_zero_and_k1_are_the_base_method(tiny_data):
     outs = []
     for kw in (dict(subset_k=1), dict(subset_k=2, subset_lambda=0.0)):
-        # DSA's crop alone (a fresh shift per draw): the subsets must not shift the whole classes' draws
-        cfg = tiny_cfg("dsa", aug_drop="color,cutout,flip,scale,rotate", **kw)
+        cfg = tiny_cfg("dsa", aug_drop=dsa_only("crop"), **kw)  # the subsets must not shift the classes' draws
         m = make_method(cfg, DataSpec(num_classes=3))
         state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
         state, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
@@ -173,9 +173,8 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
 
     from sm_jax.matching import class_match
 
-    # IDC's augmentation: DSA's crop alone (a fresh shift per draw), which compiles in a fraction of the six ops' time
-    cfg = tiny_cfg(method, subset_k=2, **(dict(max_syn_per_class=6, aug_drop="color,cutout,flip,scale,rotate")
-                                           if method == "idc" else {}))
+    cfg = tiny_cfg(method, subset_k=2, **(dict(max_syn_per_class=6, aug_drop=dsa_only("crop")) if method == "idc"
+                                          else {}))
     m = make_method(cfg.replace(conv_impl="xla" if conv != "auto" else "auto"), tiny_data.spec)
     ctx = make_context(cfg, tiny_data)
     images = m.init_images(tiny_data, jax.random.key(1)) + 0.05  # off the init so IDC's clamp does not bind

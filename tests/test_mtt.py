@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dsa_only
 
 from sm_jax import experts
 from sm_jax.config import make_config
@@ -18,11 +19,10 @@ from sm_jax.methods import MTT, make_method
 
 
 def tiny_cfg(**kw):
-    # DSA's flips only, in the students' steps and the experts' epochs: a random op drawn afresh at each step, as
-    # the six are (a replay or a resume must draw what the first pass drew), compiled in a fraction of their time
+    # DSA's flips only, in the students' steps and the experts' epochs
     base = dict(width=8, depth=1, syn_steps=3, num_experts=2, expert_train_epochs=3, expert_batch=8,
                 max_start_epoch=2, expert_epochs=1, subset_k=1, zca=False, eval_epochs=2, eval_models=1,
-                aug_drop="color,crop,cutout,scale,rotate")
+                aug_drop=dsa_only("flip"))
     return make_config("mtt", 2, "cpu", **{**base, **kw})
 
 
@@ -195,7 +195,7 @@ def test_an_mtt_run_through_the_cli_resumes_bit_for_bit_exports_its_lr_and_evalu
              "--num-experts", "2", "--expert-train-epochs", "2", "--max-start-epoch", "1", "--expert-epochs", "1",
              "--expert-batch", "8", "--expert-per-class", "0", "--subset-k", "2", "--iterations", "3",
              "--checkpoint-every", "1", "--eval-epochs", "1", "--eval-models", "1", "--no-progress", "--zca",
-             "--aug-drop", "color,crop,cutout,scale,rotate",  # DSA's flips only: its six ops compile for 10 s
+             "--aug-drop", dsa_only("flip"),
              "--data-dir", str(tiny_archive), "--experts-dir", str(tmp_path / "experts")]
 
     def run(main, argv, **kw):

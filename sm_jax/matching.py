@@ -15,8 +15,12 @@ Params = Any
 
 
 def _rows(g: jax.Array) -> jax.Array:
-    """A weight gradient as (out_features, rest): Flax conv kernels are HWIO, dense kernels (in, out)."""
-    if g.ndim == 4:
+    """A weight gradient as rows the official `distance_wb` compares: one per output channel.
+
+    Flax conv kernels are HWIO and dense kernels (in, out), so the channel is the last axis; layer norm's (H, W, C)
+    scale and bias (the official (C, H, W) tensor, NHWC here) give C rows of H * W, as the official code's.
+    """
+    if g.ndim >= 3:
         return jnp.moveaxis(g, -1, 0).reshape(g.shape[-1], -1)
     return g.T.reshape(g.shape[-1], -1) if g.ndim == 2 else g.reshape(g.shape[0], -1)
 

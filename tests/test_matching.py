@@ -35,6 +35,24 @@ def test_cosine_conv_rows_are_output_channels():
     assert float(cosine_distance({"k": k}, {"k": k * in_scale})) > 1e-2
 
 
+def test_cosine_layernorm_rows_are_channels():
+    # the official ConvNet's layer norm holds a (C, H, W) scale; distance_wb compares it per channel (C rows of
+    # H * W). sm_jax holds it as (H, W, C). Built by hand: channel 0 of b is channel 0 of a scaled (cos = 1),
+    # channel 1 of b is channel 1 of a negated (cos = -1), so the official distance is 0 + 2 = 2. Compared per
+    # spatial row (H rows of W * C) instead, each row mixes both channels and the distance is not 2.
+    chw_a = np.arange(1.0, 1.0 + 2 * 2 * 3).reshape(2, 2, 3)  # (C=2, H=2, W=3)
+    chw_b = chw_a * np.array([3.0, -1.0])[:, None, None]
+    hwc = lambda t: jnp.asarray(np.moveaxis(t, 0, -1))  # noqa: E731
+    d = float(cosine_distance({"ln": {"scale": hwc(chw_a)}}, {"ln": {"scale": hwc(chw_b)}}))
+    np.testing.assert_allclose(d, 2.0, atol=1e-5)
+    # random (C=4, H=3, W=5) tensors against the official formula written out per channel
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 4, 3, 5))
+    official = sum(1 - a[c].ravel() @ b[c].ravel() / (np.linalg.norm(a[c]) * np.linalg.norm(b[c]) + 1e-6)
+                   for c in range(4))
+    np.testing.assert_allclose(float(cosine_distance({"s": hwc(a)}, {"s": hwc(b)})), official, rtol=1e-5)
+
+
 def test_mse_distance_conv_kernels_only_and_a_sum():
     a = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.zeros(2)}, "fc": {"kernel": jnp.zeros((4, 2))}}
     b = {"conv": {"kernel": jnp.zeros((3, 3, 1, 2)), "bias": jnp.ones(2)}, "fc": {"kernel": jnp.ones((4, 2))}}

@@ -49,22 +49,21 @@ def cosine_distance(g_real: Params, g_syn: Params) -> jax.Array:
     return total
 
 
+def _idc_weights(g_real: Params, g_syn: Params):
+    """The gradient pairs IDC's `matchloss` compares: every tensor that is neither 1-D (biases, per-channel norm
+    parameters) nor 2-D (the classifier), i.e. conv kernels and layer norm's (H, W, C) scale and bias."""
+    return [(a, b) for a, b in zip(jax.tree.leaves(g_real), jax.tree.leaves(g_syn)) if a.ndim >= 3]
+
+
 def mse_distance(g_real: Params, g_syn: Params) -> jax.Array:
-    """IDC's distance: sum of squared differences over conv kernels only (no fc, biases or norm params)."""
-    total = jnp.zeros((), jnp.float32)
-    for a, b in zip(jax.tree.leaves(g_real), jax.tree.leaves(g_syn)):
-        if a.ndim == 4:
-            total = total + jnp.sum((a - b) ** 2)
-    return total
+    """IDC's distance: the sum of squared differences over `_idc_weights` (no fc, biases or per-channel norms)."""
+    return sum((jnp.sum((a - b) ** 2) for a, b in _idc_weights(g_real, g_syn)), jnp.zeros((), jnp.float32))
 
 
 def l1_distance(g_real: Params, g_syn: Params) -> jax.Array:
-    """IDC's `l1` metric (its MNIST and Fashion-MNIST setting): sum of absolute differences over conv kernels."""
-    total = jnp.zeros((), jnp.float32)
-    for a, b in zip(jax.tree.leaves(g_real), jax.tree.leaves(g_syn)):
-        if a.ndim == 4:
-            total = total + jnp.sum(jnp.abs(a - b))
-    return total
+    """IDC's `l1` metric (its MNIST and Fashion-MNIST setting): the sum of absolute differences over
+    `_idc_weights`."""
+    return sum((jnp.sum(jnp.abs(a - b)) for a, b in _idc_weights(g_real, g_syn)), jnp.zeros((), jnp.float32))
 
 
 DISTANCES: dict[str, Callable[[Params, Params], jax.Array]] = {"cosine": cosine_distance, "mse": mse_distance,

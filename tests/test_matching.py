@@ -57,6 +57,9 @@ def test_mse_distance_conv_kernels_only_and_a_sum():
     a = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.zeros(2)}, "fc": {"kernel": jnp.zeros((4, 2))}}
     b = {"conv": {"kernel": jnp.zeros((3, 3, 1, 2)), "bias": jnp.ones(2)}, "fc": {"kernel": jnp.ones((4, 2))}}
     assert float(mse_distance(a, b)) == 18.0
+    # IDC's matchloss skips only 1-D and 2-D gradients: layer norm's (H, W, C) scale counts, as a conv kernel does
+    a["ln"], b["ln"] = {"scale": jnp.full((2, 2, 3), 2.0)}, {"scale": jnp.zeros((2, 2, 3))}
+    assert float(mse_distance(a, b)) == 18.0 + 12 * 4.0
 
 
 def small_net():

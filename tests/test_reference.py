@@ -1,0 +1,178 @@
+"""Every matching loss against an independent PyTorch computation.
+
+The reference network is ConvNet-D written from the official definitions (DC/DSA `networks.ConvNet`: conv3x3 with
+bias, then the norm by name, ReLU, 2x2 average pooling; a linear classifier on the flattened (C, H, W) features),
+and the distances from the official formulas: DC/DSA's `distance_wb` (1 - cos per output row; a conv weight
+(O, I, h, w) and a layer norm weight (C, H, W) give one row per channel, 2-D weights are compared whole per row,
+1-D ones contribute 0), IDC's `dist` summed over every weight that is neither 1-D nor 2-D (mse or l1), DM's squared
+distance of mean embeddings, MTT's normalised parameter distance after an unrolled student. sm_jax's weights are
+copied into it; both sides see the same real and synthetic batches with augmentation off, and the loss and its
+gradient w.r.t. the synthetic images must agree to float tolerance.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sm_jax.augmentation import NO_POLICY
+from sm_jax.matching import DISTANCES, class_match, mean_embedding_distance
+from sm_jax.models import make_net
+from sm_jax.models.norms import NORMS
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+F = torch.nn.functional
+
+pytestmark = pytest.mark.torch
+
+CLASSES, WIDTH, DEPTH, SIDE = 3, 8, 2, 16
+
+
+class TorchConvNet(tnn.Module):
+    """The official ConvNet-D: depth x [Conv2d(3x3, pad 1) -> norm -> ReLU -> AvgPool2d(2)] -> Linear."""
+
+    def __init__(self, norm, classes=CLASSES, width=WIDTH, depth=DEPTH, side=SIDE):
+        super().__init__()
+        layers, c, h = [], 3, side
+        for _ in range(depth):
+            layers.append(tnn.Conv2d(c, width, 3, padding=1))
+            norm_layer = {"instancenorm": lambda: tnn.GroupNorm(width, width, affine=True),
+                          "batchnorm": lambda: tnn.BatchNorm2d(width),
+                          "layernorm": lambda: tnn.LayerNorm([width, h, h], elementwise_affine=True),
+                          "groupnorm": lambda: tnn.GroupNorm(4, width, affine=True),
+                          "none": lambda: None}[norm]()
+            layers += [norm_layer] if norm_layer is not None else []
+            layers += [tnn.ReLU(), tnn.AvgPool2d(2, 2)]
+            c, h = width, h // 2
+        self.features = tnn.Sequential(*layers)
+        self.classifier = tnn.Linear(width * h * h, classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def t(a) -> "torch.Tensor":
+    return torch.from_numpy(np.array(a, np.float32))
+
+
+def copy_into(net: TorchConvNet, params, state=None) -> TorchConvNet:
+    """sm_jax's parameters (and batch-norm statistics) into the PyTorch network, layer by layer."""
+    convs = [m for m in net.features if isinstance(m, tnn.Conv2d)]
+    norms = [m for m in net.features if isinstance(m, (tnn.GroupNorm, tnn.BatchNorm2d, tnn.LayerNorm))]
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            conv.weight.copy_(t(params[f"conv{i}"]["kernel"]).permute(3, 2, 0, 1))  # HWIO -> OIhw
+            conv.bias.copy_(t(params[f"conv{i}"]["bias"]))
+        for i, norm in enumerate(norms):
+            p = params[f"norm{i}"]
+            p = p.get("gn", p)
+            to_chw = (lambda a: a.permute(2, 0, 1)) if isinstance(norm, tnn.LayerNorm) else (lambda a: a)
+            norm.weight.copy_(to_chw(t(p["scale"])))
+            norm.bias.copy_(to_chw(t(p["bias"])))
+            if state:
+                norm.running_mean.copy_(t(state[f"norm{i}"]["mean"]))
+                norm.running_var.copy_(t(state[f"norm{i}"]["var"]))
+        k = t(params["fc"]["kernel"])  # (H * W * C, classes), features flattened NHWC
+        h = int(round((k.shape[0] / WIDTH) ** 0.5))
+        net.classifier.weight.copy_(k.reshape(h, h, WIDTH, -1).permute(3, 2, 0, 1).reshape(k.shape[1], -1))
+        net.classifier.bias.copy_(t(params["fc"]["bias"]))
+    return net
+
+
+# --- the official formulas ----------------------------------------------------------------------------------------
+def distance_wb(gr, gs):
+    if gr.dim() == 1:  # biases and per-channel norm parameters: 0
+        return torch.zeros(())
+    if gr.dim() in (3, 4):  # conv (O, I, h, w), layer norm (C, H, W): one row per output channel
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+    return torch.sum(1 - torch.sum(gr * gs, -1) / (torch.norm(gr, dim=-1) * torch.norm(gs, dim=-1) + 1e-6))
+
+
+def idc_dist(kind):
+    one = (lambda a, b: ((a - b) ** 2).sum()) if kind == "mse" else (lambda a, b: (a - b).abs().sum())
+    return lambda gr, gs: one(gr, gs) if gr.dim() not in (1, 2) else torch.zeros(())
+
+
+TORCH_DISTANCES = {"cosine": distance_wb, "mse": idc_dist("mse"), "l1": idc_dist("l1")}
+
+
+def torch_match(net, dist, real, syn, label):
+    """The official gradient matching of one class: the real gradient detached, the synthetic one differentiable."""
+    params = list(net.parameters())
+    y_r = torch.full((real.shape[0],), label, dtype=torch.long)
+    y_s = torch.full((syn.shape[0],), label, dtype=torch.long)
+    g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), y_r), params)]
+    g_syn = torch.autograd.grad(F.cross_entropy(net(syn), y_s), params, create_graph=True)
+    return sum(dist(gr, gs) for gr, gs in zip(g_real, g_syn))
+
+
+def nchw(x) -> "torch.Tensor":
+    return t(np.moveaxis(np.asarray(x), -1, 1))
+
+
+def batches(seed=0, real=6, syn=4):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(k1, (real, SIDE, SIDE, 3)), jax.random.normal(k2, (syn, SIDE, SIDE, 3)),
+            jax.random.normal(k3, (16, SIDE, SIDE, 3)))
+
+
+def close(a, b, rtol=2e-4, what=""):
+    """Equal to float tolerance, relative to the reference's largest magnitude (second-order gradients sum many
+    terms)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.abs(b).max(), 1e-12)
+    np.testing.assert_allclose(a / scale, b / scale, atol=rtol, rtol=0, err_msg=what)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_gradient_matching_losses_equal_the_official_formulas(norm):
+    # DC/DSA (cosine), IDC (mse, l1): loss and d loss / d syn. A batch-norm network matches in evaluation mode with
+    # the running statistics of one training-mode pass over real images (the official code's freezing).
+    net = make_net("convnet", CLASSES, (SIDE, SIDE, 3), WIDTH, DEPTH, norm)
+    params, state = net.init(jax.random.key(1))
+    real, syn, bn_batch = batches()
+    ref = TorchConvNet(norm)
+    if state:
+        state = net.apply(params, state, bn_batch, True)[1]
+        ref.train()
+        copy_into(ref, params)
+        with torch.no_grad():
+            ref(nchw(bn_batch))
+        ref.eval()
+        for i, m in enumerate(m for m in ref.features if isinstance(m, tnn.BatchNorm2d)):  # the same statistics
+            close(state[f"norm{i}"]["mean"], m.running_mean.numpy(), 1e-5)
+            close(state[f"norm{i}"]["var"], m.running_var.numpy(), 1e-5)
+    else:
+        copy_into(ref, params)
+    apply_fn = lambda p, x: net.apply(p, state, x)[0]  # noqa: E731
+    label = 1
+    for name, dist in DISTANCES.items():
+        f = jax.jit(jax.value_and_grad(
+            lambda s: class_match(apply_fn, dist, NO_POLICY, params, real, s, jnp.int32(label), jax.random.key(0))))
+        loss, grad = f(syn)
+        s_t = nchw(syn).requires_grad_(True)
+        ref_loss = torch_match(ref, TORCH_DISTANCES[name], nchw(real), s_t, label)
+        (ref_grad,) = torch.autograd.grad(ref_loss, s_t)
+        assert float(ref_loss.detach()) > 1e-3, (norm, name)  # a loss worth comparing
+        close(loss, ref_loss.detach().numpy(), 2e-5, f"{norm} {name}: loss")
+        close(np.moveaxis(np.asarray(grad), -1, 1), ref_grad.numpy(), what=f"{norm} {name}: d loss / d syn")
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_dm_mean_embedding_distance_equals_the_official_formula(norm):
+    # DM: a fresh network in training mode (a batch-norm network normalises each batch with its own statistics);
+    # || mean embed(real) - mean embed(syn) ||^2, the real side detached
+    net = make_net("convnet", CLASSES, (SIDE, SIDE, 3), WIDTH, DEPTH, norm)
+    params, state = net.init(jax.random.key(2))
+    real, syn, _ = batches(1)
+    embed = lambda x: net.embed(params, state, x, train=True)[0]  # noqa: E731
+    loss, grad = jax.jit(jax.value_and_grad(lambda s: mean_embedding_distance(embed(real), embed(s))))(syn)
+    ref = copy_into(TorchConvNet(norm), params).train()
+    s_t = nchw(syn).requires_grad_(True)
+    ref_loss = torch.sum((ref.embed(nchw(real)).detach().mean(0) - ref.embed(s_t).mean(0)) ** 2)
+    (ref_grad,) = torch.autograd.grad(ref_loss, s_t)
+    close(loss, ref_loss.detach().numpy(), 2e-5)
+    close(np.moveaxis(np.asarray(grad), -1, 1), ref_grad.numpy())

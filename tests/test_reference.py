@@ -176,3 +176,47 @@ def test_dm_mean_embedding_distance_equals_the_official_formula(norm):
     (ref_grad,) = torch.autograd.grad(ref_loss, s_t)
     close(loss, ref_loss.detach().numpy(), 2e-5)
     close(np.moveaxis(np.asarray(grad), -1, 1), ref_grad.numpy())
+
+
+def test_mtt_normalised_parameter_distance_after_an_unroll_equals_the_official():
+    # distill.py: a student from the expert's epoch-s parameters takes syn_steps SGD steps (lr syn_lr) on the
+    # synthetic images, each step's gradient differentiable (create_graph); the loss is ||theta_N - theta_T||^2 /
+    # ||theta_0 - theta_T||^2, differentiated w.r.t. the images and syn_lr. Every image in every step (batch_syn 0),
+    # DSA off.
+    from jax.flatten_util import ravel_pytree
+
+    from sm_jax.augmentation import DSA_OPS
+    from sm_jax.config import make_config
+    from sm_jax.data import DataSpec
+    from sm_jax.methods import make_method
+
+    cfg = make_config("mtt", 2, "cpu", width=WIDTH, depth=DEPTH, syn_steps=4, zca=False, aug_drop=",".join(DSA_OPS))
+    method = make_method(cfg, DataSpec(CLASSES, (SIDE, SIDE, 3)))
+    p0, _ = method.net.init(jax.random.key(3))
+    p1, _ = method.net.init(jax.random.key(4))
+    x = jax.random.normal(jax.random.key(5), (CLASSES * 2, SIDE, SIDE, 3))
+    y = jnp.repeat(jnp.arange(CLASSES), 2)
+    lr = 0.05
+    theta0, target = ravel_pytree(p0)[0], ravel_pytree(p1)[0]
+    loss, (g_x, g_lr) = jax.jit(jax.value_and_grad(
+        lambda x, lr: method.student_loss(x, y, lr, theta0, target, jax.random.key(0), x.shape[0]),
+        argnums=(0, 1)))(x, jnp.float32(lr))
+
+    ref = copy_into(TorchConvNet("instancenorm"), p0)
+    names = [n for n, _ in ref.named_parameters()]
+    start = [p.detach().clone() for p in ref.parameters()]
+    goal = [p.detach().clone() for p in copy_into(TorchConvNet("instancenorm"), p1).parameters()]
+    x_t, lr_t = nchw(x).requires_grad_(True), torch.tensor(lr, requires_grad=True)
+    y_t = torch.tensor(np.asarray(y), dtype=torch.long)
+    cur = [p.clone().requires_grad_(True) for p in start]
+    for _ in range(cfg.syn_steps):
+        ce = F.cross_entropy(torch.func.functional_call(ref, dict(zip(names, cur)), (x_t,)), y_t)
+        grads = torch.autograd.grad(ce, cur, create_graph=True)
+        cur = [c - lr_t * g for c, g in zip(cur, grads)]
+    ref_loss = (sum(((c - g) ** 2).sum() for c, g in zip(cur, goal))
+                / sum(((s - g) ** 2).sum() for s, g in zip(start, goal)))
+    ref_gx, ref_glr = torch.autograd.grad(ref_loss, [x_t, lr_t])
+    assert abs(float(ref_loss.detach()) - 1.0) > 1e-3  # the student moved
+    close(loss, ref_loss.detach().numpy(), 2e-5, "loss")
+    close(np.moveaxis(np.asarray(g_x), -1, 1), ref_gx.numpy(), what="d loss / d images")
+    close(g_lr, ref_glr.numpy(), 2e-4, "d loss / d syn_lr")

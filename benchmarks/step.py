@@ -121,7 +121,7 @@ def measure(args) -> dict:
     if args.compare:  # first, so that JAX's buffers do not crowd the baseline
         cmd = [sys.executable, "-m", "benchmarks.torch_step", "--method", cfg.method, "--ipc", str(cfg.ipc),
                "--batch-real", str(cfg.batch_real), "--subset-k", str(cfg.subset_k),
-               "--subset-batch-real", str(cfg.subset_real), "--repeats", str(args.repeats),
+               "--subset-batch-real", str(cfg.subset_real), "--lr-img", str(cfg.lr_img), "--repeats", str(args.repeats),
                "--device", args.torch_device, "--precision", cfg.precision, "--classes", str(args.classes),
                "--per-class", str(args.per_class), "--width", str(cfg.width), "--depth", str(cfg.depth)]
         res = subprocess.run(cmd, capture_output=True, text=True)

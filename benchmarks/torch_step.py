@@ -7,8 +7,9 @@ synthetic loss with `create_graph=True`; the layer-wise distance (DC/DSA: 1 - co
 error over conv kernels); SGD(momentum 0.5) on the synthetic pixels. DC/DSA sum the loss over classes and step
 once, IDC steps once per class, as their official code does. DSA/IDC/DM apply one siamese augmentation draw per term.
 DM (main_DM.py): a new network per step, its parameters frozen; per term the squared distance between the mean
-embeddings of the real batch (detached) and the synthetic images; SGD(lr 1, momentum 0.5) once over all classes.
-Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys as benchmarks.step).
+embeddings of the real batch (detached) and the synthetic images; SGD(momentum 0.5) once over all classes. The
+images' lr is the method's (its paper preset, `--lr-img`). tests/test_reference.py checks that this step computes
+sm_jax's (same loss, same updated images). Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys as benchmarks.step).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sm_jax.config import make_config
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
@@ -135,8 +138,8 @@ def decode(images, factor=2):
 class Step:
     """The state of a benchmark: data, network, synthetic set, optimiser and the fixed subsets."""
 
-    def __init__(self, method, ipc, batch_real, subset_k=1, subset_batch_real=0, classes=10, per_class=5000,
-                 seed=0, width=128, depth=3, device="cpu"):
+    def __init__(self, method, ipc, batch_real, lr_img, subset_k=1, subset_batch_real=0, classes=10,
+                 per_class=5000, seed=0, width=128, depth=3, device="cpu"):
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.method, self.ipc, self.k, self.classes = method, ipc, subset_k, classes
@@ -149,7 +152,7 @@ class Step:
         self.width, self.depth = width, depth
         self.new_net()
         self.images = torch.randn(classes * ipc, 3, 32, 32, device=self.device, requires_grad=True)
-        self.opt = torch.optim.SGD([self.images], lr=1.0 if method == "dm" else 0.1, momentum=0.5)
+        self.opt = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         self.dist = mse_distance if method == "idc" else cosine_distance
         self.policy = POLICIES[method]
         n_syn = ipc * self.factor ** 2
@@ -189,13 +192,16 @@ class Step:
                 loss = loss + lam * self.term(real_k, syn[sk], c)
         return loss
 
-    def __call__(self, lam=0.5):
+    def __call__(self, lam=0.5) -> float:
+        """One step; returns its matching loss summed over classes (whole-class terms + lam * subset terms)."""
+        total = 0.0
         if self.method == "idc":  # one optimiser step per class
             for c in range(self.classes):
                 loss = self.class_loss(c, lam)
                 self.opt.zero_grad()
                 loss.backward()
                 self.opt.step()
+                total += loss.detach()
         else:
             if self.method == "dm":  # a fresh network every iteration
                 self.new_net()
@@ -203,6 +209,8 @@ class Step:
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
+            total = loss.detach()
+        return float(total)
 
 
 def main(argv=None) -> dict:
@@ -212,6 +220,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-real", type=int)
     p.add_argument("--subset-k", type=int, default=1)
     p.add_argument("--subset-batch-real", type=int, default=0)
+    p.add_argument("--lr-img", type=float, help="the images' lr (default: the method's paper preset, sm_jax's)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -232,7 +241,8 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape: the fair speed setting
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     batch_real = args.batch_real or (64 if args.method == "idc" else 256)
-    step = Step(args.method, args.ipc, batch_real, args.subset_k, args.subset_batch_real, args.classes,
+    lr_img = args.lr_img or make_config(args.method, args.ipc, "paper").lr_img
+    step = Step(args.method, args.ipc, batch_real, lr_img, args.subset_k, args.subset_batch_real, args.classes,
                 args.per_class, width=args.width, depth=args.depth, device=args.device)
     step()  # warm-up
     sync()

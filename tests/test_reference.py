@@ -220,3 +220,50 @@ def test_mtt_normalised_parameter_distance_after_an_unroll_equals_the_official()
     close(loss, ref_loss.detach().numpy(), 2e-5, "loss")
     close(np.moveaxis(np.asarray(g_x), -1, 1), ref_gx.numpy(), what="d loss / d images")
     close(g_lr, ref_glr.numpy(), 2e-4, "d loss / d syn_lr")
+
+
+@pytest.mark.parametrize("method,k", [("dc", 1), ("dc", 2), ("dm", 2), ("idc", 2)])
+def test_the_pytorch_baseline_computes_the_jax_step(method, k):
+    # benchmarks/torch_step.py is what every speed ratio divides by: given sm_jax's network weights, real images,
+    # synthetic images and subset partitions, its step must give the same loss and the same updated images as
+    # Method.matching_step. Every real image of a class (and of a subset) is drawn, so both sides' batches hold the
+    # same images whatever order each draws them in; augmentation off on both sides. IDC: decoded images (factor 2),
+    # mse, one image step per class (the other classes' momentum carried through it, as one PyTorch optimiser does).
+    from benchmarks import torch_step
+    from benchmarks.step import synthetic_cifar
+    from sm_jax.augmentation import DSA_OPS
+    from sm_jax.config import make_config
+    from sm_jax.methods import make_context, make_method
+
+    classes, ipc, per_class, lam = 3, 2, 8, 0.5
+    data = synthetic_cifar(per_class, classes)
+    cfg = make_config(method, ipc, "paper", subset_k=k, batch_real=per_class, subset_batch_real=per_class // k,
+                      width=WIDTH, depth=DEPTH, class_chunk=0, aug_drop=",".join(DSA_OPS))
+    m = make_method(cfg, data.spec)
+    ctx = make_context(cfg, data)
+    shape = (classes, ipc, 32, 32, 3)  # IDC stores [0, 1] pixels (both sides clip to them), the others normalised
+    images = (jax.random.uniform if method == "idc" else jax.random.normal)(jax.random.key(6), shape)
+    state = m.init_state(images)
+    params, _ = m.net.init(jax.random.key(7))
+    new, _, metrics = jax.jit(lambda im, os_: m.matching_step(im, os_, params, ctx, jax.random.key(8), lam))(
+        state.images, state.opt_state)
+    loss = metrics["loss_all"] + (lam * metrics["loss_subset"] if k > 1 else 0.0)
+
+    step = torch_step.Step(method, ipc, per_class, cfg.lr_img, k, per_class // k, classes, per_class, width=WIDTH,
+                           depth=DEPTH)
+    step.policy = []
+    copy_into(step.net, params)
+    step.new_net = lambda: None  # DM's fresh network is the one just copied
+    x = data.train_x.reshape(classes, per_class, 32, 32, 3)
+    step.real = (torch.from_numpy(np.moveaxis(x, -1, 2).astype(np.float32)) / 255 - torch_step.MEAN) / torch_step.STD
+    starts = np.array(ctx.class_idx)[:, :1]  # a class's rows are consecutive: partitions as indices in the class
+    step.real_part = [[torch.from_numpy(r - s) for r in part] for part, s in zip(np.array(ctx.real_part), starts)]
+    step.syn_part = [[torch.from_numpy(p) for p in part] for part in np.array(ctx.syn_part)]
+    with torch.no_grad():
+        step.images.copy_(nchw(images.reshape(-1, 32, 32, 3)))
+    before = step.images.detach().clone()
+    ref_loss = step(lam)
+    close(loss, ref_loss, 2e-5, "loss")
+    moved = np.moveaxis(np.asarray((new - images).reshape(-1, 32, 32, 3)), -1, 1)
+    close(moved, (step.images.detach() - before).numpy(), what="the images' update")
+    assert np.abs(moved).max() > 1e-5  # IDC's lr is 1e-3 at ipc 2

@@ -113,34 +113,46 @@ def test_partitions_disjoint_covering(tiny_data):
 
 
 @pytest.mark.parametrize("method", ["dc", pytest.param("dsa", marks=pytest.mark.slow), "idc"])
-def test_iteration_runs_and_keeps_partitions(method, tiny_data):
+def test_iteration_runs_and_matches_the_partitions_of_its_context(method, tiny_data):
     cfg = tiny_cfg(method, subset_k=2)
     m = make_method(cfg, DataSpec(num_classes=3))
     ctx = make_context(cfg, tiny_data)
-    before = jax.tree.map(np.asarray, ctx)
-    state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
-    images0 = np.asarray(state.images)
+    state0 = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
+    images0 = np.asarray(state0.images)
     step = jax.jit(m.iteration)
+    state = state0
     for it in range(2):
         state, metrics = step(state, ctx, jax.random.fold_in(jax.random.key(1), it))
     assert int(state.iteration) == 2
     assert np.isfinite(np.asarray(state.images)).all()
     assert not np.allclose(np.asarray(state.images), images0)
     assert float(metrics["loss_subset"]) > 0 and float(metrics["lambda"]) == pytest.approx(0.5)
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(ctx)):
-        np.testing.assert_array_equal(a, np.asarray(b))
+    # the subset terms pair the real and synthetic subsets the context holds (drawn once, fixed for the run): the
+    # same iteration again gives the same images, and with the synthetic subsets swapped between the pairs, others
+    once = lambda c: np.asarray(step(state0, c, jax.random.key(1))[0].images)  # noqa: E731
+    np.testing.assert_array_equal(once(ctx), once(ctx))
+    assert not np.allclose(once(ctx), once(ctx._replace(syn_part=ctx.syn_part[:, ::-1])))
 
 
-def test_lambda_zero_and_k1_are_the_base_method(tiny_data):
-    outs = []
-    for kw in (dict(subset_k=1), dict(subset_k=2, subset_lambda=0.0)):
-        cfg = tiny_cfg("dsa", aug_drop=dsa_only("crop"), **kw)  # the subsets must not shift the classes' draws
+def test_the_subset_terms_leave_the_whole_class_draws_as_the_base_methods(tiny_data):
+    # K = 2 with lambda > 0 adds its terms; its whole-class term draws the same real batches and augmentation keys as
+    # K = 1 from the same key, so L_all is the base method's to the bit, and only the subset term changes the gradient
+    ms, xs, outs = [], [], []
+    for k in (1, 2):
+        cfg = tiny_cfg("dsa", subset_k=k, subset_lambda=1.0, aug_drop=dsa_only("crop"), class_chunk=0)
         m = make_method(cfg, DataSpec(num_classes=3))
-        state = m.init_state(m.init_images(tiny_data, jax.random.key(0)))
-        state, metrics = jax.jit(m.iteration)(state, make_context(cfg, tiny_data), jax.random.key(5))
-        assert float(metrics["loss_subset"]) == 0.0
-        outs.append(np.asarray(state.images))
-    np.testing.assert_array_equal(outs[0], outs[1])
+        ctx = make_context(cfg, tiny_data)
+        images = m.init_images(tiny_data, jax.random.key(0))
+        params, _ = m.net.init(jax.random.key(2))
+        xs.append(m.match_inputs(images, ctx, jax.random.key(5)))
+        outs.append(jax.jit(lambda im, p: m.match(im, p, ctx, jax.random.key(5), 0.5))(images, params))
+        ms.append(m)
+    np.testing.assert_array_equal(np.asarray(xs[0]["real"]), np.asarray(xs[1]["real"]))
+    np.testing.assert_array_equal(jax.random.key_data(xs[0]["k_all"]), jax.random.key_data(xs[1]["k_all"]))
+    (g1, (la1, ls1)), (g2, (la2, ls2)) = outs
+    np.testing.assert_array_equal(np.asarray(la1), np.asarray(la2))
+    assert float(np.asarray(ls1).sum()) == 0.0 and (np.asarray(ls2) > 0).all()
+    assert not np.allclose(np.asarray(g1), np.asarray(g2))
 
 
 def test_subset_only_skips_the_whole_class_term(tiny_data):

@@ -12,6 +12,7 @@ import pytest
 from conftest import dsa_only
 
 from sm_jax import experts
+from sm_jax.augmentation import DSA_OPS
 from sm_jax.config import make_config
 from sm_jax.data.zca import fit_zca
 from sm_jax.lifecycle import Stopped, StopSignals
@@ -285,3 +286,49 @@ def test_official_replay_buffers_read_into_the_same_network(tiny_data, tmp_path)
     torch.save([[live, live, live]], tmp_path / "cpu" / "replay_buffer_0.pt")
     with pytest.raises(experts.ExpertError, match="first and last snapshots are identical"):
         experts.read_official(tmp_path / "cpu", m.net)
+
+
+def test_each_subset_student_learns_from_its_synthetic_subset_only(tiny_data):
+    # student k is unrolled on the k-th synthetic subset of every class: its loss's gradient is zero on every image
+    # outside that subset and not on those inside it
+    cfg = tiny_cfg(subset_k=2, subset_lambda=1.0, aug_drop=",".join(DSA_OPS))  # no augmentation
+    m = make_method(cfg, tiny_data.spec)
+    c, ipc = 3, 4
+    images = jax.random.normal(jax.random.key(1), (c, ipc, 32, 32, 3))
+    syn_part = jnp.asarray([[[2, 0], [1, 3]], [[1, 2], [3, 0]], [[0, 3], [2, 1]]], jnp.int32)  # (C, K, ipc / K)
+    theta = jax.flatten_util.ravel_pytree(m.net.init(jax.random.key(2))[0])[0]
+    starts = jnp.stack([theta, theta + 0.01])
+    targets = starts + 0.01 * jax.random.normal(jax.random.key(3), starts.shape)
+    jac = jax.jacrev(lambda x: m.subset_losses(x, 0.01, syn_part, starts, targets, jax.random.key(4), c * ipc))(
+        images)  # (K, C, ipc, H, W, C')
+    moved = np.abs(np.asarray(jac)).reshape(2, c, ipc, -1).max(-1) > 0  # (K, C, ipc)
+    for k in range(2):
+        want = np.zeros((c, ipc), bool)
+        want[np.arange(c)[:, None], np.asarray(syn_part[:, k])] = True
+        np.testing.assert_array_equal(moved[k], want)
+
+
+def test_each_subset_expert_learns_from_its_real_subset_only(tiny_data, tmp_path):
+    # change every training image outside real subset 0: the subset-0 experts' trajectories stay the same to the
+    # bit, the whole-data and subset-1 experts' do not; the subsets partition every class
+    cfg = tiny_cfg(subset_k=2, subset_lambda=1.0, num_experts=1, expert_train_epochs=1, max_start_epoch=1)
+    m = make_method(cfg, tiny_data.spec)
+    rows = experts.training_rows(cfg, tiny_data)  # whole, subset 0, subset 1
+    assert len(rows) == 3 and not set(rows[1]) & set(rows[2])
+    assert sorted([*rows[1], *rows[2]]) == sorted(rows[0])
+    for r in rows[1:]:
+        assert np.bincount(tiny_data.train_y[r]).tolist() == [8, 8, 8]
+    other = np.setdiff1d(np.arange(len(tiny_data.train_y)), rows[1])
+    x = tiny_data.train_x.copy()
+    x[other] = 255 - x[other]
+    changed = tiny_data.__class__(x, tiny_data.train_y, tiny_data.test_x, tiny_data.test_y, tiny_data.class_names,
+                                  "tiny, changed outside subset 0")
+    quiet = dict(log=lambda *a: None, progress=False)
+    ident = experts.identity(cfg, tiny_data)
+    got = []
+    for name, data in (("a", tiny_data), ("b", changed)):
+        store = experts.ExpertStore(tmp_path / name, ident)
+        store.train(cfg, data, m.net, m.normalize, **quiet)
+        got.append(store.load(1, 1)[:, 0])  # (experts, P) after the epoch
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    assert not np.allclose(got[0][0], got[1][0]) and not np.allclose(got[0][2], got[1][2])

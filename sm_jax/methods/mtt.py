@@ -266,6 +266,26 @@ class MTT(Method):
 
         return loss, (jax.grad(direct)(x), g_lr)
 
+    def subset_losses(self, images: jax.Array, lr, syn_part: jax.Array, theta0: jax.Array, target: jax.Array,
+                      key: jax.Array, batch: int) -> jax.Array:
+        """The subset terms: student k unrolled on the k-th synthetic subset of every class, from expert k's start.
+
+        Args:
+          images: (C, ipc, H, W, C') the synthetic set; lr: the student lr; syn_part: (C, K, ipc / K) int32.
+          theta0, target: (K, P) each subset expert's start and target; key: the subset terms' key; batch: the
+            whole-set student's images per step (each subset student takes its K-th share).
+        Returns:
+          (K,) normalised parameter distances.
+        """
+        c, ipc = images.shape[:2]
+        kk = syn_part.shape[1]
+        sub = images[jnp.arange(c)[:, None, None], syn_part]  # (C, K, ipc/K, H, W, C')
+        xs = jnp.swapaxes(sub, 0, 1).reshape(kk, c * (ipc // kk), *images.shape[2:])
+        ys = jnp.repeat(jnp.arange(c), ipc // kk)
+        keys = jax.random.split(key, kk)
+        sub_batch = max(1, batch // kk)
+        return jax.vmap(lambda x, a, b, k: self.student_loss(x, ys, lr, a, b, k, sub_batch))(xs, theta0, target, keys)
+
     def _pick(self, order, it, traj, key):
         """(theta0, target, start epoch) of the walk's current expert in one row of trajectories (experts, S, P)."""
         e = order[it % order.shape[0]]
@@ -290,17 +310,11 @@ class MTT(Method):
         def whole(images, lr):
             return self.student_loss(images.reshape(-1, *images.shape[2:]), labels, lr, theta0, target, k_all, batch)
 
-        def subsets(images, lr):  # (K,) losses: subset k's student on the k-th synthetic subset of every class
-            kk = cfg.subset_k
-            sub = images[jnp.arange(c)[:, None, None], ctx.syn_part]  # (C, K, ipc/K, H, W, C')
-            xs = jnp.swapaxes(sub, 0, 1).reshape(kk, c * (ipc // kk), *images.shape[2:])
-            ys = jnp.repeat(jnp.arange(c), ipc // kk)
+        def subsets(images, lr):
             picks = [self._pick(order[1 + k], state.iteration, ctx.trajectories[1 + k], starts[1 + k])
-                     for k in range(kk)]
-            t0, tt = jnp.stack([p[0] for p in picks]), jnp.stack([p[1] for p in picks])
-            sub_batch = max(1, batch // kk)
-            keys = jax.random.split(k_sub, kk)
-            return jax.vmap(lambda x, a, b, k: self.student_loss(x, ys, lr, a, b, k, sub_batch))(xs, t0, tt, keys)
+                     for k in range(cfg.subset_k)]
+            return self.subset_losses(images, lr, ctx.syn_part, jnp.stack([p[0] for p in picks]),
+                                      jnp.stack([p[1] for p in picks]), k_sub, batch)
 
         if cfg.tesla:
             la, (g_img, g_lr) = self.tesla_grads(state.images.reshape(-1, *state.images.shape[2:]), labels, state.lr,

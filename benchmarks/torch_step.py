@@ -9,7 +9,8 @@ once, IDC steps once per class, as their official code does. DSA/IDC/DM apply on
 DM (main_DM.py): a new network per step, its parameters frozen; per term the squared distance between the mean
 embeddings of the real batch (detached) and the synthetic images; SGD(momentum 0.5) once over all classes. The
 images' lr is the method's (its paper preset, `--lr-img`). tests/test_reference.py checks that this step computes
-sm_jax's (same loss, same updated images). Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys as benchmarks.step).
+sm_jax's (same loss, same updated images). Needs `pip install -e ".[torch]"`. Prints one JSON line (the same keys
+as benchmarks.step).
 """
 from __future__ import annotations
 

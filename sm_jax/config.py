@@ -30,7 +30,8 @@ IDENTITY, RESULT, OTHER = "identity", "result", "other"
 
 
 def _field(default: Any, help: str, *, kind: str = IDENTITY, choices: Callable[[], tuple] | None = None,
-           low: float | None = None, label: str | None = None, words: dict[str, int] | None = None) -> Any:
+           low: float | None = None, label: str | None = None, words: dict[str, int] | None = None,
+           flag: bool = True) -> Any:
     """A Config field with its metadata.
 
     Args:
@@ -40,9 +41,10 @@ def _field(default: Any, help: str, *, kind: str = IDENTITY, choices: Callable[[
       low: the smallest allowed value.
       label: the name in "unknown <label>" errors (default: the field's name).
       words: an int field's named values below `low` ({"auto": -1}): the flag takes the names, errors list them.
+      flag: whether the command line sets it (False: a record the preset writes).
     """
     return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "choices": choices, "low": low,
-                                                         "label": label, "words": words or {}})
+                                                         "label": label, "words": words or {}, "flag": flag})
 
 
 def _evaluation_augmentations() -> tuple[str, ...]:
@@ -186,6 +188,8 @@ class Config:
                           "result either way", kind=OTHER, choices=lambda: ("auto", "device", "host"))
     workdir: str = _field("runs/default", "run directory", kind=OTHER)
     preset: str = _field("paper", "budget preset", kind=OTHER, choices=lambda: PRESETS)
+    preset_note: str = _field("", "whose settings the preset took where (dataset, ipc) has none of its own ('' = "
+                              "its own; Method.preset_note)", kind=OTHER, flag=False)
 
     @property
     def subset_real(self) -> int:
@@ -269,7 +273,8 @@ def make_config(method: str, ipc: int, preset: str = "paper", dataset: str = "ci
     if unknown:
         raise ConfigError(f"unknown config field {unknown[0]!r}")
     dataset = _dataset_name(dataset)
-    out = dict(METHODS[method].preset(preset, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset)
+    out = dict(METHODS[method].preset(preset, ipc, dataset), method=method, ipc=ipc, preset=preset, dataset=dataset,
+               preset_note=METHODS[method].preset_note(ipc, dataset))
     out.setdefault("depth", default_depth(dataset, fields.get("res") or 0))
     out.update({k: v for k, v in fields.items() if v is not None})
     if isinstance(out.get("model"), str):

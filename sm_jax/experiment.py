@@ -338,6 +338,8 @@ class Run:
 
     def _execute(self, ckpt: Checkpointer, stop: StopSignals) -> dict:
         cfg = self.cfg
+        if cfg.preset_note:
+            self.log(f"preset: {cfg.preset_note}")
         self.method.preparation(self.data, self.log, stop, self.progress)
         state, partitions = self.load_or_init(ckpt)
         if self.writer:

@@ -213,6 +213,10 @@ def test_a_finished_run_is_not_redone_unless_its_evaluation_changes(tiny_archive
     argv = [*TINY, "--data-dir", tiny_archive, "--workdir", wd, "--iterations", 2, "--checkpoint-every", 1]
     code, out, _ = condense([*argv, "--eval-models", 1], capsys)
     assert code == 0 and "already finished" in out
+    # ipc 2 has no loops of its own in the official DC code: said in one line and recorded
+    note = "the official DC/DSA code defines no loops for ipc 2 (it stops there): ipc 10's taken"
+    assert sum(note in ln for ln in out.splitlines()) == 1 and out.index(note) < out.index("already finished")
+    assert note in json.loads((wd / "config.json").read_text())["preset_note"]
     code, out, _ = condense([*argv, "--eval-models", 2], capsys)  # a new evaluation of the same set
     assert code == 0 and "already finished" not in out
     assert json.loads(out.strip().splitlines()[-1])["accuracies"][:1] == summary["accuracies"]

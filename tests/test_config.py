@@ -1,5 +1,6 @@
 """Config resolution: the K default, refusals of values a run cannot use, what a run is, the generated flags."""
 import dataclasses
+import json
 
 import pytest
 
@@ -94,9 +95,25 @@ def test_the_command_line_is_generated_from_the_config_fields():
 
     p = condense_parser()
     flags = {a.dest for a in p._actions}
-    assert {f.name for f in dataclasses.fields(Config)} <= flags  # every field is a flag
+    # every field is a flag, but the preset's own record of where its settings came from
+    assert {f.name for f in dataclasses.fields(Config)} - flags == {"preset_note"}
     text = p.format_help()
     assert f"(one of {', '.join(METHODS)})" in text  # choices read from the registry
     args = p.parse_args(["--dataset", "cifar10", "--method", "dc", "--ipc", "1", "--class-chunk", "auto",
                          "--subset-only"])
     assert (args.class_chunk, args.subset_only, args.lr_img) == (-1, True, None)  # None: the preset's value
+
+
+@pytest.mark.parametrize("method,ipc,dataset,note", [
+    ("dc", 10, "cifar10", ""), ("dsa", 50, "mnist", ""), ("idc", 10, "svhn", ""), ("mtt", 50, "cifar100", ""),
+    ("dc", 5, "cifar10", "no loops for ipc 5 (it stops there): ipc 10's taken"),
+    ("dsa", 100, "cifar10", "no loops for ipc 100"),
+    ("idc", 10, "folder", "IDC has no settings for folder: CIFAR-10's taken"),
+    ("idc", 10, "cifar100", "no CIFAR-100 settings: CIFAR-10's distance and lr_img taken"),
+    ("mtt", 20, "cifar10", "no row for cifar10 ipc 20: cifar10 ipc 10's taken (syn_steps 30"),
+    ("mtt", 10, "svhn", "no row for svhn ipc 10: cifar10 ipc 10's taken"),
+])
+def test_a_preset_taken_from_another_cell_says_so(method, ipc, dataset, note):
+    cfg = make_config(method, ipc, "cpu", dataset=dataset)
+    assert (note in cfg.preset_note) and (cfg.preset_note == "") == (note == "")
+    assert json.loads(cfg.to_json())["preset_note"] == cfg.preset_note

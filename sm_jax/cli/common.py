@@ -37,7 +37,7 @@ def add_config_flags(p: argparse.ArgumentParser, names=None, required=(), cls=Co
     with its metadata's help and choices; defaults are None (the preset's value), so that only the flags given
     override it."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in names or fields:
+    for name in names or [n for n, f in fields.items() if f.metadata.get("flag", True)]:
         f, meta = fields[name], fields[name].metadata
         flag = "--" + name.replace("_", "-")
         text = meta["help"]

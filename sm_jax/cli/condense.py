@@ -27,7 +27,8 @@ def condense_parser(dataset: str | None = None) -> argparse.ArgumentParser:
                     f"(= python -m experiments.condense --dataset {dataset}).")
         p.set_defaults(dataset=dataset)
         required = REQUIRED
-    names = [f.name for f in dataclasses.fields(Config) if not (dataset and f.name == "dataset")]
+    names = [f.name for f in dataclasses.fields(Config)
+             if f.metadata["flag"] and not (dataset and f.name == "dataset")]
     add_config_flags(p, names, required)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     from sm_jax.aot.targets import TARGETS

@@ -60,6 +60,12 @@ class Method:
         raise NotImplementedError
 
     @classmethod
+    def preset_note(cls, ipc: int, dataset: str) -> str:
+        """'' where the method's own code or paper gives settings for (dataset, ipc); else one line saying whose
+        settings the preset took (logged at the run's start and recorded in config.json)."""
+        return ""
+
+    @classmethod
     def check(cls, cfg: RunConfig) -> None:
         """The method's own rules on a config (config.validate calls it): raises ConfigError."""
 

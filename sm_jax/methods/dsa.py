@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sm_jax.augmentation import DSA_POLICY
-from sm_jax.methods.dc import loop_budget, loop_cpu_budget
+from sm_jax.methods.dc import loop_budget, loop_cpu_budget, loop_note
 from sm_jax.methods.gradient import GradientMatching
 
 
@@ -24,3 +24,7 @@ class DSA(GradientMatching):
     @classmethod
     def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
         return loop_cpu_budget(cls.paper_preset(ipc, dataset))
+
+    @classmethod
+    def preset_note(cls, ipc: int, dataset: str) -> str:
+        return loop_note(ipc)

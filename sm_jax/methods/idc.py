@@ -22,7 +22,9 @@ from sm_jax.training import TrainProtocol, sgd, train_step
 # CutMix (IDC.paper_preset).
 DATASETS: dict[str, dict[str, Any]] = {
     "cifar10": dict(distance="mse", lr_img=5e-3, n_data=2000, aug_drop=""),
-    "cifar100": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop=""),
+    "cifar100": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop="",
+                     note="IDC's reproduce.py has no CIFAR-100 settings: CIFAR-10's distance and lr_img taken, with "
+                          "its argument.py's default n_data 500"),
     "svhn": dict(distance="mse", lr_img=5e-3, n_data=500, aug_drop="flip"),
     "mnist": dict(distance="l1", lr_img=1e-4, n_data=500, aug_drop="flip"),
     "fashion_mnist": dict(distance="l1", lr_img=1e-4 * (28 / 32) ** 2, n_data=500, aug_drop=""),
@@ -96,7 +98,7 @@ class IDC(GradientMatching):
     @classmethod
     def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
         """IDC's own settings per dataset with the subset-matching paper's 200 iterations."""
-        d = DATASETS.get(dataset, DATASETS["cifar10"])  # an image folder: CIFAR-10's settings
+        d = DATASETS.get(dataset, DATASETS["cifar10"])  # elsewhere CIFAR-10's settings (preset_note says so)
         p = dict(iterations=200, outer_loop=100, inner_loop=-(-d["n_data"] // 64), batch_real=64, batch_train=64,
                  factor=2, init="idc", lr_img=d["lr_img"] * ipc / 10, momentum_img=0.5, lr_net=0.01,
                  momentum_net=0.9, weight_decay_net=5e-4, max_syn_per_class=128, eval_epochs=1000, eval_models=20,
@@ -108,6 +110,14 @@ class IDC(GradientMatching):
             p.update(d["extra"])
             p["eval_epochs"] = idc_eval_epochs(ipc, p["factor"], DATASET_INFO[dataset].num_classes)
         return p
+
+    @classmethod
+    def preset_note(cls, ipc: int, dataset: str) -> str:
+        if dataset in DATASETS:
+            return DATASETS[dataset].get("note", "")
+        d = DATASETS["cifar10"]
+        return (f"IDC has no settings for {dataset}: CIFAR-10's taken (distance {d['distance']}, lr_img "
+                f"{d['lr_img']:g} x ipc / 10, n_data {d['n_data']})")
 
     @classmethod
     def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:

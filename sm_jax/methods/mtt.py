@@ -77,14 +77,28 @@ class MTT(Method):
     def paper_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:
         """METHOD.md's table (CIFAR-10's row of the nearest ipc for another dataset or ipc), 5000 iterations, 100
         experts of 50 epochs, 5 evaluation networks of 1000 epochs at the learned lr."""
-        rows = [k for k in TABLE if k[0] == dataset] or [k for k in TABLE if k[0] == "cifar10"]  # nearest ipc
-        row = TABLE[min(rows, key=lambda k: abs(k[1] - ipc))]
-        steps, ee, ms, bs, zca, lr_img, lr_lr = row
+        steps, ee, ms, bs, zca, lr_img, lr_lr = TABLE[cls.table_row(ipc, dataset)]
         return dict(iterations=5000, syn_steps=steps, expert_epochs=ee, max_start_epoch=ms, batch_syn=bs, zca=zca,
                     lr_img=lr_img, momentum_img=0.5, lr_lr=lr_lr, lr_teacher=0.01, init="real", factor=1,
                     num_experts=100, expert_train_epochs=50, expert_batch=256, expert_per_class=0, outer_loop=1,
                     inner_loop=0, eval_epochs=1000, eval_models=5, eval_batch=256, eval_aug="",
                     checkpoint_every=100)
+
+    @staticmethod
+    def table_row(ipc: int, dataset: str) -> tuple[str, int]:
+        """The row of TABLE the preset takes: (dataset, ipc) itself, else the dataset's (CIFAR-10's for a dataset
+        without rows) nearest ipc."""
+        rows = [k for k in TABLE if k[0] == dataset] or [k for k in TABLE if k[0] == "cifar10"]
+        return min(rows, key=lambda k: (abs(k[1] - ipc), k[1]))
+
+    @classmethod
+    def preset_note(cls, ipc: int, dataset: str) -> str:
+        row = cls.table_row(ipc, dataset)
+        if row == (dataset, ipc):
+            return ""
+        steps, ee, ms, bs, zca, lr_img, lr_lr = TABLE[row]
+        return (f"MTT's table has no row for {dataset} ipc {ipc}: {row[0]} ipc {row[1]}'s taken (syn_steps {steps}, "
+                f"expert_epochs {ee}, max_start_epoch {ms}, lr_img {lr_img:g}, lr_lr {lr_lr:g})")
 
     @classmethod
     def cpu_preset(cls, ipc: int, dataset: str) -> dict[str, Any]:

@@ -107,6 +107,25 @@ def test_builtin_plans_build_valid_configs():
     assert all(s.flags.get("holdout") for s in table if "/val/" in s.group)  # lambda is never chosen on test
 
 
+def test_paired_tests_by_hand():
+    from sm_jax.study.common import paired_tests
+
+    # differences 1, 2, 3: mean 2, std 1, t = 2 / (1 / sqrt 3) = 3.4641; two-sided p with 2 degrees of freedom:
+    # P(|T| > t) = 1 - t / sqrt(2 + t^2) = 1 - 3.4641 / sqrt(14) = 0.07418. Sign flips: of the 8 assignments only
+    # all-plus and all-minus reach |mean| 2, so p = 2 / 8
+    t, p, p_flip = paired_tests(np.array([1.0, 2.0, 3.0]))
+    assert t == pytest.approx(2 * np.sqrt(3)) and p == pytest.approx(1 - 2 * np.sqrt(3) / np.sqrt(14))
+    assert p_flip == 0.25
+    # 1, -1, 2, 2: |sum| 4; sign flips reaching it: the two 2s alike and the 1s not both against them (3 of 4 ways)
+    # -> 6 of 16
+    assert paired_tests(np.array([1.0, -1.0, 2.0, 2.0]))[2] == 0.375
+    # DC ipc 10's three seeds (docs/results.md before seeds 3 and 4): t 4.24 under the 4.30 a 5 % test needs
+    t, p, _ = paired_tests(np.array([25.70 - 24.10, 23.61 - 22.11, 25.43 - 22.45]))
+    assert t == pytest.approx(4.24, abs=0.01) and 0.05 < p < 0.052 and study.verdict(np.array([1.6, 1.5, 2.98])) \
+        == "within noise"
+    assert np.isnan(paired_tests(np.array([0.0, 0.0]))[0]) and paired_tests(np.array([2.0, 2.0]))[1] == 0.0
+
+
 def test_verdict_and_table_report(tmp_path):
     assert study.verdict(np.array([1.0, 1.2, 0.9])) == "helped"
     assert study.verdict(np.array([-1.0, -1.2, -0.9])) == "hurt"
@@ -121,9 +140,10 @@ def test_verdict_and_table_report(tmp_path):
                              "config": {**s.flags, "subset_lambda": lam}}
     md = study.PLANS['table'].report(specs, results, {}, tmp_path)
     row = [ln for ln in md.splitlines() if ln.startswith("| dc10")][0]
-    assert "25.10 ± 0.10" in row and "27.10 ± 0.10" in row and "2.00 ± 0.00" in row and "helped" in row
+    assert "25.20 ± 0.16" in row and "27.20 ± 0.16" in row and "2.00 ± 0.00" in row and "helped" in row
+    assert "| inf (0.000) | 0.062 |" in row  # equal gains: t infinite; 5 pairs' sign flips cannot go below 2 / 32
     ctrl = [ln for ln in md.split("Compute control")[1].splitlines() if ln.startswith("| dc10")][0]
-    assert "28.10 ± 0.10" in ctrl and "-1.00 ± 0.00" in ctrl and "hurt" in ctrl  # SM minus the 3x-batch base
+    assert "28.20 ± 0.16" in ctrl and "-1.00 ± 0.00" in ctrl and "hurt" in ctrl  # SM minus the 3x-batch base
     assert all(s.flags["batch_real"] == 96 for s in specs if s.group == "dc10/base_real3x")
     assert (tmp_path / "table.png").exists()
 
@@ -222,13 +242,15 @@ def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_pat
     assert "| 25.00 ± 7.07 | 27.50 ± 7.78 | 2.50 ± 0.71 |" in row and row.endswith("| 0, 1 |")
     assert "all (pooled)" not in text  # one setting: nothing to pool
     # a second setting, DSA seed 0: base 40 %, + SM 39 % -> pooled convnet pairs (20, 22), (30, 33), (40, 39):
-    # base 30 ± 10, SM 31.33 ± 8.62, gains 2, 3, -1 -> 1.33 ± 2.08, within 2 standard errors (2.40) of 0
+    # base 30 ± 10, SM 31.33 ± 8.62, gains 2, 3, -1 -> 1.33 ± 2.08, t = 1.33 / (2.08 / sqrt 3) = 1.11, p 0.383 (2
+    # degrees of freedom); sign flips: |mean| >= 4/3 for (+, +, +), (+, +, -) and their negatives -> 4 / 8
     for rid, acc in (("dsa10_base_s0", 0.40), ("dsa10_sm_s0", 0.39)):
         archs = {a: {"accuracy_mean": acc - 0.01 * i} for i, a in enumerate(ARCH_EVAL.split(","))}
         results[rid] = {"accuracy_mean": acc, "config": {"seed": 0}, "archs": archs}
     text = study.PLANS['arch'].report(list(arch.values()), results, {}, tmp_path)
     row = [ln for ln in text.splitlines() if ln.startswith("| all (pooled) | convnet |")][0]
-    assert row == "| all (pooled) | convnet | 30.00 ± 10.00 | 31.33 ± 8.62 | 1.33 ± 2.08 | within noise | 3 pairs |"
+    assert row == ("| all (pooled) | convnet | 30.00 ± 10.00 | 31.33 ± 8.62 | 1.33 ± 2.08 | 1.11 (0.383) | 0.500 |"
+                   " within noise | 3 pairs |")
     assert (tmp_path / "arch.png").exists()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sm_jax.study.common import LAMBDA_FROM, SEEDS, base, figure, finish, fmt, group_runs, verdict
+from sm_jax.study.common import LAMBDA_FROM, SEEDS, base, figure, finish, fmt, group_runs, tests_cell, verdict
 from sm_jax.study.spec import SELECT_FROM, RunSpec
 
 # Cross-architecture: the table plan's DC / DSA / IDC ipc-10 sets (same flags and seeds: the same sets, recreated),
@@ -42,8 +42,8 @@ def report(specs, results, metrics, out: Path) -> str:
     """Per setting and architecture: base vs + subset matching over the seeds, paired, with a verdict."""
     groups = group_runs(results, specs)
     archs = ARCH_EVAL.split(",")
-    lines = ["| setting | architecture | base (%) | + subset matching (%) | paired Δ (points) | verdict | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | architecture | base (%) | + subset matching (%) | paired Δ (points) | t (p) | sign-flip p |"
+             " verdict | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     deltas: dict[str, dict[str, np.ndarray]] = {}
     pooled: dict[str, list] = {a: [[], []] for a in archs}  # arch -> [base, sm] over every (setting, seed) pair
     for s in ARCH_SETTINGS:
@@ -59,12 +59,13 @@ def report(specs, results, metrics, out: Path) -> str:
             deltas.setdefault(s, {})[arch] = d
             pooled[arch][0].extend(b)
             pooled[arch][1].extend(m)
-            lines.append(f"| {s} | {arch} | {fmt(b)} | {fmt(m)} | {fmt(d)} | {verdict(d)} | "
+            lines.append(f"| {s} | {arch} | {fmt(b)} | {fmt(m)} | {fmt(d)} | {tests_cell(d)} | {verdict(d)} | "
                          f"{', '.join(map(str, seeds))} |")
     if len(deltas) > 1:  # every setting's pairs together: the answer per architecture
         for arch in archs:
             b, m = (np.asarray(v, float) for v in pooled[arch])
-            lines.append(f"| all (pooled) | {arch} | {fmt(b)} | {fmt(m)} | {fmt(m - b)} | {verdict(m - b)} | "
+            lines.append(f"| all (pooled) | {arch} | {fmt(b)} | {fmt(m)} | {fmt(m - b)} | {tests_cell(m - b)} | "
+                         f"{verdict(m - b)} | "
                          f"{len(b)} pairs |")
     if deltas:
         fig, ax = figure(figsize=(1.3 * len(archs) + 2.5, 3.4))

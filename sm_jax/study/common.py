@@ -21,6 +21,7 @@ SETTINGS = {  # name: (method, ipc, flags)
     "idc10": ("idc", 10, {"iterations": 2, "eval_epochs": 10}),
 }
 SEEDS = (0, 1, 2)
+TABLE_SEEDS = (0, 1, 2, 3, 4)  # the table's and its control's: 4 degrees of freedom for the paired t-test
 EVAL_MODELS = 5
 LAMBDA_GRID = (0.3, 1.0, 3.0)
 HOLDOUT = 500  # training images per class held out to choose lambda_0 (never the test set)
@@ -37,11 +38,11 @@ def base(setting: str, **flags) -> dict[str, Any]:
 
 
 def base_vs_subsets_runs(s: str, flags: Callable[..., dict], lambda_from: str | None = None,
-                         **val: Any) -> list[RunSpec]:
+                         seeds: Sequence[int] = SEEDS, **val: Any) -> list[RunSpec]:
     """The runs of one setting `s` of a base-vs-subset-matching plan: the lambda_0 grid (LAMBDA_GRID) on a held-out
-    split (seed 0, K = 2, `val`'s extra flags) unless lambda_0 comes from the setting `lambda_from`, then per seed the
-    base method (K = 1) and + subset matching (K = 2, the grid's best lambda_0), seed-major (a partial study already
-    pairs seeds).
+    split (seed 0, K = 2, `val`'s extra flags) unless lambda_0 comes from the setting `lambda_from`, then per seed of
+    `seeds` the base method (K = 1) and + subset matching (K = 2, the grid's best lambda_0), seed-major (a partial
+    study already pairs seeds).
 
     Args:
       flags: (setting, **fields) -> the run's flags (the plan's own budget).
@@ -52,7 +53,7 @@ def base_vs_subsets_runs(s: str, flags: Callable[..., dict], lambda_from: str | 
         for lam in LAMBDA_GRID:
             runs.append(RunSpec(f"{s}_val_lambda{lam:g}", f"{s}/val/lambda{lam:g}",
                                 flags(s, subset_k=2, subset_lambda=lam, holdout=HOLDOUT, seed=0, **val)))
-    for seed in SEEDS:
+    for seed in seeds:
         runs.append(RunSpec(f"{s}_base_s{seed}", f"{s}/base", flags(s, subset_k=1, seed=seed)))
         runs.append(RunSpec(f"{s}_sm_s{seed}", f"{s}/sm",
                             flags(s, subset_k=2, subset_lambda=f"{SELECT}{lambda_from}/val/", seed=seed)))
@@ -91,16 +92,45 @@ def fmt(v: np.ndarray) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f} (1 seed)"
 
 
+ALPHA = 0.05  # the verdicts' two-sided level
+
+
+def paired_tests(diff: np.ndarray) -> tuple[float, float, float]:
+    """(t, p, p_flip) of paired differences: the one-sample t statistic of their mean and its two-sided p-value
+    (n - 1 degrees of freedom), and the two-sided p-value of the exact sign-flip permutation test (every one of the
+    2^n sign assignments; it assumes no normality, and its smallest possible value is 2 / 2^n: 0.0625 at 5 pairs).
+    NaN below 2 pairs or when every difference is 0; equal nonzero differences give t = +-inf, p = 0."""
+    from scipy import stats
+
+    diff = np.asarray(diff, np.float64)
+    n = len(diff)
+    mean, sd = diff.mean(), diff.std(ddof=1) if n > 1 else 0.0
+    if n < 2 or (sd == 0 and mean == 0):
+        return float("nan"), float("nan"), float("nan")
+    # differences equal to float rounding count as equal: no spread, t infinite
+    t = mean / (sd / np.sqrt(n)) if sd > 1e-9 * abs(mean) else np.copysign(np.inf, mean)
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)  # (2^n, n) of +-1
+    means = np.abs((signs * diff).mean(1))
+    p_flip = float(np.mean(means >= abs(diff.mean()) - 1e-12))
+    return float(t), p, p_flip
+
+
+def tests_cell(diff: np.ndarray) -> str:
+    """'t (p)' and the sign-flip p as two table cells."""
+    t, p, p_flip = paired_tests(diff)
+    return "n/a | n/a" if np.isnan(t) else f"{t:.2f} ({p:.3f}) | {p_flip:.3f}"
+
+
 def verdict(diff: np.ndarray) -> str:
-    """'helped' / 'hurt' when the paired seed differences' mean is beyond 2 standard errors of 0, else 'noise'."""
+    """'helped' / 'hurt' when the paired t-test rejects a zero mean difference at ALPHA (two-sided), else 'within
+    noise'."""
     if len(diff) < 2:
         return "n/a (1 seed)"
-    se = diff.std(ddof=1) / np.sqrt(len(diff))
-    if diff.mean() > 2 * se:
-        return "helped"
-    if diff.mean() < -2 * se:
-        return "hurt"
-    return "within noise"
+    _, p, _ = paired_tests(diff)
+    if not p < ALPHA:
+        return "within noise"
+    return "helped" if diff.mean() > 0 else "hurt"
 
 
 def figure(figsize: tuple[float, float]):
@@ -164,8 +194,8 @@ def base_vs_subsets(groups: dict[str, list[dict]], settings: Sequence[str], lamb
     """The base-vs-subset-matching table (markdown lines) of settings whose `<s>/base` and `<s>/sm` groups exist,
     paired by seed, with the lambda_0 chosen on the held-out `<lambda_from[s]>/val/lambda<x>` groups; its bar figure
     is written to `png`."""
-    lines = ["| setting | base (%) | + subset matching (%) | paired Δ (points) | verdict | λ0 (held-out acc. %) |"
-             " base per seed | + SM per seed |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | base (%) | + subset matching (%) | paired Δ (points) | t (p) | sign-flip p | verdict |"
+             " λ0 (held-out acc. %) | base per seed | + SM per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
     names, bars = [], []
     for s in settings:
         base, sm = groups.get(f"{s}/base", []), groups.get(f"{s}/sm", [])
@@ -176,7 +206,8 @@ def base_vs_subsets(groups: dict[str, list[dict]], settings: Sequence[str], lamb
         val = "; ".join(f"{g.rsplit('lambda', 1)[1]}: {seed_means(rs).mean():.2f}"
                         for g, rs in groups.items() if g.startswith(f"{lambda_from[s]}/val/"))
         lam = sm[0]["config"]["subset_lambda"]
-        lines.append(f"| {s} | {fmt(seed_means(base))} | {fmt(seed_means(sm))} | {fmt(diff)} | {verdict(diff)} | "
+        lines.append(f"| {s} | {fmt(seed_means(base))} | {fmt(seed_means(sm))} | {fmt(diff)} | {tests_cell(diff)} | "
+                     f"{verdict(diff)} | "
                      f"**{lam:g}** ({val}) | {', '.join(f'{b[k]:.2f}' for k in sorted(b))} | "
                      f"{', '.join(f'{m[k]:.2f}' for k in sorted(m))} |")
         names.append(s)

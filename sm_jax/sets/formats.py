@@ -9,6 +9,9 @@ Layouts (each export directory also holds `metadata.json`, see core.metadata_of)
           `class_names`, `train_normalized` (M, H, W, C) float32 exactly what networks train on (normalised),
           `train_labels`, `mean`, `std`; IDC also `decoded_images` / `decoded_labels` in [0, 1].
   pt:     DIR/set.pt, the official DC/DSA/DM results layout {"data": [[images (N, C, H, W) normalised, labels]]}.
+  idc:    DIR/data.pt, IDC's layout [images (N, C, H, W) float32 [0, 1] pixels, targets (N,) int64], class-major: the
+          stored images of an IDC set (IDC's test.py decodes them with --factor, metadata's `idc_factor`, then
+          normalises), the trained-on images of any other set (factor 1).
   ddranking: DD-Ranking's inputs (ddranking 0.2.0's `compute_metrics(image_tensor, soft_labels, syn_lr)`):
           DIR/images.pt (N, C, H, W) float32 in the networks' input space, class-major (image i of class i // ipc);
           DIR/labels.pt, the soft labels (N, C) logits where the set has them, else the labels (N,) int64;
@@ -86,6 +89,19 @@ def write_pt(s: ImageSet, out: Path, meta: dict) -> list[Path]:
     return [out / "set.pt"]
 
 
+def write_idc(s: ImageSet, out: Path, meta: dict) -> list[Path]:
+    torch = require_torch("--format idc", "; folder and npz do not")
+    out.mkdir(parents=True, exist_ok=True)
+    stored = s.stored if s.stored is not None else s.images
+    factor = int(round((s.images.shape[1] / stored.shape[1]) ** 0.5))
+    c, n = stored.shape[:2]
+    x = np.ascontiguousarray(s.pixels(stored).reshape(-1, *stored.shape[2:]).transpose(0, 3, 1, 2), np.float32)
+    y = np.repeat(np.arange(c), n).astype(np.int64)
+    torch.save([torch.from_numpy(x), torch.from_numpy(y)], out / "data.pt")
+    meta["idc_factor"] = factor
+    return [out / "data.pt"]
+
+
 def write_ddranking(s: ImageSet, out: Path, meta: dict) -> list[Path]:
     torch = require_torch("--format ddranking", "; folder and npz do not")
     out.mkdir(parents=True, exist_ok=True)
@@ -102,4 +118,5 @@ def write_ddranking(s: ImageSet, out: Path, meta: dict) -> list[Path]:
 
 
 FORMATS: dict[str, Callable[[ImageSet, Path, dict], list[Path]]] = {"folder": write_folder, "npz": write_npz,
-                                                                     "pt": write_pt, "ddranking": write_ddranking}
+                                                                     "pt": write_pt, "idc": write_idc,
+                                                                     "ddranking": write_ddranking}

@@ -137,7 +137,7 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
             raise SetError(f"{path} holds {len(runs)} sets (experiments); --set-index {index} is out of range")
         pair = runs[index]
     elif isinstance(obj, (list, tuple)) and len(obj) == 2:  # IDC's data.pt: [stored images, targets]
-        pair, idc = obj, not meta
+        pair, idc = obj, True
     else:
         raise SetError(f"{path}: neither the official results layout {{'data': [[images, labels]]}} nor IDC's "
                        f"[images, targets]")
@@ -149,13 +149,15 @@ def _read_pt(path: Path, dataset: str | None, factor: int | None, index: int = 0
         raise SetError(f"{path}: images must be (N, {len(mean)}, H, W), got {tuple(x.shape)}")
     images = by_class(x.transpose(0, 2, 3, 1).astype(np.float32), y, str(path))
     stored = None
-    if idc:  # stored images: decode them as IDC's test code does (multi-formation, factor 2 unless told)
+    if idc:  # [0, 1] pixels, stored: IDC's test.py decodes them (multi-formation, factor 2 unless told), then its
+        # transform normalises each decoded image (transforms.Normalize with the dataset's mean and std)
         from sm_jax.methods import idc_decode
 
-        f = factor or 2
+        f = factor or meta.get("idc_factor") or 2
         if images.shape[2] % f or images.shape[3] % f:
             raise SetError(f"{path}: --factor {f} does not divide the image size {images.shape[2]}x{images.shape[3]}")
-        stored, images = images, np.asarray(idc_decode(images, f))
+        stored = normalise(images, mean, std)
+        images = normalise(np.asarray(idc_decode(images, f)), mean, std)
         meta = {**meta, "factor": f}
     return ImageSet(images, _names(meta, name, images.shape[0]), mean, std, {**meta, "dataset": name}, stored,
                     str(path), meta.get("learned", {}))

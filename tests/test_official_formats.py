@@ -97,3 +97,69 @@ def test_dc_dsa_dm_results_pt_is_read_as_their_evaluation_feeds_it(tmp_path):
     torch.save({"data": [[x.clone(), y.clone()]], "accs_all_exps": {"ConvNet": []}}, tmp_path / "res_DC.pt")
     got = load_set(tmp_path / "res_DC.pt", dataset="cifar10")
     np.testing.assert_array_equal(got.images, nhwc(x).reshape(C, IPC, SIDE, SIDE, 3))
+
+
+def test_mtt_and_datm_tensors_are_read_as_their_evaluations_feed_them(tmp_path):
+    # MTT distill.py: torch.save(image_save.cpu(), "images_{}.pt"), torch.save(label_syn.cpu(), "labels_{}.pt") (and
+    # the _best pair); DATM's DATM.py also torch.save(syn_lr.detach().cpu(), "lr_{}.pt"), its labels learned logits
+    # (N, classes). The images are in the networks' input space (ZCA with --zca, unclamped) and evaluate_synset /
+    # evaluation.py train on them as they are; DATM's SoftCrossEntropy takes softmax of the stored logits
+    from sm_jax.sets.core import SetError
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((C * IPC, 3, SIDE, SIDE), generator=g) * 3  # whitened images reach far beyond [0, 1]
+    hard = torch.tensor(np.array([np.ones(IPC) * i for i in range(C)]), dtype=torch.long).view(-1)
+    (tmp_path / "mtt").mkdir()
+    torch.save(x.clone(), tmp_path / "mtt" / "images_best.pt")
+    torch.save(hard.clone(), tmp_path / "mtt" / "labels_best.pt")
+    torch.save(x.clone() * 0, tmp_path / "mtt" / "images_zca_best.pt")
+    got = load_set(tmp_path / "mtt", dataset="cifar10")
+    np.testing.assert_array_equal(got.images, nhwc(x).reshape(C, IPC, SIDE, SIDE, 3))
+    assert got.soft_labels is None and got.learned == {}
+    with pytest.raises(SetError, match="inverse-ZCA view"):
+        load_set(tmp_path / "mtt" / "images_zca_best.pt", dataset="cifar10")
+
+    logits = torch.randn((C * IPC, C), generator=g)
+    (tmp_path / "datm").mkdir()
+    torch.save(x.clone(), tmp_path / "datm" / "images_100.pt")
+    torch.save(logits.clone(), tmp_path / "datm" / "labels_100.pt")
+    torch.save(torch.tensor(0.0123), tmp_path / "datm" / "lr_100.pt")
+    got = load_set(tmp_path / "datm" / "images_100.pt", dataset="cifar10")
+    np.testing.assert_array_equal(got.images, nhwc(x).reshape(C, IPC, SIDE, SIDE, 3))
+    np.testing.assert_array_equal(got.soft_labels, logits.numpy().reshape(C, IPC, C))
+    assert got.learned["lr"] == pytest.approx(0.0123)
+
+
+def test_a_ddranking_layout_is_read_as_the_package_feeds_it(tmp_path):
+    # ddranking 0.2.0 compute_metrics(image_tensor, soft_labels, syn_lr): TensorDataset(image_tensor, labels) as
+    # given, in the space of its test set (normalised, or ZCA with use_zca); soft labels are logits
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn((C * IPC, 3, SIDE, SIDE), generator=g)
+    logits = torch.randn((C * IPC, C), generator=g)
+    torch.save(x, tmp_path / "images.pt")
+    torch.save(logits, tmp_path / "labels.pt")
+    torch.save(torch.tensor(0.02), tmp_path / "lr.pt")
+    got = load_set(tmp_path, dataset="cifar10")
+    np.testing.assert_array_equal(got.images, nhwc(x).reshape(C, IPC, SIDE, SIDE, 3))
+    np.testing.assert_array_equal(got.soft_labels, logits.numpy().reshape(C, IPC, C))
+    assert got.learned["lr"] == pytest.approx(0.02)
+
+
+def test_dc_tinyimagenet_pt_is_normalised_as_dc_normalises_it(tmp_path):
+    # DC utils.get_dataset('TinyImageNet'): data = torch.load('tinyimagenet.pt'); images_train.detach().float() /
+    # 255.0, then per channel (x - mean[c]) / std[c] with ImageNet's statistics
+    import jax.numpy as jnp
+
+    from sm_jax.data import load_dataset
+    from sm_jax.models import normalize
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (400, 3, 64, 64), dtype=np.uint8)
+    y = np.repeat(np.arange(200), 2)
+    torch.save({"classes": [f"n{c:08d}" for c in range(200)], "images_train": torch.from_numpy(x),
+                "labels_train": torch.from_numpy(y), "images_val": torch.from_numpy(x[:200]),
+                "labels_val": torch.from_numpy(np.arange(200))}, tmp_path / "tinyimagenet.pt")
+    d = load_dataset("tinyimagenet", tmp_path / "tinyimagenet.pt", cache_dir=tmp_path / "c")
+    fed = official_normalize(torch.from_numpy(x).float() / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    ours = normalize(jnp.asarray(d.train_x, jnp.float32) / 255.0, d.mean, d.std)
+    np.testing.assert_allclose(np.asarray(ours), nhwc(fed), atol=1e-5)

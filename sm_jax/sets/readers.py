@@ -1,5 +1,7 @@
 """Reading any condensed set back into an ImageSet: the export formats of sets.formats (their layouts are
-described there), a run's synthetic.npz, the official DC/DSA/DM res_*.pt, IDC's data.pt, image folders."""
+described there), a run's synthetic.npz, the official DC/DSA/DM res_*.pt, IDC's data.pt, MTT's and DATM's
+images_<tag>.pt / labels_<tag>.pt / lr_<tag>.pt, image folders. docs/sets.md gives each official layout's save and
+load lines."""
 from __future__ import annotations
 
 import json
@@ -206,9 +208,54 @@ def _read_ddranking(path: Path, dataset: str | None) -> ImageSet:
                     str(path), learned, soft)
 
 
+def _read_trajectory_files(images: Path, dataset: str | None) -> ImageSet:
+    """MTT's distill.py and DATM's DATM.py: images_<tag>.pt (N, C, H, W) float32 in the networks' input space (ZCA
+    space with --zca, else normalised; unclamped), labels_<tag>.pt (N,) int64 (MTT) or (N, classes) logits (DATM's
+    learned soft labels), lr_<tag>.pt a 0-d tensor (DATM's learned lr; MTT saves none). Class-major: image i is of
+    class i // ipc. Their evaluations train on the tensors as they are (DSA aside)."""
+    torch = require_torch(f"{images}: reading MTT / DATM tensors")
+    tag = images.stem[len("images_"):]
+    if tag.startswith("zca_"):
+        raise SetError(f"{images}: MTT's images_zca_*.pt is the inverse-ZCA view for pictures, not what its networks "
+                       f"train on: give images_{tag[4:]}.pt")
+
+    def read(f: Path):
+        try:
+            return np.asarray(torch.load(f, map_location="cpu", weights_only=True).detach().numpy())
+        except Exception as e:  # torch raises several types for a corrupt or unsafe file
+            raise SetError(f"{f}: not a readable tensor ({type(e).__name__})") from None
+
+    labels_file, lr_file = images.with_name(f"labels_{tag}.pt"), images.with_name(f"lr_{tag}.pt")
+    if not labels_file.is_file():
+        raise SetError(f"{images}: no labels_{tag}.pt beside it (MTT and DATM save the two together)")
+    meta = _metadata_near(images)
+    mean, std, name = _stats(meta, dataset, str(images))
+    x, y = read(images), read(labels_file)
+    if x.ndim != 4 or x.shape[1] != len(mean):
+        raise SetError(f"{images}: images must be (N, {len(mean)}, H, W), got {tuple(x.shape)}")
+    x = x.transpose(0, 2, 3, 1).astype(np.float32)
+    soft = None
+    if y.ndim == 2:  # DATM's soft labels: logits, one row per image, class-major
+        c = y.shape[1]
+        if len(y) != len(x) or len(x) % c:
+            raise SetError(f"{labels_file}: soft labels of shape {tuple(y.shape)} for {len(x)} images: expected (N, C) "
+                           "with N a multiple of C (class-major)")
+        labels = np.repeat(np.arange(c), len(x) // c)
+        soft = by_class(y.astype(np.float32), labels, str(labels_file), c)
+    else:
+        labels = y
+    learned = dict(meta.get("learned", {}))
+    if lr_file.is_file():
+        learned["lr"] = float(read(lr_file))
+    imgs = by_class(x, labels, str(images))
+    return ImageSet(imgs, _names(meta, name, imgs.shape[0]), mean, std, {**meta, "dataset": name}, None,
+                    str(images), learned, soft)
+
+
 def load_set(path: str | Path, dataset: str | None = None, factor: int | None = None, index: int = 0) -> ImageSet:
     """Any condensed set: an exported folder / npz / pt / ddranking directory (or its file), a run's synthetic.npz or
-    workdir, the official DC/DSA/DM `res_*.pt`, IDC's `data.pt`.
+    workdir, the official DC/DSA/DM `res_*.pt`, IDC's `data.pt`, MTT's and DATM's `images_<tag>.pt` (with its
+    `labels_<tag>.pt` and `lr_<tag>.pt`; a directory holding `images_best.pt`).
 
     Args:
       path: the set's file or directory.
@@ -225,6 +272,10 @@ def load_set(path: str | Path, dataset: str | None = None, factor: int | None = 
         raise SetError(f"{p} does not exist")
     if p.is_dir() and (p / "images.pt").is_file():
         return _read_ddranking(p, dataset)
+    if p.is_dir() and (p / "images_best.pt").is_file():
+        p = p / "images_best.pt"
+    if p.is_file() and p.name.startswith("images_") and p.suffix == ".pt":
+        return _read_trajectory_files(p, dataset)
     if p.is_dir():
         for name in ("set.npz", "set.pt", "synthetic.npz"):
             if (p / name).is_file():

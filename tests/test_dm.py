@@ -11,6 +11,7 @@ from sm_jax.config import make_config
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
 from sm_jax.methods import DM, METHODS, make_context, make_method
+from sm_jax.methods.draws import draw_inputs
 
 
 def tiny_cfg(**kw):
@@ -48,15 +49,15 @@ def test_loss_is_zero_for_identical_batches_and_embed_is_the_classifier_input(ti
     assert float(m.class_loss(embed, params, x, x[:2], jnp.int32(0), jax.random.key(2))) > 0
     e = embed(params, x)  # ConvNet depth 1, width 8: the flattened 16 x 16 x 8 block
     assert e.shape == (5, 16 * 16 * 8)
-    np.testing.assert_allclose(e @ params["fc"]["kernel"] + params["fc"]["bias"], m.apply_fn(params, x),
+    np.testing.assert_allclose(e @ params["fc"]["kernel"] + params["fc"]["bias"], m.net.apply(params, {}, x)[0],
                                rtol=1e-5, atol=1e-5)
 
 
 def _reference(m, images, params, ctx, key, lam, embed):
-    """The loss of every class and subset by a Python loop, each from its own images, draws (those `match_inputs`
+    """The loss of every class and subset by a Python loop, each from its own images, draws (those `draw_inputs`
     made) and embeddings, and the gradient of their weighted sum."""
     c = images.shape[0]
-    xs = m.match_inputs(images, ctx, key)
+    xs = draw_inputs(m.cfg, images, ctx, key, m.spec)
     k = ctx.real_part.shape[1]
 
     def dm(real, syn, key):
@@ -67,9 +68,9 @@ def _reference(m, images, params, ctx, key, lam, embed):
     def total(images):
         la, ls = [], []
         for ci in range(c):
-            la.append(dm(xs["real"][ci], images[ci], xs["k_all"][ci]))
+            la.append(dm(xs.real[ci], images[ci], xs.k_all[ci]))
             for ki in range(k):
-                ls.append(dm(xs["real_sub"][ci, ki], images[ci][xs["syn_part"][ci, ki]], xs["k_sub"][ci, ki]))
+                ls.append(dm(xs.real_sub[ci, ki], images[ci][xs.syn_part[ci, ki]], xs.k_sub[ci, ki]))
         la, ls = jnp.stack(la), jnp.stack(ls).reshape(c, k)
         return la.sum() + lam * ls.sum(), (la, ls)
 
@@ -104,8 +105,8 @@ def test_batch_norm_network_embeds_all_classes_in_one_batch(tiny_data):
     embed = m.embedder(bn)
     _, (la, _) = jax.jit(lambda i: m.match(i, params, ctx, key, 1.0, embed))(images)
     # the same draws, through the network class by class (batch statistics of one class) and all at once
-    xs = m.match_inputs(images, ctx, key)
-    pairs = [siamese(m.match_policy, xs["k_all"][ci], xs["real"][ci], images[ci]) for ci in range(3)]
+    xs = draw_inputs(m.cfg, images, ctx, key, m.spec)
+    pairs = [siamese(m.match_policy, xs.k_all[ci], xs.real[ci], images[ci]) for ci in range(3)]
     er = embed(params, jnp.concatenate([r for r, _ in pairs])).reshape(3, cfg.batch_real, -1)
     es = embed(params, jnp.concatenate([s for _, s in pairs])).reshape(3, cfg.ipc, -1)
     joint = jnp.sum((er.mean(1) - es.mean(1)) ** 2, -1)

@@ -238,8 +238,8 @@ def test_host_data_draws_the_batches_of_the_device_data(tmp_path):
         images = method.init_images(data, jax.random.key(0))
         draws.append(jax.jit(method.match_inputs)(images, ctx, jax.random.key(2)))
     for k in ("real", "real_sub"):  # (classes, 4, 16, 16, 3), (classes, 2, 2, 16, 16, 3)
-        np.testing.assert_array_equal(draws[0][k], draws[1][k])
-    assert not np.array_equal(draws[0]["real"][0, 0], draws[0]["real"][0, 1])  # distinct rows were drawn
+        np.testing.assert_array_equal(getattr(draws[0], k), getattr(draws[1], k))
+    assert not np.array_equal(draws[0].real[0, 0], draws[0].real[0, 1])  # distinct rows were drawn
 
 
 @pytest.mark.slow

@@ -147,8 +147,8 @@ def test_the_subset_terms_leave_the_whole_class_draws_as_the_base_methods(tiny_d
         xs.append(m.match_inputs(images, ctx, jax.random.key(5)))
         outs.append(jax.jit(lambda im, p: m.match(im, p, ctx, jax.random.key(5), 0.5))(images, params))
         ms.append(m)
-    np.testing.assert_array_equal(np.asarray(xs[0]["real"]), np.asarray(xs[1]["real"]))
-    np.testing.assert_array_equal(jax.random.key_data(xs[0]["k_all"]), jax.random.key_data(xs[1]["k_all"]))
+    np.testing.assert_array_equal(np.asarray(xs[0].real), np.asarray(xs[1].real))
+    np.testing.assert_array_equal(jax.random.key_data(xs[0].k_all), jax.random.key_data(xs[1].k_all))
     (g1, (la1, ls1)), (g2, (la2, ls2)) = outs
     np.testing.assert_array_equal(np.asarray(la1), np.asarray(la2))
     assert float(np.asarray(ls1).sum()) == 0.0 and (np.asarray(ls2) > 0).all()
@@ -198,11 +198,11 @@ def test_chunked_per_class_gradients_equal_the_straightforward_joint_gradient(me
         xs = m.match_inputs(images, ctx, key)  # the draws (they do not depend on the images' values)
         match = lambda r, s, y, k: class_match(m.apply_fn, m.dist, m.match_policy, params, r, s, y, k)  # noqa
         syn = m.decode(images)
-        syn_all = jnp.stack([m.select_syn(s, k) for s, k in zip(syn, xs["k_syn"])])
-        syn_sub = syn[jnp.arange(c)[:, None, None], xs["syn_part"]]
-        la = jax.vmap(match)(xs["real"], syn_all, jnp.arange(c), xs["k_all"])
+        syn_all = jnp.stack([m.select_syn(s, k) for s, k in zip(syn, xs.k_syn)])
+        syn_sub = syn[jnp.arange(c)[:, None, None], xs.syn_part]
+        la = jax.vmap(match)(xs.real, syn_all, jnp.arange(c), xs.k_all)
         labels = jnp.broadcast_to(jnp.arange(c)[:, None], (c, 2))
-        ls = jax.vmap(jax.vmap(match))(xs["real_sub"], syn_sub, labels, xs["k_sub"])
+        ls = jax.vmap(jax.vmap(match))(xs.real_sub, syn_sub, labels, xs.k_sub)
         return la.sum() + lam * ls.sum()
 
     want = jax.jit(jax.grad(reference))(images)
@@ -227,11 +227,11 @@ def test_match_inputs_draw_each_class_from_its_own_images_and_each_subset_from_i
         return d.argmin(1)
 
     c = tiny_data.num_classes
-    assert xs["real"].shape[:2] == (c, cfg.batch_real) and xs["real_sub"].shape[:3] == (c, 2, cfg.subset_real)
+    assert xs.real.shape[:2] == (c, cfg.batch_real) and xs.real_sub.shape[:3] == (c, 2, cfg.subset_real)
     for ci in range(c):
-        assert (np.asarray(tiny_data.train_y)[rows_of(xs["real"][ci])] == ci).all()
+        assert (np.asarray(tiny_data.train_y)[rows_of(xs.real[ci])] == ci).all()
         for k in range(2):
             members = set(np.asarray(ctx.real_part[ci, k]).tolist())
-            assert set(rows_of(xs["real_sub"][ci, k]).tolist()) <= members
-    keys = np.concatenate([jax.random.key_data(xs[n]).reshape(-1, 2) for n in ("k_all", "k_sub", "k_syn")])
+            assert set(rows_of(xs.real_sub[ci, k]).tolist()) <= members
+    keys = np.concatenate([jax.random.key_data(getattr(xs, n)).reshape(-1, 2) for n in ("k_all", "k_sub", "k_syn")])
     assert len({tuple(k) for k in keys.tolist()}) == len(keys)  # every term has its own draw

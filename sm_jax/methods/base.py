@@ -176,6 +176,26 @@ class Method:
         """What the method learned beside the images that its evaluation uses (host floats; MTT: {'lr': ...})."""
         return {}
 
+    # --- a matching step (the families that match classes: gradient matching, DM) ---------------------------
+    def match(self, images, params, ctx, key: jax.Array, lam, apply_fn=None):
+        """The matching loss's gradient w.r.t. the stored images and its terms: (grads, (loss_all (C,), loss_sub
+        (C, K)))."""
+        raise NotImplementedError
+
+    def update_images(self, images, opt_state, grads):
+        updates, opt_state = self.img_tx.update(grads, opt_state, images)
+        return optax.apply_updates(images, updates), opt_state
+
+    def matching_step(self, images, opt_state, params, ctx, key: jax.Array, lam, apply_fn=None):
+        """One outer step: the matching of all classes and subsets (`match`), then the image update.
+
+        Returns:
+          (images, opt_state, metrics dict of scalars).
+        """
+        grads, (la, ls) = self.match(images, params, ctx, key, lam, apply_fn)
+        images, opt_state = self.update_images(images, opt_state, grads)
+        return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
+
     # --- subset matching ----------------------------------------------------------------------------------
     def lam(self, iteration):
         return lambda_schedule(self.cfg.subset_lambda, iteration, self.cfg.iterations)

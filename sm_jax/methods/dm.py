@@ -16,14 +16,17 @@ import jax
 import jax.numpy as jnp
 
 from sm_jax import sharding
-from sm_jax.augmentation import DSA_POLICY, siamese
+from sm_jax.augmentation import DSA_POLICY, drop_ops, siamese
+from sm_jax.data import DataSpec
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
+from sm_jax.methods.base import Method
+from sm_jax.methods.classwise import image_grads
 from sm_jax.methods.context import CondenseState, Context
-from sm_jax.methods.gradient import GradientMatching
+from sm_jax.methods.draws import MatchInputs, draw_inputs
 
 
-class DM(GradientMatching):
+class DM(Method):
     name = "dm"
     distance = "mean_embedding"  # not a gradient distance: --distance does not apply
     match_policy = DSA_POLICY
@@ -46,6 +49,10 @@ class DM(GradientMatching):
         if cfg.distance:
             raise ConfigError(f"--distance {cfg.distance} does not apply to DM (it matches mean embeddings)")
 
+    def __init__(self, cfg, spec: DataSpec = DataSpec(), mesh=None):
+        super().__init__(cfg, spec, mesh)
+        self.match_policy = drop_ops(type(self).match_policy, cfg.aug_drop_ops)
+
     def embedder(self, state):
         """`(params, x) -> embeddings (N, D)` of the network in train mode; `state`: its initial running statistics
         (a batch-norm network normalises with the batch's own; the updated statistics are not kept)."""
@@ -56,17 +63,32 @@ class DM(GradientMatching):
         return mean_embedding_distance(apply_fn(params, real), apply_fn(params, syn))
 
     def match(self, images, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
-        """`Method.match` with `apply_fn` the embedding (`embedder`); a batch-norm network: `_match_joint`."""
-        apply_fn = apply_fn or self.embedder({})
-        if not self.batch_norm:
-            return super().match(images, params, ctx, key, lam, apply_fn)
-        return self._match_joint(images, params, ctx, key, lam, apply_fn)
+        """The matching loss and its gradient w.r.t. the stored images, on the draws gradient matching takes from
+        the same key (draws.draw_inputs): per class (classwise.image_grads, `class_chunk` classes per program) or, a
+        batch-norm network, every class in one batch (`_match_joint`). `apply_fn`: the embedding (default
+        `embedder({})`).
 
-    def _match_joint(self, images, params, ctx: Context, key: jax.Array, lam, embed):
-        """The batch-norm form: the same draws as `Method.match`, every class through the network in one batch."""
-        cfg = self.cfg
-        c = images.shape[0]
-        xs = self.match_inputs(images, ctx, key)
+        Returns:
+          (grads like images, (loss_all (C,), loss_sub (C, K))).
+        """
+        embed = apply_fn or self.embedder({})
+        xs = draw_inputs(self.cfg, images, ctx, key, self.spec, self.mesh)
+        if self.batch_norm:
+            grads, (la, ls) = self._match_joint(xs, params, lam, embed)
+        else:
+            loss = lambda real, syn, label, k: self.class_loss(embed, params, real, syn, label, k)  # noqa: E731
+            whole = None if xs.real is None else lambda x, syn: loss(x.real, syn, x.label, x.k_all)
+            part = None if xs.real_sub is None else lambda x, syn: jax.vmap(
+                lambda r, p, k: loss(r, syn[p], x.label, k))(x.real_sub, x.syn_part, x.k_sub)
+            grads, (la, ls) = image_grads(self.decode, lambda syn, k: syn, xs, whole, part, self.subset_weight(lam),
+                                          self.class_chunk)
+        if not self.cfg.use_subsets:
+            ls = jnp.zeros((images.shape[0], 1), jnp.float32)
+        return sharding.constrain(grads, self.mesh), (la, ls)
+
+    def _match_joint(self, xs: MatchInputs, params, lam, embed):
+        """The batch-norm form: the same draws, every class through the network in one batch."""
+        c = xs.images.shape[0]
         aug = jax.vmap(lambda r, s, k: siamese(self.match_policy, k, r, s))
 
         def joint(real, syn):  # (C, B, H, W, C'), (C, n, H, W, C') -> (C,) distances
@@ -79,18 +101,15 @@ class DM(GradientMatching):
         def loss_fn(images):
             syn = self.decode(images)  # (C, n, H, W, C')
             la = ls = jnp.zeros((c,), jnp.float32)
-            if "real" in xs:  # (C, B, H, W, C')
-                la = joint(*aug(xs["real"], syn, xs["k_all"]))
-            if "real_sub" in xs:  # (C, K, Bs, H, W, C')
-                syn_sub = syn[jnp.arange(c)[:, None, None], xs["syn_part"]]  # (C, K, n/K, H, W, C')
-                r, s = jax.vmap(aug, in_axes=1, out_axes=1)(xs["real_sub"], syn_sub, xs["k_sub"])
+            if xs.real is not None:  # (C, B, H, W, C')
+                la = joint(*aug(xs.real, syn, xs.k_all))
+            if xs.real_sub is not None:  # (C, K, Bs, H, W, C')
+                syn_sub = syn[jnp.arange(c)[:, None, None], xs.syn_part]  # (C, K, n/K, H, W, C')
+                r, s = jax.vmap(aug, in_axes=1, out_axes=1)(xs.real_sub, syn_sub, xs.k_sub)
                 ls = jax.vmap(joint, in_axes=1, out_axes=1)(r, s)  # (C, K): per k, all classes in one batch
             return la.sum() + sub_weight * ls.sum(), (la, ls)
 
-        grads, (la, ls) = jax.grad(loss_fn, has_aux=True)(images)
-        if not cfg.use_subsets:
-            ls = jnp.zeros((c, 1), jnp.float32)
-        return sharding.constrain(grads, self.mesh), (la, ls)
+        return jax.grad(loss_fn, has_aux=True)(xs.images)
 
     def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
         """One DM iteration: a fresh network (never trained), one matching step on the synthetic pixels.

@@ -11,7 +11,6 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from sm_jax import sharding
 from sm_jax.augmentation import NO_POLICY, Policy, drop_ops
@@ -19,7 +18,9 @@ from sm_jax.backend import FUSED
 from sm_jax.data import DataSpec
 from sm_jax.matching import DISTANCES, class_match, real_grads, sample_rows, syn_match
 from sm_jax.methods.base import Method
+from sm_jax.methods.classwise import by_chunk, image_grads
 from sm_jax.methods.context import CondenseState, Context, real_batch
+from sm_jax.methods.draws import MatchInputs, SynSide, draw_inputs
 from sm_jax.models import make_net, resolve_conv
 from sm_jax.training import TrainProtocol, train_on_set
 
@@ -98,88 +99,61 @@ class GradientMatching(Method):
         """
         return syn
 
-    def match_inputs(self, images: jax.Array, ctx: Context, key: jax.Array) -> dict[str, jax.Array]:
-        """The random draws of one matching step, per class: the stored images, labels, the real batches of the
-        whole-class term ('real', unless --subset-only) and of the subset terms ('real_sub', with subsets), the
-        synthetic partition and the augmentation keys of every term."""
-        cfg = self.cfg
-        c = images.shape[0]
-        k_all, k_sub, k_syn, k_aug = jax.random.split(key, 4)
-        ka_all, ka_sub = jax.random.split(k_aug)
-        xs = {"images": images, "label": jnp.arange(c), "k_syn": jax.random.split(k_syn, c)}
-        if not cfg.subset_only:
-            idx = jax.vmap(sample_rows, (0, 0, None))(jax.random.split(k_all, c), ctx.class_idx, cfg.batch_real)
-            xs["real"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, B, H, W, C)
-            xs["k_all"] = jax.random.split(ka_all, c)
-        if cfg.use_subsets:
-            k = ctx.real_part.shape[1]
-            keys = jax.random.split(k_sub, c * k).reshape(c, k)
-            idx = jax.vmap(jax.vmap(sample_rows, (0, 0, None)), (0, 0, None))(keys, ctx.real_part, cfg.subset_real)
-            xs["real_sub"] = sharding.constrain(real_batch(ctx, idx, self.spec), self.mesh)  # (classes, K, Bs, H, W, C)
-            xs["syn_part"] = ctx.syn_part  # (C, K, n/K)
-            xs["k_sub"] = jax.random.split(ka_sub, c * k).reshape(c, k)
-        return xs
+    def match_inputs(self, images: jax.Array, ctx: Context, key: jax.Array) -> MatchInputs:
+        """The random draws of one matching step (draws.draw_inputs): per class the stored images, the real batches
+        of the whole-class term and the subset terms, the synthetic partition and every term's augmentation key."""
+        return draw_inputs(self.cfg, images, ctx, key, self.spec, self.mesh)
 
     def match(self, images: jax.Array, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
         """Matching loss and its gradient w.r.t. the stored images, for all classes and subsets.
 
-        Class c's loss depends on images[c] only, so each class's gradient is taken on its own: `class_grad` is
-        vmapped over (a chunk of) the classes and, inside, over the K subsets. `cfg.class_chunk` classes go
-        through one vmapped program at a time (`self.class_chunk`; 0 = all at once), which bounds the memory of the
-        second-order activations; the result is the same for every chunk size. Split (`self.syn_chunk` not FUSED),
-        the chunks take the real side only (`real_target`, no second order), and the synthetic side (`syn_loss`,
-        differentiated) follows, `self.syn_chunk` classes per program (0 = all): the same losses and gradients, to
-        float rounding.
+        Per class (classwise.image_grads): `_fused` (both sides of every term in one program per `self.class_chunk`
+        classes; 0 = all) or, with `self.syn_chunk` not FUSED, `_split` (the real sides first, then the synthetic
+        sides): the same losses and gradients, to float rounding.
         `apply_fn(params, x)`: the network function of `class_loss` (default `self.apply_fn`, the logits; a batch-norm
         network's frozen one; DM's embedding).
         Returns:
           (grads like images, (loss_all (C,), loss_sub (C, K))).
         """
-        cfg = self.cfg
         apply_fn = apply_fn or self.apply_fn
-        c = images.shape[0]
         xs = self.match_inputs(images, ctx, key)
-        sub_weight = self.subset_weight(lam)
-        by_chunk = lambda f, x, n=self.class_chunk: (  # noqa: E731 - vmapped over n classes per program (0 = all)
-            jax.vmap(f)(x) if n <= 0 or n >= c else jax.lax.map(f, x, batch_size=n))
-        loss, split = self.class_loss, self.syn_chunk != FUSED
-        if split:  # the real side first, by chunks of classes; xs's real batches become their targets
-            def targets(x):  # one class's real side: parameter gradients, first order only
-                t = {}
-                if "real" in x:
-                    t["real"] = self.real_target(apply_fn, params, x["real"], x["label"], x["k_all"])
-                if "real_sub" in x:
-                    t["real_sub"] = jax.vmap(lambda r, kk: self.real_target(apply_fn, params, r, x["label"], kk))(
-                        x["real_sub"], x["k_sub"])
-                return t
-
-            xs = {**xs, **by_chunk(targets, {k: xs[k] for k in ("real", "real_sub", "k_all", "k_sub", "label")
-                                              if k in xs})}
-            loss, apply_fn = self.syn_loss, lambda p, x: self.net_syn.apply(p, {}, x)[0]
-
-        def class_grad(x):
-            def loss_fn(images_c):  # (ipc, H, W, C) stored images of one class
-                syn = self.decode(images_c[None])[0]  # (n, H, W, C)
-                la = ls = jnp.zeros((), jnp.float32)
-                if "real" in x:  # a real batch (fused) or its target (split)
-                    la = loss(apply_fn, params, x["real"], self.select_syn(syn, x["k_syn"]), x["label"], x["k_all"])
-                if "real_sub" in x:
-                    match = lambda r, part, kk: loss(apply_fn, params, r, syn[part], x["label"], kk)  # noqa: E731
-                    ls = jax.vmap(match)(x["real_sub"], x["syn_part"], x["k_sub"])  # (K,)
-                return la + sub_weight * ls.sum(), (la, ls)
-
-            return jax.grad(loss_fn, has_aux=True)(x["images"])
-
-        grads, (la, ls) = by_chunk(class_grad, xs, self.syn_chunk if split else self.class_chunk)
-        if not cfg.use_subsets:
-            ls = jnp.zeros((c, 1), jnp.float32)
+        if self.syn_chunk == FUSED:
+            grads, (la, ls) = self._fused(xs, params, apply_fn, lam)
+        else:
+            grads, (la, ls) = self._split(xs, params, apply_fn, lam)
+        if not self.cfg.use_subsets:
+            ls = jnp.zeros((images.shape[0], 1), jnp.float32)
         return sharding.constrain(grads, self.mesh), (la, ls)
 
-    # --- one iteration ------------------------------------------------------------------------------------
-    def update_images(self, images, opt_state, grads):
-        updates, opt_state = self.img_tx.update(grads, opt_state, images)
-        return optax.apply_updates(images, updates), opt_state
+    def _fused(self, xs: MatchInputs, params, apply_fn, lam):
+        """Every term's real and synthetic side in one program per `self.class_chunk` classes."""
+        loss = lambda real, syn, label, k: self.class_loss(apply_fn, params, real, syn, label, k)  # noqa: E731
+        whole = None if xs.real is None else lambda x, syn: loss(x.real, syn, x.label, x.k_all)
+        part = None if xs.real_sub is None else lambda x, syn: jax.vmap(
+            lambda r, p, k: loss(r, syn[p], x.label, k))(x.real_sub, x.syn_part, x.k_sub)
+        return image_grads(self.decode, self.select_syn, xs, whole, part, self.subset_weight(lam), self.class_chunk)
 
+    def _split(self, xs: MatchInputs, params, apply_fn, lam):
+        """The real sides' parameter gradients first (`real_target`, first order only), `self.class_chunk` classes
+        per program; then the synthetic sides against them as constants (`syn_loss`, on `self.net_syn`),
+        `self.syn_chunk` classes per program."""
+        def targets(x):  # one class's real sides
+            t = None if x.real is None else self.real_target(apply_fn, params, x.real, x.label, x.k_all)
+            t_sub = None if x.real_sub is None else jax.vmap(
+                lambda r, k: self.real_target(apply_fn, params, r, x.label, k))(x.real_sub, x.k_sub)
+            return t, t_sub
+
+        real_sides = xs._replace(images=None, k_syn=None, syn_part=None)
+        target, target_sub = by_chunk(targets, real_sides, self.class_chunk)
+        side = SynSide(xs.images, xs.label, xs.k_syn, target, xs.k_all, target_sub, xs.syn_part, xs.k_sub)
+        syn_apply = lambda p, x: self.net_syn.apply(p, {}, x)[0]  # noqa: E731
+        loss = lambda t, syn, label, k: self.syn_loss(syn_apply, params, t, syn, label, k)  # noqa: E731
+        whole = None if target is None else lambda x, syn: loss(x.target, syn, x.label, x.k_all)
+        part = None if target_sub is None else lambda x, syn: jax.vmap(
+            lambda t, p, k: loss(t, syn[p], x.label, k))(x.target_sub, x.syn_part, x.k_sub)
+        return image_grads(self.decode, self.select_syn, side, whole, part, self.subset_weight(lam), self.syn_chunk)
+
+    # --- one iteration ------------------------------------------------------------------------------------
     def net_protocol(self) -> TrainProtocol:
         cfg = self.cfg
         return TrainProtocol(epochs=cfg.inner_loop, batch=cfg.batch_train, lr=cfg.lr_net, momentum=cfg.momentum_net,
@@ -204,16 +178,6 @@ class GradientMatching(Method):
         y = jnp.repeat(jnp.arange(syn.shape[0]), syn.shape[1])
         params, bn = train_on_set(self.net_alone, params, bn, x, y, key, self.net_protocol())
         return params, (bn, opt)
-
-    def matching_step(self, images, opt_state, params, ctx: Context, key: jax.Array, lam, apply_fn=None):
-        """One outer step: the matching of all classes and subsets, then the image update.
-
-        Returns:
-          (images, opt_state, metrics dict of scalars).
-        """
-        grads, (la, ls) = self.match(images, params, ctx, key, lam, apply_fn)
-        images, opt_state = self.update_images(images, opt_state, grads)
-        return images, opt_state, {"loss_all": la.sum(), "loss_subset": ls.sum(), "grad_norm": optax.tree.norm(grads)}
 
     def iteration(self, state: CondenseState, ctx: Context, key: jax.Array):
         """One condensation iteration: a fresh network, outer_loop matching steps with network training between.

@@ -267,3 +267,41 @@ def test_the_pytorch_baseline_computes_the_jax_step(method, k):
     moved = np.moveaxis(np.asarray((new - images).reshape(-1, 32, 32, 3)), -1, 1)
     close(moved, (step.images.detach() - before).numpy(), what="the images' update")
     assert np.abs(moved).max() > 1e-5  # IDC's lr is 1e-3 at ipc 2
+
+
+def official_translate(x, dx, dy):
+    """DSA's rand_crop at one siamese translation: the image moved by (dx, dy) pixels over a zero border (the
+    official code pads by 1 and clamps the sampling grid into the padded image, so farther pixels read the zero
+    border)."""
+    n, c, h, w = x.shape
+    gx = (torch.arange(h).view(h, 1) + dx + 1).clamp(0, h + 1)
+    gy = (torch.arange(w).view(1, w) + dy + 1).clamp(0, w + 1)
+    return F.pad(x, [1, 1, 1, 1])[:, :, gx, gy]
+
+
+def test_dsa_under_a_siamese_crop_equals_the_official_formula():
+    # DSA's crop drawn by sm_jax for one (real, synthetic) pair: the one official translation that reproduces both
+    # augmented batches exactly is found, and the official cosine matching on the batches it gives equals sm_jax's
+    # loss and gradient (the gradient flows through the crop into the synthetic images)
+    from sm_jax.augmentation import siamese
+
+    net = make_net("convnet", CLASSES, (SIDE, SIDE, 3), WIDTH, DEPTH, "instancenorm")
+    params, state = net.init(jax.random.key(1))
+    real, syn, _ = batches(2)
+    policy, key = (("crop",),), jax.random.key(9)
+    aug_real, aug_syn = siamese(policy, key, real, syn)
+    shift = SIDE // 8
+    found = [(dx, dy) for dx in range(-shift, shift + 1) for dy in range(-shift, shift + 1)
+             if np.array_equal(nchw(aug_real).numpy(), official_translate(nchw(real), dx, dy).numpy())
+             and np.array_equal(nchw(aug_syn).numpy(), official_translate(nchw(syn), dx, dy).numpy())]
+    assert len(found) == 1 and found[0] != (0, 0), found
+    dx, dy = found[0]
+    apply_fn = lambda p, x: net.apply(p, state, x)[0]  # noqa: E731
+    loss, grad = jax.jit(jax.value_and_grad(lambda s: class_match(apply_fn, DISTANCES["cosine"], policy, params, real,
+                                                                  s, jnp.int32(2), key)))(syn)
+    ref = copy_into(TorchConvNet("instancenorm"), params)
+    s_t = nchw(syn).requires_grad_(True)
+    ref_loss = torch_match(ref, distance_wb, official_translate(nchw(real), dx, dy), official_translate(s_t, dx, dy), 2)
+    (ref_grad,) = torch.autograd.grad(ref_loss, s_t)
+    close(loss, ref_loss.detach().numpy(), 2e-5, "loss")
+    close(np.moveaxis(np.asarray(grad), -1, 1), ref_grad.numpy(), what="d loss / d syn")

@@ -10,7 +10,7 @@ official files:
     used by the replaced `get_dataset`; `save_image` writes the visualisation PNG with PIL).
 Everything else (the DM loop, the networks, DSA, the evaluation) is the official code, run as is.
 
-Usage:
+Usage (`--record FILE` also appends the accuracies, as one JSON line, to FILE):
   python -m benchmarks.official_dm --official /path/to/DatasetCondensation \
       --data-dir ../shared/data/cifar10-jpeg.tar.gz \
       -- --ipc 10 --Iteration 200 --num_exp 2 --num_eval 5 --epoch_eval_train 300 --eval_mode F
@@ -77,6 +77,8 @@ def main(argv=None) -> None:
     p.add_argument("--official", required=True, help="a checkout of VICO-UoE/DatasetCondensation")
     p.add_argument("--data-dir", required=True, help="CIFAR-10 in a form sm_jax reads")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--record", help="append one JSON line (the official accuracies, this command, the official "
+                   "commit) to this file: a committed result file of the run")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="-- then main_DM.py's own flags")
     args = p.parse_args(argv)
     official = Path(args.official).resolve()
@@ -94,6 +96,27 @@ def main(argv=None) -> None:
     main_DM.get_dataset = _get_dataset(args.data_dir)
     sys.argv = [str(official / "main_DM.py"), *rest]
     main_DM.main()
+    if args.record:
+        _record(args.record, official, rest, argv if argv is not None else sys.argv[1:])
+
+
+def _record(path: str, official: Path, rest: list[str], command: list[str]) -> None:
+    """The newest res_*.pt of the run's --save_path as one JSON line: its accs_all_exps (per architecture, every
+    network of every experiment), the command and the official checkout's commit."""
+    import json
+    import subprocess
+
+    import torch
+
+    save = Path(rest[rest.index("--save_path") + 1]) if "--save_path" in rest else Path("result")
+    res = max(save.glob("res_*.pt"), key=lambda f: f.stat().st_mtime)
+    accs = torch.load(res, map_location="cpu", weights_only=False)["accs_all_exps"]
+    commit = subprocess.run(["git", "-C", str(official), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    line = {"code": "official main_DM.py", "official_commit": commit, "command": ["benchmarks.official_dm", *command],
+            "set": str(res), "accuracies": {k: [float(a) for a in v] for k, v in accs.items()}}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

@@ -211,6 +211,20 @@ def test_k_and_loss_reports_from_hand_made_runs(tmp_path):
     assert (tmp_path / "loss_ablation.png").exists()
 
 
+def test_cpu_plan_runs_each_method_against_its_initial_set_and_reports_every_network(tmp_path):
+    specs = study.load_plan("cpu")
+    by_id = {s.id: s for s in specs}
+    assert by_id["dc10_init"].flags["iterations"] == 0 and by_id["dc10_k2"].flags["subset_k"] == 2
+    assert "mtt1_k2" not in by_id and {"dm10_init", "dm10_k2", "mtt1_init", "mtt1_k1"} <= set(by_id)
+    results = {"mtt1_k1": {"accuracies": [0.25, 0.27, 0.29], "iterations": 60, "eval_epochs": 100, "eval_models": 3,
+                           "learned": {"lr": 0.0054}, "condense_seconds_this_sitting": 100.4, "eval_seconds": 20.0,
+                           "config": {"method": "mtt", "ipc": 1, "subset_k": 1}}}
+    md = study.PLANS["cpu"].report(specs, results, {}, tmp_path)
+    # mean 27.00, std over networks (ddof 0, as the runs' own lines) 1.63; wall 100.4 + 20.0
+    assert md.splitlines()[-1] == ("| mtt1_k1 | mtt | 1 | 1 | 60 | 100 x 3 | 27.00 +- 1.63 | 25.00, 27.00, 29.00 | "
+                                   "0.0054 | 120 |")
+
+
 def test_arch_plan_recreates_the_table_sets_and_reports_per_architecture(tmp_path):
     """The arch plan's sets have the table plan's flags (so the same sets), its lambda_0 comes from the table plan's
     exported validation runs, and the report pairs base and subset matching per seed and architecture."""

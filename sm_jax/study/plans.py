@@ -7,10 +7,11 @@ from pathlib import Path
 from types import ModuleType
 
 from sm_jax.errors import ConfigError
-from sm_jax.study import arch, dm, full, k, loss, mtt, table
+from sm_jax.study import arch, cpu, dm, full, k, loss, mtt, table
 from sm_jax.study.spec import RunSpec
 
-PLANS: dict[str, ModuleType] = {"table": table, "k": k, "loss": loss, "arch": arch, "dm": dm, "mtt": mtt, "full": full}
+PLANS: dict[str, ModuleType] = {"table": table, "k": k, "loss": loss, "arch": arch, "dm": dm, "mtt": mtt, "cpu": cpu,
+                                 "full": full}
 
 # `--plan all`: the plans of minutes on a CPU (a plan module's BUDGET, default "cpu"; full is "paper")
 ALL = tuple(n for n, m in PLANS.items() if getattr(m, "BUDGET", "cpu") == "cpu")

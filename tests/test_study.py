@@ -46,6 +46,9 @@ def test_select_resolves_to_best_validation_group_and_skips_finished(tmp_path):
     assert (tmp_path / "export" / "p" / "t" / "results.json").exists()
     study.run_plan(plan, tmp_path / "runs", tmp_path / "export", log=lambda s: None, execute=fake)
     assert len(calls) == 3  # second pass: everything finished, nothing reruns
+    # a fresh clone: no run directories, only the committed exports; nothing reruns either
+    study.run_plan(plan, tmp_path / "fresh_runs", tmp_path / "export", log=lambda s: None, execute=fake)
+    assert len(calls) == 3
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")

@@ -57,7 +57,8 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
              data_dir: str | None = None, log: Callable[[str], None] = print,
              execute: Callable[[Config], dict] | None = None,
              overrides: dict[str, Any] | None = None) -> dict[str, dict]:
-    """Runs (or resumes) every run of a plan in order, skipping finished ones; returns {id: results}.
+    """Runs (or resumes) every run of a plan in order, skipping finished ones (results.json in the run directory or,
+    in a fresh clone, in the committed export); returns {id: results}.
 
     Args:
       name: built-in plan name or JSON plan path.
@@ -99,7 +100,8 @@ def run_plan(name: str, root: str | Path = ROOT, export: str | Path = EXPORT,
                 cfg = spec.config(run_dir, data_dir, {**resolve(spec, specs, results, export), **(overrides or {})})
             except ConfigError as e:
                 raise ConfigError(f"plan {pname!r}, run {spec.id}: {e}") from None
-            done = read_run(run_dir)
+            # a finished run's results: its directory's, else the committed export's (a fresh clone has no runs/)
+            done = read_run(run_dir) or (read_run(Path(export) / pname / spec.id) if export is not None else None)
             # a run records its batches fitted to the data (config.fit_batches): compare with what it ran
             ran = fit_batches(cfg, data_for(cfg), log=lambda *a: None) if done and execute is default_execute else cfg
             if done is not None and done.get("iterations") == cfg.iterations \

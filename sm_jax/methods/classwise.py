@@ -16,6 +16,16 @@ def by_chunk(f: Callable, xs, n: int):
     return jax.vmap(f)(xs) if n <= 0 or n >= c else jax.lax.map(f, xs, batch_size=n)
 
 
+def batch_terms(loss: Callable, xs):
+    """The (whole, part) closures of `image_grads` for inputs holding real batches (draws.MatchInputs): `loss(real,
+    syn, label, key)` on the whole-class batch and, vmapped over the K subsets, on each (real subset, synthetic
+    subset) pair; None for a term that is off."""
+    whole = None if xs.real is None else lambda x, syn: loss(x.real, syn, x.label, x.k_all)
+    part = None if xs.real_sub is None else lambda x, syn: jax.vmap(
+        lambda r, p, k: loss(r, syn[p], x.label, k))(x.real_sub, x.syn_part, x.k_sub)
+    return whole, part
+
+
 def image_grads(decode: Callable, select_syn: Callable, xs, whole: Callable | None, part: Callable | None,
                 weight, chunk: int):
     """Per-class gradients w.r.t. the stored images of L_all + weight * sum_k L_k, `chunk` classes per program.

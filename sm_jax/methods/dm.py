@@ -21,7 +21,7 @@ from sm_jax.data import DataSpec
 from sm_jax.errors import ConfigError
 from sm_jax.matching import mean_embedding_distance
 from sm_jax.methods.base import Method
-from sm_jax.methods.classwise import image_grads
+from sm_jax.methods.classwise import batch_terms, image_grads
 from sm_jax.methods.context import CondenseState, Context
 from sm_jax.methods.draws import MatchInputs, draw_inputs
 
@@ -76,10 +76,7 @@ class DM(Method):
         if self.batch_norm:
             grads, (la, ls) = self._match_joint(xs, params, lam, embed)
         else:
-            loss = lambda real, syn, label, k: self.class_loss(embed, params, real, syn, label, k)  # noqa: E731
-            whole = None if xs.real is None else lambda x, syn: loss(x.real, syn, x.label, x.k_all)
-            part = None if xs.real_sub is None else lambda x, syn: jax.vmap(
-                lambda r, p, k: loss(r, syn[p], x.label, k))(x.real_sub, x.syn_part, x.k_sub)
+            whole, part = batch_terms(lambda r, s, y, k: self.class_loss(embed, params, r, s, y, k), xs)
             grads, (la, ls) = image_grads(self.decode, lambda syn, k: syn, xs, whole, part, self.subset_weight(lam),
                                           self.class_chunk)
         if not self.cfg.use_subsets:

@@ -18,7 +18,7 @@ from sm_jax.backend import FUSED
 from sm_jax.data import DataSpec
 from sm_jax.matching import DISTANCES, class_match, real_grads, sample_rows, syn_match
 from sm_jax.methods.base import Method
-from sm_jax.methods.classwise import by_chunk, image_grads
+from sm_jax.methods.classwise import batch_terms, by_chunk, image_grads
 from sm_jax.methods.context import CondenseState, Context, real_batch
 from sm_jax.methods.draws import MatchInputs, SynSide, draw_inputs
 from sm_jax.models import make_net, resolve_conv
@@ -127,10 +127,7 @@ class GradientMatching(Method):
 
     def _fused(self, xs: MatchInputs, params, apply_fn, lam):
         """Every term's real and synthetic side in one program per `self.class_chunk` classes."""
-        loss = lambda real, syn, label, k: self.class_loss(apply_fn, params, real, syn, label, k)  # noqa: E731
-        whole = None if xs.real is None else lambda x, syn: loss(x.real, syn, x.label, x.k_all)
-        part = None if xs.real_sub is None else lambda x, syn: jax.vmap(
-            lambda r, p, k: loss(r, syn[p], x.label, k))(x.real_sub, x.syn_part, x.k_sub)
+        whole, part = batch_terms(lambda r, s, y, k: self.class_loss(apply_fn, params, r, s, y, k), xs)
         return image_grads(self.decode, self.select_syn, xs, whole, part, self.subset_weight(lam), self.class_chunk)
 
     def _split(self, xs: MatchInputs, params, apply_fn, lam):
